@@ -1,0 +1,1 @@
+//! magestack-agent: runs the MageStack roles as isolated nodes on one host.
