@@ -1,0 +1,78 @@
+//! Host configuration and role definitions: parse, merge, default, check.
+//!
+//! Everything is checked before anything runs: a configuration either loads whole, or fails with
+//! every problem named by file, line, column and field.
+
+mod duration;
+mod model;
+mod plan;
+mod raw;
+mod resolve;
+mod role;
+mod shipped;
+mod size;
+mod source;
+
+use std::path::{Path, PathBuf};
+
+pub use model::{
+    AllowRule, Config, HealthCheck, HealthSpec, HostSettings, NetworkSettings, NodeSpec,
+    ProcessSpec, Resources, RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
+};
+pub use shipped::DEFAULT_CONFIG_NAME;
+pub use size::parse_size;
+pub use source::{Diagnostic, Source};
+
+/// Where the agent looks for its configuration when neither `--config` nor `MAGESTACK_CONFIG`
+/// names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/magestack/agent.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(diagnostics) => diagnostics,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// Which configuration a command uses: an explicit path, else `MAGESTACK_CONFIG`, else
+/// [`DEFAULT_CONFIG_PATH`] when it exists, else the embedded default.
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("MAGESTACK_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
+
+/// Reads and checks the configuration at `path`, or the embedded default when `None`.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let source = match path {
+        Some(path) => Source::from_file(path)?,
+        None => shipped::default_config(),
+    };
+    parse(&source)
+}
+
+/// Checks one configuration text.
+pub fn parse(source: &Source) -> Result<Config, ConfigError> {
+    resolve::resolve(source)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! The configuration after parsing, merging and checking: what the rest of the agent works from.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole, valid configuration of one host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, or `<embedded default>`.
+    pub origin: String,
+    pub host: HostSettings,
+    pub network: NetworkSettings,
+    /// Every configured node, by name, with its effective definition.
+    pub nodes: BTreeMap<String, NodeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSettings {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// Parent cgroup of every node, relative to the root of each hierarchy.
+    pub cgroup: String,
+    /// How long a node's processes get between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkSettings {
+    pub bridge: String,
+    pub subnet: Subnet,
+    pub host_ip: Ipv4Addr,
+    pub uplink: String,
+    pub public_ip: Option<String>,
+    pub public_gateway: Option<Ipv4Addr>,
+}
+
+/// An IPv4 network, "172.16.0.0/24".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn parse(text: &str) -> Result<Subnet, String> {
+        let error = || format!("`{text}` is not an IPv4 subnet like 172.16.0.0/24");
+        let (address, prefix) = text.split_once('/').ok_or_else(error)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| error())?;
+        let prefix: u8 = prefix.parse().map_err(|_| error())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("subnet `{text}`: the prefix must be between /8 and /30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Subnet {
+            network: Ipv4Addr::from(u32::from(address) & mask),
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+
+    /// The address `offset` hosts into the subnet, if it is a usable host address.
+    pub fn host(&self, offset: u32) -> Option<Ipv4Addr> {
+        let size = 1u32 << (32 - self.prefix);
+        (offset > 0 && offset < size - 1).then(|| Ipv4Addr::from(u32::from(self.network) + offset))
+    }
+
+    pub fn is_usable_host(&self, ip: Ipv4Addr) -> bool {
+        let offset = u32::from(ip).wrapping_sub(u32::from(self.network));
+        self.contains(ip) && self.host(offset).is_some()
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// The effective definition of one node: its role merged with every override. Two specs that
+/// compare equal run the same way, which is what `reload` uses to decide on restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: String,
+    pub role: String,
+    pub image: String,
+    pub ip: Ipv4Addr,
+    pub processes: Vec<ProcessSpec>,
+    pub resources: Resources,
+    pub volumes: Vec<VolumeSpec>,
+    pub health: Option<HealthSpec>,
+    pub allow: Vec<AllowRule>,
+    pub templates: Vec<TemplateSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn parse(text: &str) -> Result<RestartPolicy, String> {
+        match text {
+            "always" => Ok(RestartPolicy::Always),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "never" => Ok(RestartPolicy::Never),
+            other => Err(format!(
+                "restart = `{other}` is not one of always, on-failure, never"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    /// Absolute path inside the node.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheck {
+    Tcp(u16),
+    Http(String),
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllowRule {
+    pub from: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateSpec {
+    pub source: String,
+    pub dest: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_normalises_and_bounds_hosts() {
+        let subnet = Subnet::parse("172.16.0.9/24").unwrap();
+        assert_eq!(subnet.to_string(), "172.16.0.0/24");
+        assert_eq!(subnet.host(1), Some(Ipv4Addr::new(172, 16, 0, 1)));
+        assert_eq!(subnet.host(0), None);
+        assert_eq!(subnet.host(255), None);
+        assert!(subnet.is_usable_host(Ipv4Addr::new(172, 16, 0, 254)));
+        assert!(!subnet.is_usable_host(Ipv4Addr::new(172, 16, 1, 1)));
+        assert!(Subnet::parse("172.16.0.0").is_err());
+        assert!(Subnet::parse("172.16.0.0/31").is_err());
+    }
+}

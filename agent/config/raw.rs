@@ -1,0 +1,118 @@
+//! The configuration exactly as written: serde shapes that refuse unknown fields, with spans kept
+//! for the values that later checks may need to point at.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub host: RawHost,
+    #[serde(default)]
+    pub network: RawNetwork,
+    pub nodes: Option<BTreeMap<Spanned<String>, RawNode>>,
+    #[serde(default)]
+    pub roles: BTreeMap<Spanned<String>, RawRole>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub name: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub run_dir: Option<Spanned<String>>,
+    pub log_dir: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub stop_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub bridge: Option<Spanned<String>>,
+    pub subnet: Option<Spanned<String>>,
+    pub host_ip: Option<Spanned<String>>,
+    pub uplink: Option<Spanned<String>>,
+    pub public_ip: Option<Spanned<String>>,
+    pub public_gateway: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub role: Spanned<String>,
+    pub ip: Option<Spanned<String>>,
+    pub resources: Option<RawResources>,
+}
+
+/// A role as written, in a shipped `roles/<role>.toml` or inline under `[roles.<role>]`; every
+/// field is optional so an inline definition can override only what it names.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    /// Words for the operator reading the file; accepted and not used.
+    #[serde(default, rename = "description")]
+    pub _description: Option<String>,
+    pub image: Option<Spanned<String>>,
+    pub process: Option<Vec<RawProcess>>,
+    pub resources: Option<RawResources>,
+    pub volume: Option<Vec<RawVolume>>,
+    pub health: Option<RawHealth>,
+    pub allow: Option<Vec<RawAllow>>,
+    pub template: Option<Vec<RawTemplate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcess {
+    pub name: Spanned<String>,
+    pub command: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub restart: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    pub memory: Option<Spanned<String>>,
+    pub cpus: Option<Spanned<f64>>,
+    pub pids: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    pub name: Spanned<String>,
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub tcp: Option<Spanned<i64>>,
+    pub http: Option<Spanned<String>>,
+    pub exec: Option<Spanned<Vec<String>>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy_after: Option<Spanned<i64>>,
+    pub unhealthy_after: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllow {
+    pub from: Spanned<Vec<String>>,
+    pub ports: Spanned<Vec<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    pub source: Spanned<String>,
+    pub dest: Spanned<String>,
+}

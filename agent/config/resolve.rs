@@ -1,0 +1,359 @@
+//! From the configuration as written to the effective definition of every node.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::duration::parse_duration;
+use super::model::{Config, HostSettings, NetworkSettings, NodeSpec, Subnet};
+use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
+use super::raw::{RawConfig, RawHost, RawNetwork, RawNode, RawRole};
+use super::role::{Checker, PartialRole, Role};
+use super::shipped::{role_source, DEFAULT_NODES};
+use super::source::{Diagnostic, Source};
+use super::ConfigError;
+
+pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(&source.text).map_err(|error| {
+        ConfigError::Invalid(vec![source.at(error.span(), error.message().trim())])
+    })?;
+    let mut diagnostics = Vec::new();
+    let mut checker = Checker {
+        source,
+        diagnostics: &mut diagnostics,
+    };
+
+    let host = host_settings(&mut checker, raw.host);
+    let network = network_settings(&mut checker, raw.network);
+    let inline_roles: BTreeMap<String, (Spanned<String>, PartialRole)> = raw
+        .roles
+        .into_iter()
+        .map(|(name, role)| {
+            check_role_name(&mut checker, &name);
+            let partial = checker.role(name.get_ref(), role);
+            (name.get_ref().clone(), (name, partial))
+        })
+        .collect();
+    let roles = complete_roles(&mut checker, inline_roles);
+
+    let raw_nodes = raw.nodes.unwrap_or_else(default_nodes);
+    let nodes = network
+        .as_ref()
+        .map(|network| node_specs(&mut checker, raw_nodes, &roles, network))
+        .unwrap_or_default();
+
+    match (host, network) {
+        (Some(host), Some(network)) if diagnostics.is_empty() => Ok(Config {
+            origin: source.name.clone(),
+            host,
+            network,
+            nodes,
+        }),
+        _ => Err(ConfigError::Invalid(diagnostics)),
+    }
+}
+
+fn default_nodes() -> BTreeMap<Spanned<String>, RawNode> {
+    DEFAULT_NODES
+        .iter()
+        .map(|(node, role)| {
+            (
+                Spanned::new(0..0, node.to_string()),
+                RawNode {
+                    role: Spanned::new(0..0, role.to_string()),
+                    ip: None,
+                    resources: None,
+                },
+            )
+        })
+        .collect()
+}
+
+fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
+    let errors_before = checker.diagnostics.len();
+    let name = match raw.name {
+        Some(name) if name.get_ref().is_empty() => {
+            checker.error(&name, "host.name: must not be empty");
+            String::new()
+        }
+        Some(name) => name.into_inner(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+    };
+    let mut dir = |value: Option<Spanned<String>>, field: &str, default: &str| {
+        let Some(value) = value else {
+            return PathBuf::from(default);
+        };
+        if !value.get_ref().starts_with('/') {
+            checker.error(&value, format!("host.{field}: must be an absolute path"));
+        }
+        PathBuf::from(value.into_inner())
+    };
+    let state_dir = dir(raw.state_dir, "state_dir", "/var/lib/magestack");
+    let run_dir = dir(raw.run_dir, "run_dir", "/run/magestack");
+    let log_dir = dir(raw.log_dir, "log_dir", "/var/log/magestack");
+    let cgroup = match raw.cgroup {
+        Some(cgroup) => {
+            let valid = cgroup
+                .get_ref()
+                .split('/')
+                .all(|part| super::role::is_simple_name(part) && part != "." && part != "..");
+            if !valid {
+                checker.error(
+                    &cgroup,
+                    "host.cgroup: a relative cgroup path of simple names, like `magestack`",
+                );
+            }
+            cgroup.into_inner()
+        }
+        None => "magestack".into(),
+    };
+    let stop_timeout = match raw.stop_timeout {
+        Some(value) => match parse_duration(value.get_ref()) {
+            Ok(timeout) => timeout,
+            Err(message) => {
+                checker.error(&value, format!("host.stop_timeout: {message}"));
+                Duration::ZERO
+            }
+        },
+        None => Duration::from_secs(10),
+    };
+    (checker.diagnostics.len() == errors_before).then_some(HostSettings {
+        name,
+        state_dir,
+        run_dir,
+        log_dir,
+        cgroup,
+        stop_timeout,
+    })
+}
+
+fn network_settings(checker: &mut Checker, raw: RawNetwork) -> Option<NetworkSettings> {
+    let errors_before = checker.diagnostics.len();
+    let subnet = match raw.subnet {
+        Some(text) => Subnet::parse(text.get_ref()).unwrap_or_else(|message| {
+            checker.error(&text, format!("network.subnet: {message}"));
+            Subnet::parse("172.16.0.0/24").expect("default subnet")
+        }),
+        None => Subnet::parse("172.16.0.0/24").expect("default subnet"),
+    };
+    let host_ip = match raw.host_ip {
+        Some(text) => match text.get_ref().parse::<Ipv4Addr>() {
+            Ok(ip) if subnet.is_usable_host(ip) => ip,
+            _ => {
+                checker.error(
+                    &text,
+                    format!("network.host_ip: `{}` is not a host address in {subnet}", text.get_ref()),
+                );
+                Ipv4Addr::UNSPECIFIED
+            }
+        },
+        None => subnet.host(254).unwrap_or(Ipv4Addr::UNSPECIFIED),
+    };
+    let public_gateway = raw.public_gateway.and_then(|text| {
+        text.get_ref().parse::<Ipv4Addr>().ok().or_else(|| {
+            checker.error(&text, "network.public_gateway: not an IPv4 address");
+            None
+        })
+    });
+    (checker.diagnostics.len() == errors_before).then_some(NetworkSettings {
+        bridge: raw.bridge.map(Spanned::into_inner).unwrap_or_else(|| "msbr0".into()),
+        subnet,
+        host_ip,
+        uplink: raw.uplink.map(Spanned::into_inner).unwrap_or_else(|| "host".into()),
+        public_ip: raw.public_ip.map(Spanned::into_inner),
+        public_gateway,
+    })
+}
+
+fn check_role_name(checker: &mut Checker, name: &Spanned<String>) {
+    let text = name.get_ref();
+    let valid = text.starts_with(|c: char| c.is_ascii_lowercase())
+        && text.len() <= 16
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        checker.error(
+            name,
+            format!("roles.{text}: role names are lowercase letters, digits and '-', starting with a letter (at most 16)"),
+        );
+    }
+}
+
+/// Every role a node may use: the shipped ones with their inline overrides, and inline-only ones.
+fn complete_roles(
+    checker: &mut Checker,
+    inline: BTreeMap<String, (Spanned<String>, PartialRole)>,
+) -> BTreeMap<String, Role> {
+    let mut names: Vec<String> = super::shipped::ROLES
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    names.extend(inline.keys().cloned());
+    names.sort();
+    names.dedup();
+
+    let mut inline = inline;
+    let mut roles = BTreeMap::new();
+    for name in names {
+        let shipped = role_source(&name).map(|source| shipped_role(checker.diagnostics, &source, &name));
+        let (key, partial) = match (inline.remove(&name), shipped) {
+            (Some((key, over)), Some(base)) => (Some(key), over.merged_over(base)),
+            (Some((key, over)), None) => (Some(key), over),
+            (None, Some(base)) => (None, base),
+            (None, None) => continue,
+        };
+        match partial.complete() {
+            Ok(role) => {
+                roles.insert(name, role);
+            }
+            Err(message) => {
+                let span = key.as_ref().map(Spanned::span);
+                checker.error_at(span, format!("roles.{name}: {message}"));
+            }
+        }
+    }
+    roles
+}
+
+fn shipped_role(diagnostics: &mut Vec<Diagnostic>, source: &Source, name: &str) -> PartialRole {
+    match toml::from_str::<RawRole>(&source.text) {
+        Ok(raw) => Checker {
+            source,
+            diagnostics,
+        }
+        .role(name, raw),
+        Err(error) => {
+            diagnostics.push(source.at(error.span(), error.message().trim()));
+            PartialRole::default()
+        }
+    }
+}
+
+fn node_specs(
+    checker: &mut Checker,
+    raw_nodes: BTreeMap<Spanned<String>, RawNode>,
+    roles: &BTreeMap<String, Role>,
+    network: &NetworkSettings,
+) -> BTreeMap<String, NodeSpec> {
+    let mut nodes = BTreeMap::new();
+    let mut addresses: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut unplanned = Vec::new();
+
+    for (name, raw) in raw_nodes {
+        let node = name.get_ref().clone();
+        if !is_node_name(&node) {
+            checker.error(
+                &name,
+                format!("nodes.{node}: node names are lowercase letters, digits and '-', starting with a letter (at most 12), like web1"),
+            );
+        }
+        let Some(role) = roles.get(raw.role.get_ref()) else {
+            let known: Vec<&str> = roles.keys().map(String::as_str).collect();
+            checker.error(
+                &raw.role,
+                format!(
+                    "nodes.{node}.role: unknown role `{}` (known: {})",
+                    raw.role.get_ref(),
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let ip = match &raw.ip {
+            Some(text) => match text.get_ref().parse::<Ipv4Addr>() {
+                Ok(ip) if network.subnet.is_usable_host(ip) && ip != network.host_ip => Some(ip),
+                _ => {
+                    checker.error(
+                        text,
+                        format!(
+                            "nodes.{node}.ip: `{}` is not a free host address in {} (the host has {})",
+                            text.get_ref(),
+                            network.subnet,
+                            network.host_ip
+                        ),
+                    );
+                    continue;
+                }
+            },
+            None => node_index(&node)
+                .and_then(|index| planned_offset(raw.role.get_ref(), index))
+                .and_then(|offset| network.subnet.host(offset)),
+        };
+        if let Some(ip) = ip {
+            if let Some(other) = addresses.insert(ip, node.clone()) {
+                let span = raw.ip.as_ref().map(Spanned::span).or(Some(name.span()));
+                checker.error_at(
+                    span,
+                    format!("nodes.{node}.ip: address {ip} is already used by node {other}"),
+                );
+            }
+        } else if planned_offset(raw.role.get_ref(), 1).is_some() {
+            checker.error(
+                &name,
+                format!("nodes.{node}: the address plan has no room for this name; set `ip`"),
+            );
+        } else {
+            unplanned.push(node.clone());
+        }
+        let resources = match raw.resources {
+            Some(resources) => checker
+                .resources(&format!("nodes.{node}.resources"), resources)
+                .merged_over(&role.resources),
+            None => role.resources.clone(),
+        };
+        nodes.insert(
+            node.clone(),
+            NodeSpec {
+                name: node,
+                role: raw.role.into_inner(),
+                image: role.image.clone(),
+                ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                processes: role.processes.clone(),
+                resources,
+                volumes: role.volumes.clone(),
+                health: role.health.clone(),
+                allow: role.allow.clone(),
+                templates: role.templates.clone(),
+            },
+        );
+    }
+
+    let mut offset = OTHER_ROLES_FROM;
+    for node in unplanned {
+        let free = loop {
+            match network.subnet.host(offset) {
+                Some(ip) if addresses.contains_key(&ip) || ip == network.host_ip => offset += 1,
+                other => break other,
+            }
+        };
+        match free {
+            Some(ip) => {
+                addresses.insert(ip, node.clone());
+                if let Some(spec) = nodes.get_mut(&node) {
+                    spec.ip = ip;
+                }
+            }
+            None => checker.error_at(
+                None,
+                format!("nodes.{node}: no free address left in {}", network.subnet),
+            ),
+        }
+    }
+    nodes
+}
+
+/// Node names become host link names (`ms-<node>`, at most 15 bytes), cgroups and paths.
+pub fn is_node_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.len() <= 12
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}

@@ -1,0 +1,362 @@
+//! Role definitions: each source (a shipped `roles/<role>.toml`, an inline `[roles.<role>]`) is
+//! checked against its own text, then the inline one is laid over the shipped one.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::duration::parse_duration;
+use super::model::{
+    AllowRule, HealthCheck, HealthSpec, ProcessSpec, Resources, RestartPolicy, TemplateSpec,
+    VolumeSpec,
+};
+use super::raw::{RawAllow, RawHealth, RawProcess, RawResources, RawRole, RawTemplate, RawVolume};
+use super::size::parse_size;
+use super::source::{Diagnostic, Source};
+
+/// A role as one source defines it: every field optional, every value already checked.
+#[derive(Debug, Default, Clone)]
+pub struct PartialRole {
+    pub image: Option<String>,
+    pub processes: Option<Vec<ProcessSpec>>,
+    pub resources: Resources,
+    pub volumes: Option<Vec<VolumeSpec>>,
+    pub health: PartialHealth,
+    pub allow: Option<Vec<AllowRule>>,
+    pub templates: Option<Vec<TemplateSpec>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PartialHealth {
+    pub check: Option<HealthCheck>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub healthy_after: Option<u32>,
+    pub unhealthy_after: Option<u32>,
+}
+
+/// A role with everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub image: String,
+    pub processes: Vec<ProcessSpec>,
+    pub resources: Resources,
+    pub volumes: Vec<VolumeSpec>,
+    pub health: Option<HealthSpec>,
+    pub allow: Vec<AllowRule>,
+    pub templates: Vec<TemplateSpec>,
+}
+
+/// Collects the problems of one source, each located in that source's text.
+pub struct Checker<'a> {
+    pub source: &'a Source,
+    pub diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    pub fn error<T>(&mut self, value: &Spanned<T>, message: impl Into<String>) {
+        let diagnostic = self.source.at(Some(value.span()), message);
+        self.diagnostics.push(diagnostic);
+    }
+
+    pub fn error_at(&mut self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
+        let diagnostic = self.source.at(span, message);
+        self.diagnostics.push(diagnostic);
+    }
+
+    pub fn role(&mut self, role: &str, raw: RawRole) -> PartialRole {
+        PartialRole {
+            image: raw.image.map(Spanned::into_inner),
+            processes: raw.process.map(|list| self.processes(role, list)),
+            resources: raw
+                .resources
+                .map(|resources| self.resources(&format!("roles.{role}.resources"), resources))
+                .unwrap_or_default(),
+            volumes: raw.volume.map(|list| self.volumes(role, list)),
+            health: raw
+                .health
+                .map(|health| self.health(role, health))
+                .unwrap_or_default(),
+            allow: raw.allow.map(|list| self.allow(role, list)),
+            templates: raw.template.map(|list| self.templates(role, list)),
+        }
+    }
+
+    fn processes(&mut self, role: &str, list: Vec<RawProcess>) -> Vec<ProcessSpec> {
+        let mut names = BTreeSet::new();
+        let mut processes = Vec::new();
+        for raw in list {
+            let field = format!("roles.{role}.process.{}", raw.name.get_ref());
+            if !is_simple_name(raw.name.get_ref()) {
+                self.error(
+                    &raw.name,
+                    format!(
+                        "{field}: process names use letters, digits, '-' and '_' (at most 32)"
+                    ),
+                );
+            }
+            if !names.insert(raw.name.get_ref().clone()) {
+                self.error(&raw.name, format!("{field}: a second process has this name"));
+            }
+            if raw.command.get_ref().is_empty() || raw.command.get_ref()[0].is_empty() {
+                self.error(&raw.command, format!("{field}.command: must name a program"));
+            }
+            let restart = match raw.restart {
+                None => RestartPolicy::Always,
+                Some(text) => RestartPolicy::parse(text.get_ref()).unwrap_or_else(|message| {
+                    self.error(&text, format!("{field}.{message}"));
+                    RestartPolicy::Always
+                }),
+            };
+            processes.push(ProcessSpec {
+                name: raw.name.into_inner(),
+                command: raw.command.into_inner(),
+                env: raw.env,
+                user: raw.user,
+                restart,
+            });
+        }
+        processes
+    }
+
+    pub fn resources(&mut self, field: &str, raw: RawResources) -> Resources {
+        let memory_bytes = raw.memory.and_then(|memory| {
+            match parse_size(memory.get_ref()) {
+                Ok(0) => self.error(&memory, format!("{field}.memory: must be more than 0")),
+                Ok(bytes) => return Some(bytes),
+                Err(message) => self.error(&memory, format!("{field}.memory: {message}")),
+            }
+            None
+        });
+        let cpus = raw.cpus.and_then(|cpus| {
+            let value = *cpus.get_ref();
+            if value > 0.0 && value <= 1024.0 {
+                Some(value)
+            } else {
+                self.error(&cpus, format!("{field}.cpus: must be above 0 (e.g. 0.5, 2)"));
+                None
+            }
+        });
+        let pids = raw.pids.and_then(|pids| match u64::try_from(*pids.get_ref()) {
+            Ok(value) if value > 0 => Some(value),
+            _ => {
+                self.error(&pids, format!("{field}.pids: must be a whole number above 0"));
+                None
+            }
+        });
+        Resources {
+            memory_bytes,
+            cpus,
+            pids,
+        }
+    }
+
+    fn volumes(&mut self, role: &str, list: Vec<RawVolume>) -> Vec<VolumeSpec> {
+        let mut names = BTreeSet::new();
+        let mut volumes = Vec::new();
+        for raw in list {
+            let field = format!("roles.{role}.volume.{}", raw.name.get_ref());
+            if !is_simple_name(raw.name.get_ref()) {
+                self.error(
+                    &raw.name,
+                    format!("{field}: volume names use letters, digits, '-' and '_' (at most 32)"),
+                );
+            }
+            if !names.insert(raw.name.get_ref().clone()) {
+                self.error(&raw.name, format!("{field}: a second volume has this name"));
+            }
+            if let Err(message) = check_node_path(raw.path.get_ref()) {
+                self.error(&raw.path, format!("{field}.path: {message}"));
+            }
+            volumes.push(VolumeSpec {
+                name: raw.name.into_inner(),
+                path: raw.path.into_inner(),
+            });
+        }
+        volumes
+    }
+
+    fn health(&mut self, role: &str, raw: RawHealth) -> PartialHealth {
+        let field = format!("roles.{role}.health");
+        let mut checks = Vec::new();
+        if let Some(port) = raw.tcp {
+            match u16::try_from(*port.get_ref()) {
+                Ok(value) if value > 0 => checks.push(HealthCheck::Tcp(value)),
+                _ => self.error(&port, format!("{field}.tcp: not a port number")),
+            }
+        }
+        if let Some(url) = raw.http {
+            checks.push(HealthCheck::Http(url.into_inner()));
+        }
+        if let Some(command) = raw.exec {
+            if command.get_ref().is_empty() {
+                self.error(&command, format!("{field}.exec: must name a program"));
+            }
+            checks.push(HealthCheck::Exec(command.into_inner()));
+        }
+        if checks.len() > 1 {
+            self.error_at(None, format!("{field}: give one of tcp, http or exec"));
+        }
+        PartialHealth {
+            check: checks.into_iter().next(),
+            interval: raw.interval.and_then(|d| self.duration(&field, "interval", d)),
+            timeout: raw.timeout.and_then(|d| self.duration(&field, "timeout", d)),
+            healthy_after: raw
+                .healthy_after
+                .and_then(|n| self.count(&field, "healthy_after", n)),
+            unhealthy_after: raw
+                .unhealthy_after
+                .and_then(|n| self.count(&field, "unhealthy_after", n)),
+        }
+    }
+
+    fn duration(&mut self, field: &str, key: &str, value: Spanned<String>) -> Option<Duration> {
+        match parse_duration(value.get_ref()) {
+            Ok(duration) if !duration.is_zero() => Some(duration),
+            Ok(_) => {
+                self.error(&value, format!("{field}.{key}: must be more than 0"));
+                None
+            }
+            Err(message) => {
+                self.error(&value, format!("{field}.{key}: {message}"));
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, field: &str, key: &str, value: Spanned<i64>) -> Option<u32> {
+        match u32::try_from(*value.get_ref()) {
+            Ok(count) if count > 0 => Some(count),
+            _ => {
+                self.error(&value, format!("{field}.{key}: must be a whole number above 0"));
+                None
+            }
+        }
+    }
+
+    fn allow(&mut self, role: &str, list: Vec<RawAllow>) -> Vec<AllowRule> {
+        list.into_iter()
+            .map(|raw| {
+                let field = format!("roles.{role}.allow");
+                let ports = raw
+                    .ports
+                    .get_ref()
+                    .iter()
+                    .filter_map(|port| match u16::try_from(*port) {
+                        Ok(value) if value > 0 => Some(value),
+                        _ => {
+                            self.error(&raw.ports, format!("{field}.ports: {port} is not a port"));
+                            None
+                        }
+                    })
+                    .collect();
+                AllowRule {
+                    from: raw.from.into_inner(),
+                    ports,
+                }
+            })
+            .collect()
+    }
+
+    fn templates(&mut self, role: &str, list: Vec<RawTemplate>) -> Vec<TemplateSpec> {
+        list.into_iter()
+            .map(|raw| {
+                if let Err(message) = check_node_path(raw.dest.get_ref()) {
+                    self.error(&raw.dest, format!("roles.{role}.template.dest: {message}"));
+                }
+                TemplateSpec {
+                    source: raw.source.into_inner(),
+                    dest: raw.dest.into_inner(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl PartialRole {
+    /// This definition laid over `base`: tables merge key by key, arrays and values replace.
+    pub fn merged_over(self, base: PartialRole) -> PartialRole {
+        PartialRole {
+            image: self.image.or(base.image),
+            processes: self.processes.or(base.processes),
+            resources: self.resources.merged_over(&base.resources),
+            volumes: self.volumes.or(base.volumes),
+            health: PartialHealth {
+                check: self.health.check.or(base.health.check),
+                interval: self.health.interval.or(base.health.interval),
+                timeout: self.health.timeout.or(base.health.timeout),
+                healthy_after: self.health.healthy_after.or(base.health.healthy_after),
+                unhealthy_after: self.health.unhealthy_after.or(base.health.unhealthy_after),
+            },
+            allow: self.allow.or(base.allow),
+            templates: self.templates.or(base.templates),
+        }
+    }
+
+    /// The finished role, or what it still lacks.
+    pub fn complete(self) -> Result<Role, String> {
+        let image = self.image.ok_or("has no `image`")?;
+        let health = match self.health.check {
+            Some(check) => Some(HealthSpec {
+                check,
+                interval: self.health.interval.unwrap_or(Duration::from_secs(10)),
+                timeout: self.health.timeout.unwrap_or(Duration::from_secs(2)),
+                healthy_after: self.health.healthy_after.unwrap_or(1),
+                unhealthy_after: self.health.unhealthy_after.unwrap_or(3),
+            }),
+            None if self.health.interval.is_some() || self.health.timeout.is_some() => {
+                return Err("has a [health] table without tcp, http or exec".into())
+            }
+            None => None,
+        };
+        Ok(Role {
+            image,
+            processes: self.processes.unwrap_or_default(),
+            resources: self.resources,
+            volumes: self.volumes.unwrap_or_default(),
+            health,
+            allow: self.allow.unwrap_or_default(),
+            templates: self.templates.unwrap_or_default(),
+        })
+    }
+}
+
+impl Resources {
+    pub fn merged_over(&self, base: &Resources) -> Resources {
+        Resources {
+            memory_bytes: self.memory_bytes.or(base.memory_bytes),
+            cpus: self.cpus.or(base.cpus),
+            pids: self.pids.or(base.pids),
+        }
+    }
+}
+
+/// Names that become file names and cgroup or log paths.
+pub fn is_simple_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A path inside a node that the agent mounts or writes: absolute, normal, and not a kernel
+/// filesystem the init mounts itself.
+pub fn check_node_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path == "/" {
+        return Err(format!("`{path}` must be an absolute path below /"));
+    }
+    if path
+        .split('/')
+        .any(|part| part == ".." || part == "." || part.contains('\0'))
+    {
+        return Err(format!("`{path}` must not contain `.` or `..` parts"));
+    }
+    for reserved in ["/proc", "/sys", "/dev"] {
+        if path == reserved || path.starts_with(&format!("{reserved}/")) {
+            return Err(format!("`{path}` is inside {reserved}, which the node's init owns"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+use std::net::Ipv4Addr;
+
+use super::*;
+
+fn parse_text(text: &str) -> Result<Config, ConfigError> {
+    parse(&Source::new("agent.toml", text))
+}
+
+fn first_error(text: &str) -> Diagnostic {
+    let error = parse_text(text).expect_err("config should be refused");
+    error.diagnostics()[0].clone()
+}
+
+const SLEEPER: &str = r#"
+[host]
+state_dir = "/tmp/ms"
+[nodes.s1]
+role = "sleeper"
+[roles.sleeper]
+image = "busybox"
+[[roles.sleeper.process]]
+name = "sleep"
+command = ["sleep", "1000000"]
+"#;
+
+#[test]
+fn embedded_default_runs_the_default_node_set_on_the_plan() {
+    let config = load(None).unwrap();
+    let names: Vec<&str> = config.nodes.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["acc1", "db1", "fw1", "lb1", "mail1", "monitor1", "web1", "web2"]
+    );
+    let ip = |node: &str| config.nodes[node].ip;
+    assert_eq!(ip("fw1"), Ipv4Addr::new(172, 16, 0, 1));
+    assert_eq!(ip("lb1"), Ipv4Addr::new(172, 16, 0, 11));
+    assert_eq!(ip("web2"), Ipv4Addr::new(172, 16, 0, 22));
+    assert_eq!(ip("db1"), Ipv4Addr::new(172, 16, 0, 41));
+    assert_eq!(ip("acc1"), Ipv4Addr::new(172, 16, 0, 61));
+    assert_eq!(config.nodes["db1"].volumes[0].path, "/var/lib/mysql");
+    assert_eq!(config.origin, DEFAULT_CONFIG_NAME);
+}
+
+#[test]
+fn inline_role_defines_a_new_role_from_address_100() {
+    let config = parse_text(SLEEPER).unwrap();
+    let node = &config.nodes["s1"];
+    assert_eq!(node.processes[0].command, ["sleep", "1000000"]);
+    assert_eq!(node.processes[0].restart, RestartPolicy::Always);
+    assert_eq!(node.ip, Ipv4Addr::new(172, 16, 0, 100));
+    assert_eq!(config.host.state_dir, std::path::PathBuf::from("/tmp/ms"));
+}
+
+#[test]
+fn inline_tables_merge_key_by_key_and_arrays_replace() {
+    let config = parse_text(
+        r#"
+[nodes.web1]
+role = "web"
+[nodes.web2]
+role = "web"
+[nodes.web2.resources]
+pids = 99
+[roles.web.resources]
+memory = "64M"
+[[roles.web.process]]
+name = "sleep"
+command = ["sleep", "5"]
+restart = "on-failure"
+"#,
+    )
+    .unwrap();
+    let web1 = &config.nodes["web1"];
+    assert_eq!(web1.resources.memory_bytes, Some(64 << 20));
+    assert_eq!(web1.resources.cpus, Some(2.0), "kept from roles/web.toml");
+    assert_eq!(web1.processes.len(), 1);
+    assert_eq!(web1.processes[0].name, "sleep");
+    assert_eq!(web1.processes[0].restart, RestartPolicy::OnFailure);
+    assert_eq!(web1.volumes[0].name, "www", "volumes kept from the shipped role");
+    let web2 = &config.nodes["web2"];
+    assert_eq!(web2.resources.pids, Some(99));
+    assert_eq!(web2.resources.memory_bytes, Some(64 << 20));
+}
+
+#[test]
+fn invalid_toml_names_file_line_and_column() {
+    let error = first_error("[host]\nname = \n");
+    assert_eq!((error.file.as_str(), error.line), ("agent.toml", 2));
+    assert!(error.to_string().starts_with("agent.toml:2:"), "{error}");
+}
+
+#[test]
+fn unknown_field_is_named_with_its_place() {
+    let error = first_error("[host]\nname = \"dh1\"\nstate_dri = \"/x\"\n");
+    assert_eq!((error.line, error.column), (3, 1));
+    assert!(error.message.contains("state_dri"), "{error}");
+}
+
+#[test]
+fn unknown_field_inside_an_inline_role_is_named() {
+    let error = first_error("[roles.web]\nimgae = \"busybox\"\n");
+    assert_eq!(error.line, 2);
+    assert!(error.message.contains("imgae"), "{error}");
+}
+
+#[test]
+fn unknown_role_names_the_node_field_and_place() {
+    let error = first_error("[nodes.x1]\nrole = \"wbe\"\n");
+    assert_eq!((error.line, error.column), (2, 8));
+    assert!(error.message.contains("nodes.x1.role"), "{error}");
+    assert!(error.message.contains("wbe"), "{error}");
+}
+
+#[test]
+fn duplicate_addresses_name_both_nodes() {
+    let error = first_error(
+        "[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\nip = \"172.16.0.21\"\n",
+    );
+    assert!(error.message.contains("172.16.0.21"), "{error}");
+    assert!(error.message.contains("web1") && error.message.contains("web2"), "{error}");
+    assert_eq!(error.line, 5);
+}
+
+#[test]
+fn bad_values_are_all_reported_with_fields() {
+    let error = parse_text(
+        r#"
+[nodes.web1]
+role = "web"
+[nodes.web1.resources]
+memory = "lots"
+[roles.web]
+[[roles.web.process]]
+name = "x"
+command = []
+restart = "sometimes"
+"#,
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("nodes.web1.resources.memory"), "{text}");
+    assert!(text.contains("roles.web.process.x.command"), "{text}");
+    assert!(text.contains("sometimes"), "{text}");
+    assert_eq!(error.diagnostics().len(), 3, "{text}");
+}
+
+#[test]
+fn role_without_image_is_refused() {
+    let error = first_error("[nodes.t1]\nrole = \"t\"\n[roles.t]\n[[roles.t.process]]\nname = \"a\"\ncommand = [\"true\"]\n");
+    assert!(error.message.contains("roles.t: has no `image`"), "{error}");
+    assert_eq!(error.line, 3);
+}
+
+#[test]
+fn volume_paths_must_stay_out_of_kernel_filesystems() {
+    let error = first_error("[roles.web]\n[[roles.web.volume]]\nname = \"v\"\npath = \"/proc/x\"\n");
+    assert!(error.message.contains("roles.web.volume.v.path"), "{error}");
+}
+
+#[test]
+fn node_names_must_fit_link_names() {
+    let error = first_error("[nodes.averyveryverylongname1]\nrole = \"web\"\nip = \"172.16.0.30\"\n");
+    assert!(error.message.contains("at most 12"), "{error}");
+}
+
+#[test]
+fn addresses_outside_the_subnet_are_refused() {
+    let error = first_error("[nodes.web1]\nrole = \"web\"\nip = \"10.0.0.1\"\n");
+    assert!(error.message.contains("nodes.web1.ip"), "{error}");
+}
+
+#[test]
+fn shipped_roles_all_parse_and_complete() {
+    let config = load(None).unwrap();
+    for node in config.nodes.values() {
+        assert_eq!(node.image, "busybox", "{}", node.name);
+        assert!(!node.processes.is_empty(), "{}", node.name);
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_text(&text);
+        }
+
+        #[test]
+        fn arbitrary_node_tables_load_or_fail_with_located_errors(
+            name in "[a-z][a-z0-9-]{0,14}",
+            role in prop::sample::select(vec!["web", "db", "lb", "nope", "acc"]),
+            memory in "[0-9]{1,4}[KMGTX]?",
+        ) {
+            let text = format!("[nodes.{name}]\nrole = \"{role}\"\n[nodes.{name}.resources]\nmemory = \"{memory}\"\n");
+            match parse_text(&text) {
+                Ok(config) => prop_assert!(config.nodes.contains_key(&name)),
+                Err(error) => {
+                    prop_assert!(!error.diagnostics().is_empty());
+                    for diagnostic in error.diagnostics() {
+                        prop_assert!(diagnostic.line >= 1 && diagnostic.line <= 4, "{}", diagnostic);
+                    }
+                }
+            }
+        }
+    }
+}
