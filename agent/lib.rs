@@ -1,2 +1,11 @@
 //! magestack-agent: runs the MageStack roles as isolated nodes on one host.
+//!
+//! Data flows one way: `config` -> desired state in the `daemon` -> `runtime` (host side of a
+//! node) -> `init` (PID 1 inside it). `api` holds the messages between these processes.
+
+pub mod api;
 pub mod config;
+pub mod daemon;
+pub mod image;
+pub mod init;
+pub mod runtime;

@@ -1,0 +1,99 @@
+//! The daemon <-> init protocol.
+//!
+//! Spawning is a handshake on a socket pair inherited as fd 3: the daemon sends [`Handshake::Go`]
+//! once the init sits in its cgroup, the init answers [`Handshake::Ready`] once the node's
+//! processes run, or [`Handshake::Failed`] naming the step that failed. After that the daemon
+//! talks to the init on its control socket (inherited as fd 4, bound at `run_dir/nodes/<node>/
+//! init.sock`) with one [`InitRequest`] per connection.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeSpec;
+
+/// The fd numbers the init finds its inherited descriptors at.
+pub const HANDSHAKE_FD: i32 = 3;
+pub const CONTROL_FD: i32 = 4;
+pub const LOG_DIR_FD: i32 = 5;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "message", rename_all = "snake_case")]
+pub enum Handshake {
+    Go(Box<InitPlan>),
+    Ready { processes: Vec<ProcessStatus> },
+    Failed { step: String, error: String },
+}
+
+/// Everything the init needs to build the node's root and run its processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitPlan {
+    pub spec: NodeSpec,
+    /// Read-only image rootfs: the overlay's lower layer.
+    pub image_rootfs: PathBuf,
+    pub upper_dir: PathBuf,
+    pub work_dir: PathBuf,
+    /// Where the overlay is mounted (inside the node's own mount namespace only).
+    pub root_mount: PathBuf,
+    /// Host directory and node path of every volume.
+    pub volumes: Vec<VolumeMount>,
+    /// Host file bind-mounted over the node's /etc/hosts.
+    pub hosts_file: PathBuf,
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub source: PathBuf,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum InitRequest {
+    Status,
+    /// Stop every process (SIGTERM, SIGKILL after the stop timeout) and exit.
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum InitReply {
+    Status { processes: Vec<ProcessStatus> },
+    Stopping,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub name: String,
+    /// Pid inside the node's pid namespace; `None` while not running.
+    pub pid: Option<i32>,
+    /// running, backoff, crashloop, failed, exited or stopped.
+    pub state: ProcessState,
+    pub restarts: u32,
+    /// Last exit, exec error or crash-loop reason.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Running,
+    /// Exited; waiting for its restart delay.
+    Backoff,
+    /// Exited soon after starting several times in a row; still retried at the longest delay.
+    Crashloop,
+    /// Could not be started at all (exec error); not retried until the node restarts.
+    Failed,
+    /// Exited and its restart policy keeps it down.
+    Exited,
+    Stopped,
+}
+
+impl ProcessState {
+    /// Whether this state makes the node count as failed.
+    pub fn is_failure(self) -> bool {
+        matches!(self, ProcessState::Crashloop | ProcessState::Failed)
+    }
+}

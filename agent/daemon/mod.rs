@@ -1,0 +1,175 @@
+//! The daemon (`magestack-agent run`): adopts running nodes, sweeps leftovers, serves the
+//! control socket and drives every node towards its desired state. Nodes outlive it.
+
+mod desired;
+mod server;
+mod status;
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config, ConfigError};
+use crate::image::ImageStore;
+use crate::runtime::{NodeRecord, Runtime};
+use desired::DesiredState;
+use server::Server;
+use world::World;
+
+/// The control socket's path under the run dir.
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("agent.sock")
+}
+
+/// Loads the configuration and checks what parsing alone cannot: that every image exists.
+pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, ConfigError> {
+    let config = config::load(path)?;
+    let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for node in config.nodes.values() {
+        if !images.knows(&node.image) {
+            missing.entry(&node.image).or_default().push(&node.name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(config);
+    }
+    Err(ConfigError::Invalid(
+        missing
+            .into_iter()
+            .map(|(image, nodes)| config::Diagnostic {
+                file: config.origin.clone(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "image `{image}` (nodes {}) does not exist; built-in images: {}",
+                    nodes.join(", "),
+                    crate::image::BUILT_IN.join(", ")
+                ),
+            })
+            .collect(),
+    ))
+}
+
+pub fn run(config_path: Option<PathBuf>) -> Result<()> {
+    let host_images = |config: &Config| ImageStore::new(&config.host.state_dir);
+    let config = config::load(config_path.as_deref())?;
+    let config = load_checked(config_path.as_deref(), &host_images(&config))?;
+    for dir in [&config.host.state_dir, &config.host.log_dir] {
+        crate::runtime::create_dir(dir, 0o755)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::runtime::create_dir(&config.host.run_dir, 0o700)
+        .with_context(|| format!("creating {}", config.host.run_dir.display()))?;
+    let _lock = lock_run_dir(&config.host.run_dir)?;
+    let runtime = Arc::new(Runtime::new(&config.host).context("detecting cgroups")?);
+    tracing::info!(
+        config = %config.origin,
+        nodes = config.nodes.len(),
+        cgroup = ?runtime.cgroups.version(),
+        "magestack-agent starting"
+    );
+
+    // Re-adopt what kept running, remember what died, sweep the rest.
+    let mut adopted = Vec::new();
+    let mut dead_restarts = BTreeMap::new();
+    for node in runtime.leftover_nodes() {
+        match runtime.adopt(&node) {
+            Some(handle) => {
+                tracing::info!(node, pid = handle.record.pid, "re-adopted running node");
+                adopted.push(handle);
+            }
+            None => {
+                if let Ok(record) = NodeRecord::load(&runtime.dirs.node(&node).record()) {
+                    dead_restarts.insert(node, record.restarts);
+                }
+            }
+        }
+    }
+    let adopted_names: BTreeSet<String> = adopted.iter().map(|h| h.record.name.clone()).collect();
+    let configured: BTreeSet<String> = config.nodes.keys().cloned().collect();
+    runtime.sweep(&adopted_names, &configured);
+    dead_restarts.retain(|node, _| configured.contains(node));
+    for image in config.nodes.values().map(|n| n.image.as_str()).collect::<BTreeSet<_>>() {
+        if let Err(error) = runtime.images.rootfs(image) {
+            tracing::error!("image {image}: {error}");
+        }
+    }
+
+    let desired = DesiredState::load(&config.host.state_dir).context("reading desired state")?;
+    let socket = socket_path(&config.host.run_dir);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let result = tokio.block_on(async {
+        let listener = bind_control_socket(&socket)?;
+        let (events, mut inbox) = mpsc::unbounded_channel();
+        let server = Arc::new(Server {
+            events: events.clone(),
+            config_path,
+            runtime: runtime.clone(),
+            started: Instant::now(),
+        });
+        let mut world = World::new(config, runtime, desired, adopted, dead_restarts, events);
+        world.tick();
+        tokio::spawn(server.serve(listener));
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tracing::info!(socket = %socket.display(), "ready");
+        loop {
+            let wakeup = world.next_wakeup();
+            tokio::select! {
+                Some(event) = inbox.recv() => world.handle(event),
+                _ = sleep_until(wakeup) => world.tick(),
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!("stopping the agent; nodes keep running");
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_file(&socket);
+    // Start or stop jobs still in flight are abandoned; the next start sweeps what they leave.
+    tokio.shutdown_background();
+    result
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn bind_control_socket(path: &Path) -> Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("removing stale {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// One daemon per run dir: a second one would fight the first over the same nodes.
+fn lock_run_dir(run_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = run_dir.join("agent.lock");
+    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        anyhow::anyhow!(
+            "another magestack-agent is running with run dir {} ({errno})",
+            run_dir.display()
+        )
+    })
+}

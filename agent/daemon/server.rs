@@ -1,0 +1,136 @@
+//! The control socket: one task per connection, root callers only. Each request becomes an
+//! event for the core; the answer goes back as one JSON line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::status;
+use super::world::{Command, Event};
+use crate::api::control::{HostStatus, Request, Response};
+use crate::api::{decode_line, MAX_MESSAGE};
+use crate::runtime::Runtime;
+
+/// What connection handlers share.
+pub struct Server {
+    pub events: mpsc::UnboundedSender<Event>,
+    pub config_path: Option<PathBuf>,
+    pub runtime: Arc<Runtime>,
+    pub started: Instant,
+}
+
+impl Server {
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let server = self.clone();
+                    tokio::spawn(async move { server.connection(stream).await });
+                }
+                Err(error) => {
+                    tracing::warn!("control socket accept: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, mut stream: UnixStream) {
+        let response = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 => self.read_and_answer(&mut stream).await,
+            Ok(cred) => {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    pid = cred.pid(),
+                    "refused a control connection from a non-root caller"
+                );
+                Response::Error {
+                    message: "permission denied: only root may control the agent".into(),
+                }
+            }
+            Err(error) => Response::Error {
+                message: format!("cannot read peer credentials: {error}"),
+            },
+        };
+        if let Ok(mut line) = serde_json::to_vec(&response) {
+            line.push(b'\n');
+            let _ = stream.write_all(&line).await;
+        }
+    }
+
+    async fn read_and_answer(&self, stream: &mut UnixStream) -> Response {
+        let mut line = Vec::new();
+        let mut reader = BufReader::new(stream).take(MAX_MESSAGE + 1);
+        if let Err(error) = reader.read_until(b'\n', &mut line).await {
+            return Response::Error {
+                message: format!("reading the request: {error}"),
+            };
+        }
+        match decode_line::<Request>(&line) {
+            Ok(request) => self.answer(request).await,
+            Err(error) => Response::Error {
+                message: format!("bad request: {error}"),
+            },
+        }
+    }
+
+    async fn answer(&self, request: Request) -> Response {
+        let command = match request {
+            Request::Status { nodes } => return self.status(nodes).await,
+            Request::Start { nodes } => Command::Start(nodes),
+            Request::Stop { nodes } => Command::Stop(nodes),
+            Request::Restart { nodes } => Command::Restart(nodes),
+            Request::ExecTarget { node } => Command::ExecTarget(node),
+            Request::Reload => match self.load_config().await {
+                Ok(config) => Command::Reload(Box::new(config)),
+                Err(message) => return Response::Error { message },
+            },
+        };
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(Event::Command(command, reply)).is_err() {
+            return shutting_down();
+        }
+        answer.await.unwrap_or_else(|_| shutting_down())
+    }
+
+    async fn status(&self, nodes: Vec<String>) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(Event::Snapshot(nodes, reply)).is_err() {
+            return shutting_down();
+        }
+        match answer.await {
+            Ok(Ok(snapshot)) => {
+                let host = HostStatus {
+                    name: snapshot.host,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    uptime_s: self.started.elapsed().as_secs(),
+                    config: snapshot.config,
+                    cgroup_version: format!("{:?}", self.runtime.cgroups.version()).to_lowercase(),
+                };
+                Response::Status(status::report(host, snapshot.nodes).await)
+            }
+            Ok(Err(message)) => Response::Error { message },
+            Err(_) => shutting_down(),
+        }
+    }
+
+    /// Reads and checks the configuration again; nothing changes when it is invalid.
+    async fn load_config(&self) -> Result<crate::config::Config, String> {
+        let path = self.config_path.clone();
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || super::load_checked(path.as_deref(), &runtime.images))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("configuration not reloaded:\n{e}"))
+    }
+}
+
+fn shutting_down() -> Response {
+    Response::Error {
+        message: "the agent is shutting down".into(),
+    }
+}

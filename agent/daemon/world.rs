@@ -1,0 +1,594 @@
+//! The daemon's core: the only owner of desired and actual state. Everything else (the control
+//! socket, node watchers, finished start and stop jobs) sends it events; it decides, persists
+//! the operator's wishes, and launches the blocking runtime work off its own task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot};
+
+use super::desired::DesiredState;
+use crate::api::control::{ExecTarget, NodeState, ReloadReport, Response};
+use crate::config::{Config, NodeSpec};
+use crate::runtime::{NodeHandle, Runtime};
+
+/// First delay before restarting a node whose init died; doubles up to [`RETRY_CAP`].
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(60);
+
+pub enum Event {
+    Command(Command, oneshot::Sender<Response>),
+    Snapshot(Vec<String>, oneshot::Sender<Result<Snapshot, String>>),
+    Started(String, Result<NodeHandle, String>),
+    Stopped(String),
+    InitExited(String, i32),
+}
+
+pub enum Command {
+    Start(Vec<String>),
+    Stop(Vec<String>),
+    Restart(Vec<String>),
+    Reload(Box<Config>),
+    ExecTarget(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    /// The last start failed; stays down until an operator starts it again.
+    Failed,
+}
+
+struct NodeEntry {
+    /// `None` once the node is no longer configured.
+    spec: Option<NodeSpec>,
+    phase: Phase,
+    handle: Option<Arc<NodeHandle>>,
+    restarts: u32,
+    error: Option<String>,
+    /// Stop, then start again (restart, or a changed definition).
+    restart_pending: bool,
+    /// A node whose init died waits until then before it is started again.
+    retry_at: Option<Instant>,
+    deaths_in_row: u32,
+}
+
+/// What `status` shows, taken in the core and completed outside it.
+pub struct Snapshot {
+    pub host: String,
+    pub config: String,
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+/// One node's part of a [`Snapshot`].
+pub struct NodeSnapshot {
+    pub name: String,
+    pub role: String,
+    pub state: NodeState,
+    pub pid: Option<i32>,
+    pub ip: String,
+    pub started_at: Option<u64>,
+    pub restarts: u32,
+    pub error: Option<String>,
+    pub desired_running: bool,
+    pub handle: Option<Arc<NodeHandle>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Running,
+    Stopped,
+}
+
+struct Waiter {
+    targets: Vec<(String, Target)>,
+    reply: oneshot::Sender<Response>,
+    report: Option<ReloadReport>,
+}
+
+pub struct World {
+    config: Config,
+    runtime: Arc<Runtime>,
+    desired: DesiredState,
+    nodes: BTreeMap<String, NodeEntry>,
+    waiters: Vec<Waiter>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl World {
+    pub fn new(
+        config: Config,
+        runtime: Arc<Runtime>,
+        desired: DesiredState,
+        adopted: Vec<NodeHandle>,
+        dead_restarts: BTreeMap<String, u32>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> World {
+        let mut world = World {
+            config,
+            runtime,
+            desired,
+            nodes: BTreeMap::new(),
+            waiters: Vec::new(),
+            events,
+        };
+        for spec in world.config.nodes.values() {
+            world
+                .nodes
+                .insert(spec.name.clone(), NodeEntry::new(Some(spec.clone())));
+        }
+        for (node, restarts) in dead_restarts {
+            // Its init died while the daemon was away: it is restarted, and that counts.
+            let entry = world
+                .nodes
+                .entry(node.clone())
+                .or_insert_with(|| NodeEntry::new(None));
+            entry.restarts = restarts + 1;
+            entry.error = Some("init exited while the agent was not running".into());
+        }
+        for handle in adopted {
+            let name = handle.record.name.clone();
+            let entry = world
+                .nodes
+                .entry(name.clone())
+                .or_insert_with(|| NodeEntry::new(None));
+            entry.restarts = handle.record.restarts;
+            entry.phase = if handle.processes.iter().any(|p| p.state.is_failure()) {
+                Phase::Failed
+            } else {
+                Phase::Running
+            };
+            let handle = Arc::new(handle);
+            entry.handle = Some(handle.clone());
+            world.watch(&name, &handle);
+        }
+        world
+    }
+
+    /// When the core must wake up even without events.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.nodes.values().filter_map(|entry| entry.retry_at).min()
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Command(command, reply) => self.command(command, reply),
+            Event::Snapshot(names, reply) => {
+                let _ = reply.send(self.snapshot(&names));
+            }
+            Event::Started(node, result) => self.started(&node, result),
+            Event::Stopped(node) => self.stopped(&node),
+            Event::InitExited(node, pid) => self.init_exited(&node, pid),
+        }
+        self.reconcile();
+        self.answer_waiters();
+    }
+
+    /// Called when a retry time passes.
+    pub fn tick(&mut self) {
+        self.reconcile();
+        self.answer_waiters();
+    }
+
+    fn command(&mut self, command: Command, reply: oneshot::Sender<Response>) {
+        let result = match command {
+            Command::Start(names) => self.start_nodes(names),
+            Command::Stop(names) => self.stop_nodes(names),
+            Command::Restart(names) => self.restart_nodes(names),
+            Command::Reload(config) => Ok(self.reload(*config)),
+            Command::ExecTarget(node) => {
+                let _ = reply.send(self.exec_target(&node));
+                return;
+            }
+        };
+        match result {
+            Ok(waiter) => self.waiters.push(Waiter { reply, ..waiter }),
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+            }
+        }
+    }
+
+    fn known(&self, names: &[String]) -> Result<Vec<String>, String> {
+        if names.is_empty() {
+            return Err("name at least one node".into());
+        }
+        for name in names {
+            if !self.nodes.get(name).is_some_and(|e| e.spec.is_some()) {
+                return Err(format!("no node named {name} in {}", self.config.origin));
+            }
+        }
+        Ok(names.to_vec())
+    }
+
+    fn set_desired(&mut self, names: &[String], running: bool) -> Result<(), String> {
+        for name in names {
+            self.desired
+                .set_running(name, running)
+                .map_err(|e| format!("cannot record the desired state of {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn start_nodes(&mut self, names: Vec<String>) -> Result<Waiter, String> {
+        let names = self.known(&names)?;
+        self.set_desired(&names, true)?;
+        for name in &names {
+            let entry = self.nodes.get_mut(name).expect("known node");
+            entry.retry_at = None;
+            if entry.phase == Phase::Failed && entry.handle.is_none() {
+                entry.phase = Phase::Stopped;
+            }
+        }
+        Ok(Waiter::new(names, Target::Running))
+    }
+
+    fn stop_nodes(&mut self, names: Vec<String>) -> Result<Waiter, String> {
+        let names = self.known(&names)?;
+        self.set_desired(&names, false)?;
+        for name in &names {
+            self.nodes.get_mut(name).expect("known node").restart_pending = false;
+        }
+        Ok(Waiter::new(names, Target::Stopped))
+    }
+
+    fn restart_nodes(&mut self, names: Vec<String>) -> Result<Waiter, String> {
+        let names = self.known(&names)?;
+        self.set_desired(&names, true)?;
+        for name in &names {
+            let entry = self.nodes.get_mut(name).expect("known node");
+            entry.retry_at = None;
+            entry.error = None;
+            match entry.phase {
+                Phase::Running | Phase::Starting | Phase::Stopping => entry.restart_pending = true,
+                Phase::Failed if entry.handle.is_some() => entry.restart_pending = true,
+                Phase::Failed | Phase::Stopped => entry.phase = Phase::Stopped,
+            }
+        }
+        Ok(Waiter::new(names, Target::Running))
+    }
+
+    /// Adopts a new, already validated configuration: adds, removes and restarts only what
+    /// changed.
+    fn reload(&mut self, config: Config) -> Waiter {
+        let mut report = ReloadReport::default();
+        let mut targets = Vec::new();
+        for (name, entry) in &mut self.nodes {
+            if !config.nodes.contains_key(name) && entry.spec.take().is_some() {
+                report.stopped.push(name.clone());
+                targets.push((name.clone(), Target::Stopped));
+            }
+        }
+        for (name, spec) in &config.nodes {
+            let wanted = self.desired.wants_running(name);
+            let entry = self
+                .nodes
+                .entry(name.clone())
+                .or_insert_with(|| NodeEntry::new(None));
+            let running_spec = entry.handle.as_ref().map(|h| &h.record.spec);
+            let previous = entry.spec.replace(spec.clone());
+            if previous.is_none() && entry.handle.is_none() {
+                report.started.push(name.clone());
+            } else if running_spec.is_some_and(|running| running != spec) {
+                entry.restart_pending = true;
+                report.restarted.push(name.clone());
+            } else if previous.as_ref() != Some(spec) && entry.phase == Phase::Failed {
+                entry.phase = Phase::Stopped;
+                report.restarted.push(name.clone());
+            } else {
+                report.unchanged.push(name.clone());
+                continue;
+            }
+            if wanted {
+                targets.push((name.clone(), Target::Running));
+            }
+        }
+        self.config = config;
+        let (reply, _) = oneshot::channel();
+        Waiter {
+            targets,
+            reply,
+            report: Some(report),
+        }
+    }
+
+    fn exec_target(&self, node: &str) -> Response {
+        let handle = self
+            .nodes
+            .get(node)
+            .and_then(|entry| entry.handle.as_ref().filter(|_| entry.phase != Phase::Stopping));
+        match handle {
+            Some(handle) => Response::ExecTarget(ExecTarget {
+                pid: handle.record.pid,
+                cgroup_procs: handle
+                    .cgroup
+                    .procs_files()
+                    .into_iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            }),
+            None if self.nodes.contains_key(node) => Response::Error {
+                message: format!("node {node} is not running"),
+            },
+            None => Response::Error {
+                message: format!("no node named {node}"),
+            },
+        }
+    }
+
+    fn snapshot(&self, names: &[String]) -> Result<Snapshot, String> {
+        if let Some(unknown) = names.iter().find(|n| !self.nodes.contains_key(*n)) {
+            return Err(format!("no node named {unknown}"));
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .filter(|(name, _)| names.is_empty() || names.contains(name))
+            .map(|(name, entry)| {
+                let spec = entry
+                    .spec
+                    .as_ref()
+                    .or(entry.handle.as_ref().map(|h| &h.record.spec));
+                NodeSnapshot {
+                    name: name.clone(),
+                    role: spec.map(|s| s.role.clone()).unwrap_or_default(),
+                    state: match entry.phase {
+                        Phase::Stopped => NodeState::Stopped,
+                        Phase::Starting => NodeState::Starting,
+                        Phase::Running => NodeState::Running,
+                        Phase::Stopping => NodeState::Stopping,
+                        Phase::Failed => NodeState::Failed,
+                    },
+                    pid: entry.handle.as_ref().map(|h| h.record.pid),
+                    ip: spec.map(|s| s.ip.to_string()).unwrap_or_default(),
+                    started_at: entry.handle.as_ref().map(|h| h.record.started_at),
+                    restarts: entry.restarts,
+                    error: entry.error.clone(),
+                    desired_running: entry.spec.is_some() && self.desired.wants_running(name),
+                    handle: entry.handle.clone(),
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            host: self.config.host.name.clone(),
+            config: self.config.origin.clone(),
+            nodes,
+        })
+    }
+
+    fn started(&mut self, node: &str, result: Result<NodeHandle, String>) {
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return;
+        };
+        match result {
+            Ok(handle) => {
+                tracing::info!(node, pid = handle.record.pid, "node running");
+                let handle = Arc::new(handle);
+                entry.phase = Phase::Running;
+                entry.error = None;
+                entry.handle = Some(handle.clone());
+                self.watch(node, &handle);
+            }
+            Err(error) => {
+                tracing::error!(node, "start failed: {error}");
+                entry.phase = Phase::Failed;
+                entry.error = Some(error);
+            }
+        }
+    }
+
+    fn stopped(&mut self, node: &str) {
+        if let Some(entry) = self.nodes.get_mut(node) {
+            entry.phase = Phase::Stopped;
+            entry.handle = None;
+        }
+    }
+
+    fn init_exited(&mut self, node: &str, pid: i32) {
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let current = entry.handle.as_ref().is_some_and(|h| h.record.pid == pid);
+        if !current || !matches!(entry.phase, Phase::Running | Phase::Failed) {
+            return;
+        }
+        tracing::warn!(node, pid, "init exited; cleaning up and restarting the node");
+        entry.restarts += 1;
+        entry.deaths_in_row += 1;
+        entry.error = Some(format!("init (pid {pid}) exited unexpectedly"));
+        let delay = (RETRY_BASE * (1 << (entry.deaths_in_row - 1).min(6))).min(RETRY_CAP);
+        entry.retry_at = Some(Instant::now() + delay);
+        entry.phase = Phase::Stopping;
+        entry.handle = None;
+        let runtime = self.runtime.clone();
+        let events = self.events.clone();
+        let name = node.to_string();
+        tokio::task::spawn_blocking(move || {
+            runtime.cleanup(&name);
+            let _ = events.send(Event::Stopped(name));
+        });
+    }
+
+    /// Moves every node one step towards what is wanted of it.
+    fn reconcile(&mut self) {
+        let now = Instant::now();
+        let mut removed = Vec::new();
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            let wanted = self.desired.wants_running(&name);
+            let entry = self.nodes.get_mut(&name).expect("listed");
+            let wanted = wanted && entry.spec.is_some();
+            match (entry.phase, entry.handle.is_some()) {
+                (Phase::Starting | Phase::Stopping, _) => {}
+                (_, true) => {
+                    let changed = entry
+                        .spec
+                        .as_ref()
+                        .zip(entry.handle.as_ref())
+                        .is_some_and(|(spec, handle)| *spec != handle.record.spec);
+                    if !wanted || entry.restart_pending || changed {
+                        self.begin_stop(&name);
+                    }
+                }
+                (Phase::Stopped | Phase::Running, false) => {
+                    let due = entry.retry_at.is_none_or(|at| at <= now);
+                    if wanted && (due || entry.restart_pending) {
+                        entry.restart_pending = false;
+                        entry.retry_at = None;
+                        self.begin_start(&name);
+                    } else if entry.spec.is_none() {
+                        removed.push(name);
+                    } else if !wanted {
+                        entry.restart_pending = false;
+                    }
+                }
+                (Phase::Failed, false) => {
+                    if entry.spec.is_none() {
+                        removed.push(name);
+                    }
+                }
+            }
+        }
+        for name in removed {
+            self.nodes.remove(&name);
+        }
+    }
+
+    fn begin_start(&mut self, node: &str) {
+        let entry = self.nodes.get_mut(node).expect("known node");
+        let spec = entry.spec.clone().expect("configured node");
+        entry.phase = Phase::Starting;
+        let restarts = entry.restarts;
+        let runtime = self.runtime.clone();
+        let events = self.events.clone();
+        let name = node.to_string();
+        tracing::info!(node, "starting");
+        tokio::task::spawn_blocking(move || {
+            let result = runtime.start(&spec, restarts).map_err(|e| e.to_string());
+            let _ = events.send(Event::Started(name, result));
+        });
+    }
+
+    fn begin_stop(&mut self, node: &str) {
+        let entry = self.nodes.get_mut(node).expect("known node");
+        let Some(handle) = entry.handle.take() else {
+            return;
+        };
+        entry.phase = Phase::Stopping;
+        let runtime = self.runtime.clone();
+        let events = self.events.clone();
+        let name = node.to_string();
+        tracing::info!(node, "stopping");
+        tokio::task::spawn_blocking(move || {
+            runtime.stop(&handle);
+            let _ = events.send(Event::Stopped(name));
+        });
+    }
+
+    /// Watches the init's pidfd and reports its exit to the core.
+    fn watch(&self, node: &str, handle: &Arc<NodeHandle>) {
+        let Ok(pidfd) = handle.pidfd.try_clone() else {
+            tracing::error!(node, "cannot watch the init: dup of pidfd failed");
+            return;
+        };
+        let events = self.events.clone();
+        let name = node.to_string();
+        let pid = handle.record.pid;
+        tokio::spawn(async move {
+            // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
+            // the AsyncFd's whole life.
+            let Ok(watched) = (unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }) else {
+                return;
+            };
+            if watched.readable().await.is_ok() {
+                crate::runtime::reap(std::os::fd::AsFd::as_fd(watched.get_ref()));
+                let _ = events.send(Event::InitExited(name, pid));
+            }
+        });
+    }
+
+    fn answer_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.waiters);
+        for waiter in waiters {
+            match self.outcome(&waiter.targets) {
+                None => self.waiters.push(waiter),
+                Some(Err(message)) => {
+                    let _ = waiter.reply.send(Response::Error { message });
+                }
+                Some(Ok(())) => {
+                    let response = match waiter.report {
+                        Some(report) => Response::Reloaded(report),
+                        None => Response::Done {
+                            nodes: waiter.targets.into_iter().map(|(n, _)| n).collect(),
+                        },
+                    };
+                    let _ = waiter.reply.send(response);
+                }
+            }
+        }
+    }
+
+    /// `None` while any node is still on its way; else success or the collected failures.
+    fn outcome(&self, targets: &[(String, Target)]) -> Option<Result<(), String>> {
+        let mut failures = Vec::new();
+        for (name, target) in targets {
+            let Some(entry) = self.nodes.get(name) else {
+                continue;
+            };
+            if matches!(entry.phase, Phase::Starting | Phase::Stopping) || entry.restart_pending {
+                return None;
+            }
+            match (target, entry.phase) {
+                (Target::Running, Phase::Running) | (Target::Stopped, Phase::Stopped) => {}
+                (Target::Running, Phase::Failed) => failures.push(format!(
+                    "{name}: {}",
+                    entry.error.as_deref().unwrap_or("failed")
+                )),
+                (Target::Running, Phase::Stopped) if entry.retry_at.is_some() => {
+                    failures.push(format!(
+                        "{name}: {}",
+                        entry.error.as_deref().unwrap_or("stopped")
+                    ))
+                }
+                _ => return None,
+            }
+        }
+        Some(if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("\n"))
+        })
+    }
+}
+
+impl NodeEntry {
+    fn new(spec: Option<NodeSpec>) -> Self {
+        NodeEntry {
+            spec,
+            phase: Phase::Stopped,
+            handle: None,
+            restarts: 0,
+            error: None,
+            restart_pending: false,
+            retry_at: None,
+            deaths_in_row: 0,
+        }
+    }
+}
+
+impl Waiter {
+    fn new(names: Vec<String>, target: Target) -> Waiter {
+        let (reply, _) = oneshot::channel();
+        Waiter {
+            targets: names.into_iter().map(|n| (n, target)).collect(),
+            reply,
+            report: None,
+        }
+    }
+}

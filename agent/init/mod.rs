@@ -1,0 +1,313 @@
+//! PID 1 inside a node: the agent binary re-executed into the node's namespaces.
+//!
+//! It waits for the daemon's go, builds the node's root, starts the role's processes, reports
+//! ready, then supervises: reaps every child, restarts processes with backoff, relays their
+//! output to log files, answers the daemon on its control socket, and stops gracefully.
+//! Single-threaded by design: it forks, and a forking process must not have other threads.
+
+mod logs;
+mod process;
+pub mod rootfs;
+pub mod supervisor;
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::api::init::{
+    Handshake, InitPlan, InitReply, InitRequest, CONTROL_FD, HANDSHAKE_FD, LOG_DIR_FD,
+};
+use crate::api::{read_message, write_message};
+use logs::LogFile;
+use supervisor::{Exit, Supervisor};
+
+/// Runs the init; the return value is its exit status.
+pub fn main() -> i32 {
+    // SAFETY: the daemon passes these descriptors open at these numbers and nothing else in this
+    // process owns them.
+    let (handshake, control, log_dir) = unsafe {
+        (
+            File::from_raw_fd(HANDSHAKE_FD),
+            UnixListener::from_raw_fd(CONTROL_FD),
+            OwnedFd::from_raw_fd(LOG_DIR_FD),
+        )
+    };
+    let mut own_log = LogFile::new(
+        log_dir.try_clone().expect("dup log dir"),
+        "init",
+        logs::ROTATE_AT,
+    );
+    match Init::start(handshake, control, log_dir, &mut own_log) {
+        Ok(mut init) => {
+            init.run(&mut own_log);
+            0
+        }
+        Err(message) => {
+            own_log.append(format!("init: {message}\n").as_bytes());
+            1
+        }
+    }
+}
+
+struct Init {
+    plan: InitPlan,
+    supervisor: Supervisor,
+    signals: SignalFd,
+    control: UnixListener,
+    null: OwnedFd,
+    /// One output pipe (read, write) and log file per process, in spec order.
+    outputs: Vec<(OwnedFd, OwnedFd, LogFile)>,
+    stop_deadline: Option<Instant>,
+}
+
+impl Init {
+    /// The spawn handshake: wait for go, build the root, start the processes, report.
+    fn start(
+        handshake: File,
+        control: UnixListener,
+        log_dir: OwnedFd,
+        own_log: &mut LogFile,
+    ) -> Result<Init, String> {
+        // Nothing in the node may ptrace its init or read its memory and inherited descriptors.
+        // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        let mut mask = SigSet::empty();
+        for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(signal);
+        }
+        mask.thread_block().map_err(|e| format!("block signals: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| format!("signalfd: {e}"))?;
+
+        let plan = match read_message::<Handshake>(&handshake) {
+            Ok(Handshake::Go(plan)) => *plan,
+            Ok(other) => return Err(format!("expected go from the daemon, got {other:?}")),
+            Err(error) => return Err(format!("no go from the daemon: {error}")),
+        };
+        let fail = |step: &str, error: String| {
+            let _ = write_message(
+                &handshake,
+                &Handshake::Failed {
+                    step: step.into(),
+                    error: error.clone(),
+                },
+            );
+            format!("{step}: {error}")
+        };
+
+        let steps = rootfs::plan(&plan).map_err(|e| fail("plan root filesystem", e))?;
+        rootfs::apply(&steps, &plan.root_mount)
+            .map_err(|e| fail("build root filesystem", e.to_string()))?;
+        nix::unistd::sethostname(&plan.spec.name).map_err(|e| fail("set hostname", e.to_string()))?;
+        std::env::set_var("PATH", process::DEFAULT_PATH);
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| fail("open /dev/null", e.to_string()))?;
+
+        let mut outputs = Vec::new();
+        for spec in &plan.spec.processes {
+            let (read, write) =
+                process::output_pipe().map_err(|e| fail("create output pipe", e.to_string()))?;
+            let dir = log_dir
+                .try_clone()
+                .map_err(|e| fail("open log directory", e.to_string()))?;
+            outputs.push((read, write, LogFile::new(dir, &spec.name, logs::ROTATE_AT)));
+        }
+        control
+            .set_nonblocking(true)
+            .map_err(|e| fail("control socket", e.to_string()))?;
+
+        let mut init = Init {
+            supervisor: Supervisor::new(plan.spec.processes.clone(), Instant::now()),
+            plan,
+            signals,
+            control,
+            null: null.into(),
+            outputs,
+            stop_deadline: None,
+        };
+        init.start_due(own_log);
+        let ready = Handshake::Ready {
+            processes: init.supervisor.statuses(),
+        };
+        write_message(&handshake, &ready).map_err(|e| format!("report ready: {e}"))?;
+        Ok(init)
+    }
+
+    fn start_due(&mut self, own_log: &mut LogFile) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        for index in self.supervisor.due(Instant::now()) {
+            let spec = &self.supervisor.process(index).spec;
+            let name = spec.name.clone();
+            let started = process::prepare(spec, &passwd).and_then(|launch| {
+                process::spawn(&launch, self.outputs[index].1.as_fd(), self.null.as_fd())
+            });
+            match started {
+                Ok(pid) => self
+                    .supervisor
+                    .started(index, pid.as_raw(), Instant::now()),
+                Err(error) => {
+                    own_log.append(format!("process {name}: {error}\n").as_bytes());
+                    self.supervisor.exec_failed(index, error);
+                }
+            }
+        }
+    }
+
+    /// The supervision loop; returns when the node has stopped.
+    fn run(&mut self, own_log: &mut LogFile) {
+        loop {
+            if self.supervisor.is_stopping() && self.supervisor.running_pids().is_empty() {
+                break;
+            }
+            let timeout = self.poll_timeout();
+            let (signal_ready, control_ready, output_ready) = {
+                let mut fds = vec![
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(
+                    self.outputs
+                        .iter()
+                        .map(|(read, _, _)| PollFd::new(read.as_fd(), PollFlags::POLLIN)),
+                );
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(error) => {
+                        own_log.append(format!("poll: {error}\n").as_bytes());
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    fds[2..].iter().map(ready).collect::<Vec<_>>(),
+                )
+            };
+            for (index, ready) in output_ready.into_iter().enumerate() {
+                if ready {
+                    self.relay_output(index);
+                }
+            }
+            if signal_ready {
+                self.handle_signals();
+            }
+            if control_ready {
+                self.handle_control(own_log);
+            }
+            self.enforce_stop_deadline(own_log);
+            self.start_due(own_log);
+        }
+        // Whatever is left in the namespace (strays, exec'd shells) goes with the node.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        for index in 0..self.outputs.len() {
+            self.relay_output(index);
+        }
+        own_log.append(b"init: node stopped\n");
+    }
+
+    fn poll_timeout(&self) -> PollTimeout {
+        let deadline = [self.supervisor.next_deadline(), self.stop_deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        match deadline {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let millis = at.saturating_duration_since(Instant::now()).as_millis() + 1;
+                PollTimeout::from(u16::try_from(millis).unwrap_or(u16::MAX))
+            }
+        }
+    }
+
+    fn relay_output(&mut self, index: usize) {
+        let (read, _, log) = &mut self.outputs[index];
+        let mut buffer = [0u8; 16 * 1024];
+        for _ in 0..64 {
+            match nix::unistd::read(read.as_raw_fd(), &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => log.append(&buffer[..count]),
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => self.reap(),
+                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => self.begin_stop(),
+                _ => {}
+            }
+        }
+        // Signals coalesce: reap again in case a SIGCHLD was merged with another.
+        self.reap();
+    }
+
+    /// Reaps every exited child: supervised processes and orphans re-parented to PID 1.
+    fn reap(&mut self) {
+        loop {
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, Exit::Signal(signal as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            self.supervisor.exited(pid.as_raw(), exit, Instant::now());
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.supervisor.is_stopping() {
+            return;
+        }
+        self.supervisor.begin_stop();
+        self.stop_deadline = Some(Instant::now() + self.plan.stop_timeout);
+        for pid in self.supervisor.running_pids() {
+            // Each process leads its own session: signal the whole group it may have forked.
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+
+    fn enforce_stop_deadline(&mut self, own_log: &mut LogFile) {
+        if self.stop_deadline.is_some_and(|at| Instant::now() >= at) {
+            own_log.append(b"init: stop timeout reached; killing what is left\n");
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            self.stop_deadline = None;
+        }
+    }
+
+    fn handle_control(&mut self, own_log: &mut LogFile) {
+        while let Ok((stream, _)) = self.control.accept() {
+            if let Err(error) = self.answer(stream) {
+                own_log.append(format!("control: {error}\n").as_bytes());
+            }
+        }
+    }
+
+    fn answer(&mut self, stream: UnixStream) -> Result<(), crate::api::WireError> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+        let reply = match read_message::<InitRequest>(&stream)? {
+            InitRequest::Status => InitReply::Status {
+                processes: self.supervisor.statuses(),
+            },
+            InitRequest::Stop => {
+                self.begin_stop();
+                InitReply::Stopping
+            }
+        };
+        write_message(&stream, &reply)
+    }
+}

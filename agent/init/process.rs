@@ -1,0 +1,185 @@
+//! Starting one role process: fork, put it in its own session with its output on the log pipe,
+//! switch to its user, exec. The exec outcome comes back on a close-on-exec pipe, so a missing
+//! program is reported as an error instead of an exit code.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::{self, ForkResult, Gid, Pid, Uid};
+
+use crate::config::ProcessSpec;
+
+/// PATH for role processes that do not set their own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything the child needs, prepared before fork.
+#[derive(Debug)]
+pub struct Launch {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    uid: Uid,
+    gid: Gid,
+    home: CString,
+}
+
+/// One line of /etc/passwd inside the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// Looks a user up in the node's passwd text, by name or numeric id.
+pub fn find_account(passwd: &str, user: &str) -> Option<Account> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() < 7 {
+            return None;
+        }
+        let account = Account {
+            uid: fields[2].parse().ok()?,
+            gid: fields[3].parse().ok()?,
+            home: fields[5].to_string(),
+        };
+        (fields[0] == user || fields[2] == user).then_some(account)
+    })
+}
+
+pub fn prepare(spec: &ProcessSpec, passwd: &str) -> Result<Launch, String> {
+    let user = spec.user.as_deref().unwrap_or("root");
+    let account = find_account(passwd, user)
+        .or_else(|| {
+            (user == "root").then(|| Account {
+                uid: 0,
+                gid: 0,
+                home: "/root".into(),
+            })
+        })
+        .ok_or_else(|| format!("user `{user}` is not in the node's /etc/passwd"))?;
+    let c_string = |text: &str| {
+        CString::new(text).map_err(|_| format!("`{}` contains a NUL byte", text.escape_default()))
+    };
+    let argv = spec
+        .command
+        .iter()
+        .map(|arg| c_string(arg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        format!("HOME={}", account.home),
+        format!("USER={user}"),
+        "container=magestack".to_string(),
+    ];
+    for (key, value) in &spec.env {
+        env.retain(|entry| !entry.starts_with(&format!("{key}=")));
+        env.push(format!("{key}={value}"));
+    }
+    Ok(Launch {
+        argv,
+        env: env.iter().map(|e| c_string(e)).collect::<Result<_, _>>()?,
+        uid: Uid::from_raw(account.uid),
+        gid: Gid::from_raw(account.gid),
+        home: c_string(&account.home)?,
+    })
+}
+
+/// Starts the process with stdout and stderr on `output`; returns once it has exec'd.
+pub fn spawn(launch: &Launch, output: BorrowedFd<'_>, null: BorrowedFd<'_>) -> Result<Pid, String> {
+    let (error_read, error_write) =
+        unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the init is single-threaded, so the child may run ordinary code until exec.
+    match unsafe { unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            drop(error_read);
+            let errno = become_process(launch, output, null);
+            let bytes = (errno as i32).to_ne_bytes();
+            let _ = unistd::write(&error_write, &bytes);
+            // SAFETY: _exit ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop(error_write);
+            let mut report = Vec::new();
+            let _ = std::fs::File::from(error_read).read_to_end(&mut report);
+            match <[u8; 4]>::try_from(report.as_slice()) {
+                Err(_) => Ok(child),
+                Ok(bytes) => {
+                    let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(bytes));
+                    // The child has already exited; reap it so it is not reported as a crash.
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(format!("cannot execute {:?}: {}", launch.argv[0], errno.desc()))
+                }
+            }
+        }
+    }
+}
+
+/// In the child: everything between fork and exec. Returns only on failure.
+fn become_process(launch: &Launch, output: BorrowedFd<'_>, null: BorrowedFd<'_>) -> nix::errno::Errno {
+    let result = (|| -> nix::Result<std::convert::Infallible> {
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        unistd::setsid()?;
+        unistd::dup2(null.as_raw_fd(), 0)?;
+        unistd::dup2(output.as_raw_fd(), 1)?;
+        unistd::dup2(output.as_raw_fd(), 2)?;
+        unistd::setgroups(&[launch.gid])?;
+        unistd::setgid(launch.gid)?;
+        unistd::setuid(launch.uid)?;
+        if unistd::chdir(launch.home.as_c_str()).is_err() {
+            unistd::chdir("/")?;
+        }
+        unistd::execvpe(&launch.argv[0], &launch.argv, &launch.env)
+    })();
+    result.err().unwrap_or(nix::errno::Errno::UnknownErrno)
+}
+
+/// A pipe whose read end the init keeps and whose write end every run of one process inherits.
+pub fn output_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/bin/false\n";
+
+    fn spec(user: Option<&str>) -> ProcessSpec {
+        ProcessSpec {
+            name: "p".into(),
+            command: vec!["sleep".into(), "1".into()],
+            env: BTreeMap::from([("PATH".into(), "/bin".into())]),
+            user: user.map(Into::into),
+            restart: crate::config::RestartPolicy::Always,
+        }
+    }
+
+    #[test]
+    fn accounts_are_found_by_name_or_id() {
+        assert_eq!(find_account(PASSWD, "www-data").unwrap().uid, 33);
+        assert_eq!(find_account(PASSWD, "33").unwrap().home, "/var/www");
+        assert!(find_account(PASSWD, "nobody").is_none());
+        assert!(find_account("garbage\n::::\n", "root").is_none());
+    }
+
+    #[test]
+    fn environment_overrides_replace_defaults() {
+        let launch = prepare(&spec(Some("www-data")), PASSWD).unwrap();
+        let env: Vec<_> = launch.env.iter().map(|e| e.to_str().unwrap()).collect();
+        assert!(env.contains(&"PATH=/bin"));
+        assert!(!env.contains(&format!("PATH={DEFAULT_PATH}").as_str()));
+        assert!(env.contains(&"HOME=/var/www"));
+        assert_eq!(launch.uid.as_raw(), 33);
+    }
+
+    #[test]
+    fn unknown_users_are_refused() {
+        let error = prepare(&spec(Some("mysql")), PASSWD).unwrap_err();
+        assert!(error.contains("mysql"), "{error}");
+    }
+}

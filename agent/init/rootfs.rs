@@ -1,0 +1,407 @@
+//! The node's root filesystem, built by the init inside its own mount namespace: overlay root,
+//! kernel filesystems, a minimal /dev, tmpfs /run and /tmp, volumes, hosts, then pivot_root.
+//!
+//! The steps are planned as data first ([`plan`]) so the order and flags are unit-tested without
+//! root; [`apply`] then performs them.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::pivot_root;
+
+use crate::api::init::InitPlan;
+
+/// Device nodes bind-mounted from the host into the node's /dev.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Stop mount events from propagating back to the host.
+    MakePrivate,
+    Mount {
+        fstype: &'static str,
+        source: String,
+        target: PathBuf,
+        flags: MsFlags,
+        data: String,
+    },
+    /// Bind a host directory (or file, when `file`) onto a path in the new root.
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        file: bool,
+    },
+    Symlink {
+        target: &'static str,
+        link: PathBuf,
+    },
+    PivotRoot(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct RootfsError {
+    pub step: String,
+    pub source: std::io::Error,
+}
+
+/// The whole list of steps for one node, in order.
+pub fn plan(node: &InitPlan) -> Result<Vec<Step>, String> {
+    let root = node.root_mount.clone();
+    let at = |path: &str| root.join(path.trim_start_matches('/'));
+    for path in [&node.image_rootfs, &node.upper_dir, &node.work_dir] {
+        let text = path.to_string_lossy();
+        if text.contains([',', ':', '\\']) {
+            return Err(format!("overlay path {text} contains ',', ':' or '\\'"));
+        }
+    }
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut steps = vec![
+        Step::MakePrivate,
+        Step::Mount {
+            fstype: "overlay",
+            source: "overlay".into(),
+            target: root.clone(),
+            flags: MsFlags::empty(),
+            data: format!(
+                "lowerdir={},upperdir={},workdir={}",
+                node.image_rootfs.display(),
+                node.upper_dir.display(),
+                node.work_dir.display()
+            ),
+        },
+        Step::Mount {
+            fstype: "proc",
+            source: "proc".into(),
+            target: at("/proc"),
+            flags: hardened | MsFlags::MS_RDONLY,
+            data: String::new(),
+        },
+        Step::Mount {
+            fstype: "sysfs",
+            source: "sysfs".into(),
+            target: at("/sys"),
+            flags: hardened | MsFlags::MS_RDONLY,
+            data: String::new(),
+        },
+        Step::Mount {
+            fstype: "tmpfs",
+            source: "tmpfs".into(),
+            target: at("/dev"),
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            data: "mode=755,size=65536k".into(),
+        },
+    ];
+    for device in DEVICES {
+        steps.push(Step::Bind {
+            source: Path::new("/dev").join(device),
+            target: at(&format!("/dev/{device}")),
+            file: true,
+        });
+    }
+    steps.push(Step::Mount {
+        fstype: "devpts",
+        source: "devpts".into(),
+        target: at("/dev/pts"),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        data: "newinstance,ptmxmode=0666,mode=0620".into(),
+    });
+    for (target, link) in [
+        ("pts/ptmx", "/dev/ptmx"),
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
+        steps.push(Step::Symlink {
+            target,
+            link: at(link),
+        });
+    }
+    let tmpfs = |target: &str, mode: &str| Step::Mount {
+        fstype: "tmpfs",
+        source: "tmpfs".into(),
+        target: at(target),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        data: format!("mode={mode}"),
+    };
+    steps.push(tmpfs("/dev/shm", "1777"));
+    steps.push(tmpfs("/run", "755"));
+    steps.push(tmpfs("/tmp", "1777"));
+    for volume in &node.volumes {
+        steps.push(Step::Bind {
+            source: volume.source.clone(),
+            target: at(&volume.target),
+            file: false,
+        });
+    }
+    steps.push(Step::Bind {
+        source: node.hosts_file.clone(),
+        target: at("/etc/hosts"),
+        file: true,
+    });
+    steps.push(Step::PivotRoot(root));
+    Ok(steps)
+}
+
+/// Performs the steps; the first failure stops and names its step. Nothing needs undoing on the
+/// host: every mount lives in the node's mount namespace and dies with it.
+pub fn apply(steps: &[Step], root: &Path) -> Result<(), RootfsError> {
+    for step in steps {
+        apply_step(step, root).map_err(|source| RootfsError {
+            step: describe(step),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_step(step: &Step, root: &Path) -> std::io::Result<()> {
+    match step {
+        Step::MakePrivate => mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(Into::into),
+        Step::Mount {
+            fstype,
+            source,
+            target,
+            flags,
+            data,
+        } => {
+            if target != root {
+                ensure_dir_in_root(root, target)?;
+            }
+            let data = (!data.is_empty()).then_some(data.as_str());
+            mount(Some(source.as_str()), target, Some(*fstype), *flags, data)?;
+            Ok(())
+        }
+        Step::Bind {
+            source,
+            target,
+            file,
+        } => {
+            if *file {
+                ensure_file_in_root(root, target)?;
+            } else {
+                ensure_dir_in_root(root, target)?;
+            }
+            mount(
+                Some(source),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            Ok(())
+        }
+        Step::Symlink { target, link } => std::os::unix::fs::symlink(target, link),
+        Step::PivotRoot(new_root) => enter_root(new_root),
+    }
+}
+
+/// pivot_root with the new root as both arguments, then detach the old root stacked beneath:
+/// no directory for the old root is needed and nothing of the host stays reachable.
+fn enter_root(new_root: &Path) -> std::io::Result<()> {
+    std::env::set_current_dir(new_root)?;
+    pivot_root(".", ".")?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    std::env::set_current_dir("/")
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::MakePrivate => "make mounts private".into(),
+        Step::Mount { fstype, target, .. } => format!("mount {fstype} on {}", target.display()),
+        Step::Bind { source, target, .. } => {
+            format!("bind {} on {}", source.display(), target.display())
+        }
+        Step::Symlink { link, .. } => format!("symlink {}", link.display()),
+        Step::PivotRoot(root) => format!("pivot_root into {}", root.display()),
+    }
+}
+
+/// Creates `path` (inside `root`) as a directory, refusing to follow symlinks so an image cannot
+/// redirect a mount outside its root.
+pub fn ensure_dir_in_root(root: &Path, path: &Path) -> std::io::Result<()> {
+    let relative = path.strip_prefix(root).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is outside {}", path.display(), root.display()),
+        )
+    })?;
+    let mut current = root.to_path_buf();
+    for component in relative.components() {
+        let Component::Normal(name) = component else {
+            return Err(not_normal(path));
+        };
+        current.push(name);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(symlink_refused(&current)),
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a directory", current.display()),
+                ))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().mode(0o755).create(&current)?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Creates an empty file at `path` (parents as directories) to bind a file onto.
+fn ensure_file_in_root(root: &Path, path: &Path) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(root);
+    ensure_dir_in_root(root, parent)?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            // An image's /etc/hosts may be a symlink: replace the link, never follow it.
+            fs::remove_file(path)?;
+        }
+        Ok(_) => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map(drop)
+}
+
+fn not_normal(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{} has `.`, `..` or root parts", path.display()),
+    )
+}
+
+fn symlink_refused(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{} is a symlink; mounts never follow links", path.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::init::VolumeMount;
+    use crate::config::{NodeSpec, Resources};
+    use std::time::Duration;
+
+    fn node_plan() -> InitPlan {
+        InitPlan {
+            spec: NodeSpec {
+                name: "web1".into(),
+                role: "web".into(),
+                image: "busybox".into(),
+                ip: "172.16.0.21".parse().unwrap(),
+                processes: vec![],
+                resources: Resources::default(),
+                volumes: vec![],
+                health: None,
+                allow: vec![],
+                templates: vec![],
+            },
+            image_rootfs: "/s/images/busybox/abc/rootfs".into(),
+            upper_dir: "/s/nodes/web1/upper".into(),
+            work_dir: "/s/nodes/web1/work".into(),
+            root_mount: "/r/nodes/web1/root".into(),
+            volumes: vec![VolumeMount {
+                source: "/s/volumes/web1/www".into(),
+                target: "/var/www".into(),
+            }],
+            hosts_file: "/r/nodes/web1/hosts".into(),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn plan_starts_private_mounts_overlay_and_ends_with_pivot() {
+        let steps = plan(&node_plan()).unwrap();
+        assert_eq!(steps[0], Step::MakePrivate);
+        let Step::Mount { fstype, data, target, .. } = &steps[1] else {
+            panic!("overlay first")
+        };
+        assert_eq!(*fstype, "overlay");
+        assert_eq!(target, Path::new("/r/nodes/web1/root"));
+        assert!(data.contains("lowerdir=/s/images/busybox/abc/rootfs"));
+        assert_eq!(
+            steps.last(),
+            Some(&Step::PivotRoot("/r/nodes/web1/root".into()))
+        );
+    }
+
+    #[test]
+    fn proc_and_sys_are_read_only() {
+        let steps = plan(&node_plan()).unwrap();
+        for wanted in ["proc", "sysfs"] {
+            let flags = steps
+                .iter()
+                .find_map(|step| match step {
+                    Step::Mount { fstype, flags, .. } if *fstype == wanted => Some(*flags),
+                    _ => None,
+                })
+                .unwrap();
+            assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        }
+    }
+
+    #[test]
+    fn dev_has_only_the_minimal_devices_and_its_own_devpts() {
+        let steps = plan(&node_plan()).unwrap();
+        let binds: Vec<_> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Bind { source, .. } if source.starts_with("/dev") => Some(source.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(binds.len(), DEVICES.len());
+        assert!(steps.iter().any(|step| matches!(step,
+            Step::Mount { fstype: "devpts", data, .. } if data.contains("newinstance"))));
+    }
+
+    #[test]
+    fn volumes_bind_under_the_new_root_before_pivot() {
+        let steps = plan(&node_plan()).unwrap();
+        let position = steps
+            .iter()
+            .position(|step| matches!(step, Step::Bind { target, .. } if target == Path::new("/r/nodes/web1/root/var/www")))
+            .unwrap();
+        assert!(position < steps.len() - 1);
+    }
+
+    #[test]
+    fn overlay_paths_with_separators_are_refused() {
+        let mut node = node_plan();
+        node.upper_dir = "/s/a,b".into();
+        assert!(plan(&node).is_err());
+    }
+
+    #[test]
+    fn directories_are_created_without_following_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("var")).unwrap();
+        let error = ensure_dir_in_root(root.path(), &root.path().join("var/www")).unwrap_err();
+        assert!(error.to_string().contains("symlink"), "{error}");
+        ensure_dir_in_root(root.path(), &root.path().join("srv/data")).unwrap();
+        assert!(root.path().join("srv/data").is_dir());
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+}

@@ -1,0 +1,234 @@
+//! `exec`: run a command inside a running node: its namespaces, its cgroup, its root, as its
+//! root user, with the caller's stdio (or a pty from the node's own devpts when stdin is a
+//! terminal, so no host terminal is handed into the node).
+//!
+//! Must run in a single-threaded process: joining a mount namespace requires it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{self, ForkResult};
+
+use super::clone::pidfd_open;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnterError {
+    #[error("node {node}: {step}: {source}")]
+    Sys {
+        node: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
+}
+
+pub struct ExecRequest {
+    pub node: String,
+    /// Host pid of the node's init.
+    pub pid: i32,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub command: Vec<String>,
+    pub tty: bool,
+}
+
+/// Runs the command and returns its exit status (128 + signal when killed).
+pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
+    let node = request.node.clone();
+    let fail = move |step: &'static str| {
+        let node = node.clone();
+        move |source: std::io::Error| EnterError::Sys { node, step, source }
+    };
+    let command: Vec<CString> = request
+        .command
+        .iter()
+        .map(|arg| CString::new(arg.as_str()).map_err(std::io::Error::other))
+        .collect::<Result<_, _>>()
+        .map_err(fail("command"))?;
+    if command.is_empty() {
+        return Err(fail("command")(std::io::Error::other("no command given")));
+    }
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "HOME=/root".to_string(),
+        "USER=root".to_string(),
+        "container=magestack".to_string(),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(format!("TERM={term}"));
+    }
+    let env: Vec<CString> = env
+        .into_iter()
+        .map(|e| CString::new(e).expect("no NUL in env"))
+        .collect();
+
+    let pidfd = pidfd_open(request.pid).map_err(fail("open the node's init"))?;
+    // The node's cgroup files are host paths: open them before entering the node's mounts.
+    let cgroup_procs: Vec<File> = request
+        .cgroup_procs
+        .iter()
+        .map(|path| File::options().write(true).open(path))
+        .collect::<Result<_, _>>()
+        .map_err(fail("open the node's cgroup"))?;
+    setns(
+        &pidfd,
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .map_err(|e| fail("enter the node's namespaces")(e.into()))?;
+    let pty = if request.tty {
+        Some(open_node_pty().map_err(fail("open a pty in the node"))?)
+    } else {
+        None
+    };
+
+    // SAFETY: this process is single-threaded (setns of a mount namespace just succeeded, which
+    // the kernel allows only then), so the child may run ordinary code until exec.
+    match unsafe { unistd::fork() }.map_err(|e| fail("fork")(e.into()))? {
+        ForkResult::Child => {
+            let error = become_command(&cgroup_procs, pty.as_ref(), &command, &env);
+            let _ = writeln!(
+                std::io::stderr(),
+                "magestack-agent exec: {:?}: {error}",
+                request.command[0]
+            );
+            // SAFETY: ends the child without unwinding into the parent's state.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop(cgroup_procs);
+            if let Some((master, _)) = &pty {
+                relay_terminal(master);
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(error) => return Err(fail("wait for the command")(error.into())),
+                }
+            }
+        }
+    }
+}
+
+/// In the child: join the cgroup, take the pty as controlling terminal, exec.
+fn become_command(
+    cgroup_procs: &[File],
+    pty: Option<&(PtyMaster, String)>,
+    command: &[CString],
+    env: &[CString],
+) -> nix::errno::Errno {
+    let result = (|| -> nix::Result<std::convert::Infallible> {
+        for mut procs in cgroup_procs {
+            procs
+                .write_all(b"0")
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        }
+        if let Some((_, slave_path)) = pty {
+            unistd::setsid()?;
+            let slave = nix::fcntl::open(slave_path.as_str(), OFlag::O_RDWR, nix::sys::stat::Mode::empty())?;
+            // SAFETY: TIOCSCTTY on a terminal descriptor we just opened.
+            if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(nix::errno::Errno::last());
+            }
+            for target in 0..3 {
+                unistd::dup2(slave, target)?;
+            }
+            if slave > 2 {
+                unistd::close(slave)?;
+            }
+        }
+        unistd::chdir("/")?;
+        unistd::execvpe(&command[0], command, env)
+    })();
+    result.err().unwrap_or(nix::errno::Errno::UnknownErrno)
+}
+
+/// A pty from the node's devpts (we are in its mount namespace), sized like the caller's terminal.
+fn open_node_pty() -> std::io::Result<(PtyMaster, String)> {
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let slave = ptsname_r(&master)?;
+    let mut size: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write a winsize we own.
+    unsafe {
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+        }
+    }
+    Ok((master, slave))
+}
+
+/// Copies between the caller's terminal (in raw mode) and the pty until the command's side closes.
+fn relay_terminal(master: &PtyMaster) {
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(stdin.as_fd()).ok();
+    if let Some(saved) = &saved {
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
+    }
+    // SAFETY: the master stays open for the whole loop.
+    let master_fd = unsafe { BorrowedFd::borrow_raw(master.as_raw_fd()) };
+    let mut stdin_open = true;
+    let mut buffer = [0u8; 8192];
+    loop {
+        let mut fds = vec![PollFd::new(master_fd, PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let master_events = fds[0].revents().unwrap_or(PollFlags::empty());
+        let stdin_events = fds.get(1).and_then(|fd| fd.revents()).unwrap_or(PollFlags::empty());
+        if !master_events.is_empty() {
+            match unistd::read(master.as_raw_fd(), &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&buffer[..count]);
+                    let _ = out.flush();
+                }
+            }
+        }
+        if !stdin_events.is_empty() {
+            match unistd::read(0, &mut buffer) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(count) => {
+                    let _ = write_all_fd(master_fd, &buffer[..count]);
+                }
+            }
+        }
+    }
+    if let Some(saved) = &saved {
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, saved);
+    }
+}
+
+fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> nix::Result<()> {
+    while !data.is_empty() {
+        let written = unistd::write(fd, data)?;
+        data = &data[written..];
+    }
+    Ok(())
+}
+

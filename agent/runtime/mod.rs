@@ -1,0 +1,428 @@
+//! One node on the host side: cgroup, directories, the init's spawn, adoption, stop and clean-up.
+//!
+//! Every call here is blocking and short; the daemon runs them off its event loop.
+
+pub mod cgroup;
+mod clone;
+pub mod enter;
+mod paths;
+mod record;
+mod undo;
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::api::init::{Handshake, InitPlan, InitReply, InitRequest, ProcessStatus, VolumeMount};
+use crate::api::{read_message, write_message};
+use crate::config::{HostSettings, NodeSpec};
+use crate::image::ImageStore;
+use cgroup::{Cgroups, Limits, NodeCgroup};
+pub use clone::{pidfd_signal, reap, wait_exit};
+pub use paths::{create_dir, HostDirs, NodePaths};
+pub use record::{process_start_ticks, write_atomic, NodeRecord};
+use undo::Undo;
+
+/// How long a node may take from clone to "ready".
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("node {node}: {step}: {source}")]
+    Io {
+        node: String,
+        step: String,
+        source: std::io::Error,
+    },
+    #[error("node {node}: {source}")]
+    Image {
+        node: String,
+        #[source]
+        source: crate::image::ImageError,
+    },
+    #[error("node {node}: cgroup: {source}")]
+    Cgroup {
+        node: String,
+        source: cgroup::CgroupError,
+    },
+    #[error("node {node}: init failed at {step}: {error}")]
+    Init {
+        node: String,
+        step: String,
+        error: String,
+    },
+    #[error("node {node}: process {process} failed: {error}")]
+    Process {
+        node: String,
+        process: String,
+        error: String,
+    },
+}
+
+fn io_error(node: &str, step: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let node = node.to_string();
+    let step = step.into();
+    move |source| RuntimeError::Io { node, step, source }
+}
+
+/// The host-side runtime shared by every node.
+pub struct Runtime {
+    pub dirs: HostDirs,
+    pub cgroups: Cgroups,
+    pub cgroup_parent: String,
+    pub images: ImageStore,
+    pub stop_timeout: Duration,
+    /// The binary re-executed as each node's init.
+    pub init_binary: PathBuf,
+}
+
+/// A running node as the daemon holds it.
+#[derive(Debug)]
+pub struct NodeHandle {
+    pub record: NodeRecord,
+    pub pidfd: OwnedFd,
+    pub paths: NodePaths,
+    pub cgroup: NodeCgroup,
+    /// What the init reported when the node became ready (or was adopted).
+    pub processes: Vec<ProcessStatus>,
+}
+
+impl Runtime {
+    pub fn new(host: &HostSettings) -> Result<Runtime, cgroup::CgroupError> {
+        Ok(Runtime {
+            dirs: HostDirs {
+                state_dir: host.state_dir.clone(),
+                run_dir: host.run_dir.clone(),
+                log_dir: host.log_dir.clone(),
+            },
+            cgroups: Cgroups::detect()?,
+            cgroup_parent: host.cgroup.clone(),
+            images: ImageStore::new(&host.state_dir),
+            stop_timeout: host.stop_timeout,
+            init_binary: PathBuf::from("/proc/self/exe"),
+        })
+    }
+
+    pub fn node_cgroup(&self, node: &str) -> NodeCgroup {
+        self.cgroups.node(&self.cgroup_parent, node)
+    }
+
+    /// Starts a node and returns once its processes run (or have failed to start, which is
+    /// reported as an error after the node is taken down again).
+    pub fn start(&self, spec: &NodeSpec, restarts: u32) -> Result<NodeHandle, RuntimeError> {
+        let node = spec.name.as_str();
+        let paths = self.dirs.node(node);
+        let image_rootfs = self
+            .images
+            .rootfs(&spec.image)
+            .map_err(|source| RuntimeError::Image {
+                node: node.into(),
+                source,
+            })?;
+        let mut undo = Undo::new();
+
+        if paths.run.exists() {
+            self.cleanup(node);
+        }
+        paths::create_dir(&paths.run, 0o700).map_err(io_error(node, "create run dir"))?;
+        let run_dir = paths.run.clone();
+        undo.push("remove run dir", move || {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        });
+        let volumes = self.prepare_dirs(spec, &paths)?;
+        std::fs::write(paths.hosts_file(), hosts_file(spec))
+            .map_err(io_error(node, "write hosts file"))?;
+
+        let cgroup = self.node_cgroup(node);
+        cgroup
+            .create(&Limits {
+                memory_bytes: spec.resources.memory_bytes,
+                cpus: spec.resources.cpus,
+                pids: spec.resources.pids,
+            })
+            .map_err(|source| RuntimeError::Cgroup {
+                node: node.into(),
+                source,
+            })?;
+        let cgroup_for_undo = cgroup.clone();
+        undo.push("remove cgroup", move || {
+            let _ = cgroup_for_undo.remove();
+        });
+
+        let control = UnixListener::bind(paths.control_socket())
+            .map_err(io_error(node, "bind init control socket"))?;
+        std::fs::set_permissions(paths.control_socket(), std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error(node, "chmod init control socket"))?;
+        let (handshake, child_handshake) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| io_error(node, "socketpair")(e.into()))?;
+        let log_dir = File::open(&paths.logs).map_err(io_error(node, "open log dir"))?;
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(io_error(node, "open /dev/null"))?;
+        let cgroup_fd = cgroup.clone_into_fd().map_err(|source| RuntimeError::Cgroup {
+            node: node.into(),
+            source,
+        })?;
+
+        let child = clone::spawn(&clone::ChildSetup {
+            program: path_cstring(&self.init_binary),
+            argv: vec![
+                CString::new("magestack-agent").expect("static"),
+                CString::new("init").expect("static"),
+                CString::new(node).map_err(|e| io_error(node, "node name")(std::io::Error::other(e)))?,
+            ],
+            env: vec![CString::new("MAGESTACK_NODE_INIT=1").expect("static")],
+            null: null.as_fd(),
+            fds: vec![child_handshake.as_fd(), control.as_fd(), log_dir.as_fd()],
+            cgroup: cgroup_fd.as_ref().map(AsFd::as_fd),
+            namespaces: clone::NODE_NAMESPACES,
+        })
+        .map_err(io_error(node, "clone init into new namespaces"))?;
+        let attach_after_clone = cgroup_fd.is_none();
+        drop((child_handshake, control, log_dir, null, cgroup_fd));
+        let pidfd = child.pidfd.try_clone().map_err(io_error(node, "dup pidfd"))?;
+        undo.push("kill init", move || {
+            let _ = pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
+            wait_exit(pidfd.as_fd(), Duration::from_secs(5));
+        });
+
+        if attach_after_clone {
+            cgroup
+                .attach(child.pid)
+                .map_err(|source| RuntimeError::Cgroup {
+                    node: node.into(),
+                    source,
+                })?;
+        }
+        let plan = InitPlan {
+            spec: spec.clone(),
+            image_rootfs,
+            upper_dir: paths.upper(),
+            work_dir: paths.work(),
+            root_mount: paths.root_mount(),
+            volumes,
+            hosts_file: paths.hosts_file(),
+            stop_timeout: self.stop_timeout,
+        };
+        let handshake = UnixStream::from(OwnedFd::from(handshake));
+        handshake_with_init(node, &handshake, plan)?;
+        let processes = match read_message::<Handshake>(&handshake) {
+            Ok(Handshake::Ready { processes }) => processes,
+            Ok(Handshake::Failed { step, error }) => {
+                return Err(RuntimeError::Init {
+                    node: node.into(),
+                    step,
+                    error,
+                })
+            }
+            Ok(other) => {
+                return Err(RuntimeError::Init {
+                    node: node.into(),
+                    step: "handshake".into(),
+                    error: format!("unexpected message {other:?}"),
+                })
+            }
+            Err(error) => {
+                return Err(RuntimeError::Init {
+                    node: node.into(),
+                    step: "handshake".into(),
+                    error: format!("no ready message: {error} (see {}/init.log)", paths.logs.display()),
+                })
+            }
+        };
+        if let Some(failed) = processes.iter().find(|p| p.state.is_failure()) {
+            return Err(RuntimeError::Process {
+                node: node.into(),
+                process: failed.name.clone(),
+                error: failed.last_error.clone().unwrap_or_default(),
+            });
+        }
+
+        let record = NodeRecord {
+            name: node.into(),
+            pid: child.pid,
+            start_ticks: process_start_ticks(child.pid).unwrap_or(0),
+            started_at: unix_now(),
+            spec: spec.clone(),
+            restarts,
+        };
+        record
+            .save(&paths.record())
+            .map_err(io_error(node, "write state.json"))?;
+        undo.commit();
+        Ok(NodeHandle {
+            record,
+            pidfd: child.pidfd,
+            paths,
+            cgroup,
+            processes,
+        })
+    }
+
+    /// Directories a node needs: writable layer, volumes (created on first use, then kept),
+    /// log dir, root mount point.
+    fn prepare_dirs(&self, spec: &NodeSpec, paths: &NodePaths) -> Result<Vec<VolumeMount>, RuntimeError> {
+        let node = spec.name.as_str();
+        for dir in [paths.upper(), paths.work(), paths.logs.clone(), paths.root_mount()] {
+            paths::create_dir(&dir, 0o755)
+                .map_err(io_error(node, format!("create {}", dir.display())))?;
+        }
+        spec.volumes
+            .iter()
+            .map(|volume| {
+                let source = paths.volume(&volume.name);
+                if !source.is_dir() {
+                    paths::create_dir(&source, 0o755)
+                        .map_err(io_error(node, format!("create volume {}", source.display())))?;
+                }
+                Ok(VolumeMount {
+                    source,
+                    target: volume.path.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Re-attaches to a node that kept running while the daemon was away; `None` if its init
+    /// is gone (the caller cleans up and restarts it).
+    pub fn adopt(&self, node: &str) -> Option<NodeHandle> {
+        let paths = self.dirs.node(node);
+        let record = NodeRecord::load(&paths.record()).ok()?;
+        if record.name != node || process_start_ticks(record.pid) != Some(record.start_ticks) {
+            return None;
+        }
+        let pidfd = clone::pidfd_open(record.pid).ok()?;
+        // The pid could have been recycled between the check and pidfd_open: check again.
+        if process_start_ticks(record.pid) != Some(record.start_ticks) {
+            return None;
+        }
+        let processes = match init_request(&paths.control_socket(), &InitRequest::Status) {
+            Ok(InitReply::Status { processes }) => processes,
+            _ => return None,
+        };
+        Some(NodeHandle {
+            cgroup: self.node_cgroup(node),
+            record,
+            pidfd,
+            paths,
+            processes,
+        })
+    }
+
+    /// Stops a node gracefully and removes everything it had on the host but its layer,
+    /// volumes and logs.
+    pub fn stop(&self, handle: &NodeHandle) {
+        let asked = init_request(&handle.paths.control_socket(), &InitRequest::Stop).is_ok();
+        if !asked {
+            let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGTERM);
+        }
+        let grace = self.stop_timeout + Duration::from_secs(5);
+        if !wait_exit(handle.pidfd.as_fd(), grace) {
+            tracing::warn!(node = %handle.record.name, "init did not stop in {grace:?}; killing it");
+            let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGKILL);
+            wait_exit(handle.pidfd.as_fd(), Duration::from_secs(5));
+        }
+        self.cleanup(&handle.record.name);
+    }
+
+    /// Removes a node's cgroup (killing anything left in it) and run files. Idempotent.
+    pub fn cleanup(&self, node: &str) {
+        if let Err(error) = self.node_cgroup(node).remove() {
+            tracing::warn!(node, "removing cgroup: {error}");
+        }
+        let run = self.dirs.node(node).run;
+        if let Err(error) = std::fs::remove_dir_all(&run) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(node, "removing {}: {error}", run.display());
+            }
+        }
+    }
+
+    /// Names of nodes with anything left on the host: run dirs or cgroups.
+    pub fn leftover_nodes(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(self.dirs.nodes_run_dir()) {
+            names.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+        }
+        if let Ok(cgroups) = self.cgroups.list_nodes(&self.cgroup_parent) {
+            names.extend(cgroups);
+        }
+        names
+    }
+
+    /// Start-up sweep: clean every leftover that is not an adopted node, and the writable
+    /// layers of nodes no longer configured (volumes are data and are never removed here).
+    pub fn sweep(&self, adopted: &BTreeSet<String>, configured: &BTreeSet<String>) {
+        for node in self.leftover_nodes() {
+            if !adopted.contains(&node) {
+                tracing::info!(node, "sweeping leftovers of a node that is not running");
+                self.cleanup(&node);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dirs.state_dir.join("nodes")) {
+            for entry in entries.flatten() {
+                let Ok(node) = entry.file_name().into_string() else { continue };
+                if !configured.contains(&node) && !adopted.contains(&node) {
+                    tracing::info!(node, "removing the writable layer of an unconfigured node");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        if let Err(error) = self.images.sweep_partial() {
+            tracing::warn!("sweeping partial image builds: {error}");
+        }
+    }
+}
+
+fn handshake_with_init(node: &str, handshake: &UnixStream, plan: InitPlan) -> Result<(), RuntimeError> {
+    handshake
+        .set_read_timeout(Some(READY_TIMEOUT))
+        .map_err(io_error(node, "handshake timeout"))?;
+    write_message(handshake, &Handshake::Go(Box::new(plan))).map_err(|error| RuntimeError::Init {
+        node: node.into(),
+        step: "handshake".into(),
+        error: error.to_string(),
+    })
+}
+
+/// One request to a node's init on its control socket.
+pub fn init_request(socket: &Path, request: &InitRequest) -> Result<InitReply, crate::api::WireError> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write_message(&stream, request)?;
+    read_message(&stream)
+}
+
+/// The node's /etc/hosts until the network work lists every node.
+pub fn hosts_file(spec: &NodeSpec) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost\n{}\t{}.i {}\n",
+        spec.ip, spec.name, spec.name
+    )
+}
+
+fn path_cstring(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
