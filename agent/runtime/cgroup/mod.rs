@@ -84,7 +84,7 @@ pub enum CgroupError {
     #[error("node {node}: {reason}")]
     InvalidLimit { node: String, reason: String },
     #[error(
-        "node {node}: its {controller} limit needs the {controller} controller, which {} does not offer",
+        "node {node}: a {controller} limit needs the {controller} controller, not offered by {}",
         path.display()
     )]
     ControllerMissing {
@@ -92,7 +92,7 @@ pub enum CgroupError {
         controller: &'static str,
         path: PathBuf,
     },
-    #[error("node {node}: cgroup {} already exists (a leftover the sweep should remove)", path.display())]
+    #[error("node {node}: cgroup {} already exists (a leftover for the sweep)", path.display())]
     AlreadyExists { node: String, path: PathBuf },
     #[error("node {node}: cannot create cgroup {}: {source}", path.display())]
     Create {

@@ -75,7 +75,7 @@ mod tests {
     fn reads_mount_point_type_and_super_options() {
         let mounts = parse(
             "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
-             25 30 0:22 / /sys/fs/cgroup rw,nosuid shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate\n",
+             25 30 0:22 / /sys/fs/cgroup rw shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate\n",
         )
         .unwrap();
         assert_eq!(

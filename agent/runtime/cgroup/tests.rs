@@ -189,10 +189,10 @@ fn v1_create_refuses_a_leftover_node_dir() {
         .node("magestack", "web1")
         .create(&Limits::default())
         .unwrap_err();
-    assert!(
-        matches!(&error, CgroupError::AlreadyExists { path, .. } if path == &v1_dir(&temp, "pids/magestack/web1")),
-        "{error}"
-    );
+    let CgroupError::AlreadyExists { path, .. } = &error else {
+        panic!("expected AlreadyExists, got {error}");
+    };
+    assert_eq!(path, &v1_dir(&temp, "pids/magestack/web1"));
     assert!(v1_dir(&temp, "pids/magestack/web1").exists());
     assert!(!v1_dir(&temp, "memory/magestack").exists());
 }
@@ -230,9 +230,15 @@ fn v2_limit_without_its_controller_is_refused() {
         .node("magestack", "db1")
         .create(&limits)
         .unwrap_err();
-    assert!(
-        matches!(&error, CgroupError::ControllerMissing { controller: "pids", path, .. } if path == &root.join("cgroup.controllers")),
-        "{error}"
+    let CgroupError::ControllerMissing {
+        controller, path, ..
+    } = &error
+    else {
+        panic!("expected ControllerMissing, got {error}");
+    };
+    assert_eq!(
+        (*controller, path),
+        ("pids", &root.join("cgroup.controllers"))
     );
     assert!(error.to_string().contains("db1"), "{error}");
     assert!(!root.join("magestack").exists());
@@ -246,10 +252,10 @@ fn v2_create_removes_the_parent_it_made_when_it_fails() {
         .node("magestack", "db1")
         .create(&Limits::default())
         .unwrap_err();
-    assert!(
-        matches!(&error, CgroupError::Read { path, .. } if path == &root.join("magestack/cgroup.controllers")),
-        "{error}"
-    );
+    let CgroupError::Read { path, .. } = &error else {
+        panic!("expected a read error, got {error}");
+    };
+    assert_eq!(path, &root.join("magestack/cgroup.controllers"));
     assert!(!root.join("magestack").exists());
 }
 

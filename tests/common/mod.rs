@@ -1,0 +1,317 @@
+//! A test host: a real daemon of the real binary with its own state, run and log dirs and its own
+//! cgroup parent, so tests run side by side. Dropping it stops every node and removes every
+//! trace, on success and on failure.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_magestack-agent");
+
+pub struct TestHost {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub cgroup: String,
+    daemon: Option<Child>,
+}
+
+/// A node definition with one long sleep, the usual test subject.
+pub const SLEEPER_ROLE: &str = r#"
+[roles.sleeper]
+image = "busybox"
+[[roles.sleeper.process]]
+name = "sleep"
+command = ["sleep", "1000000"]
+"#;
+
+impl TestHost {
+    /// A host whose config is the given `[nodes]`/`[roles]` text after a generated `[host]`.
+    pub fn new(name: &str, body: &str) -> TestHost {
+        let cgroup = format!("magestack-test-{name}-{}", std::process::id());
+        let dir = PathBuf::from(format!("/tmp/{cgroup}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = TestHost {
+            name: name.into(),
+            config: dir.join("agent.toml"),
+            dir,
+            cgroup,
+            daemon: None,
+        };
+        host.write_config(body);
+        host
+    }
+
+    pub fn write_config(&self, body: &str) {
+        let text = format!(
+            "[host]\nname = \"{name}\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{body}",
+            name = self.name,
+            dir = self.dir.display(),
+            cgroup = self.cgroup,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(AGENT)
+            .args(["--config", self.config.to_str().unwrap(), "run"])
+            .env("MAGESTACK_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        wait_for("the daemon's socket", Duration::from_secs(20), || {
+            self.try_cli(&["status", "--json"]).status.success()
+        });
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
+    /// Kills the daemon with `signal` and reaps it; nodes stay.
+    pub fn kill_daemon(&mut self, signal: i32) {
+        let mut child = self.daemon.take().expect("daemon running");
+        // SAFETY: kill on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let _ = child.wait();
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn try_cli(&self, args: &[&str]) -> Output {
+        Command::new(AGENT)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and insists on success.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = self.try_cli(args);
+        assert!(
+            output.status.success(),
+            "magestack-agent {args:?} failed: {}\n{}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout),
+            self.daemon_log()
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.cli(&["status", "--json"])).unwrap()
+    }
+
+    pub fn node(&self, name: &str) -> Value {
+        self.status()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("node {name} not in status"))
+    }
+
+    pub fn node_pid(&self, name: &str) -> i32 {
+        self.node(name)["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name} has no pid")) as i32
+    }
+
+    pub fn wait_node_state(&self, name: &str, state: &str) -> Value {
+        let mut last = Value::Null;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            last = self.node(name);
+            if last["state"] == state {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{name} never became {state}: {last:#}\n{}", self.daemon_log());
+    }
+
+    /// Runs a command in a node through `exec` and returns its output.
+    pub fn exec(&self, node: &str, command: &[&str]) -> Output {
+        let mut args = vec!["exec", node, "--"];
+        args.extend_from_slice(command);
+        self.try_cli(&args)
+    }
+
+    pub fn exec_stdout(&self, node: &str, command: &[&str]) -> String {
+        let output = self.exec(node, command);
+        assert!(
+            output.status.success(),
+            "exec {command:?} in {node}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Directories of this host's cgroups in every v1 hierarchy (or the v2 one).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        cgroup_roots()
+            .into_iter()
+            .map(|root| root.join(&self.cgroup))
+            .filter(|dir| dir.exists())
+            .collect()
+    }
+
+    pub fn node_cgroup_exists(&self, node: &str) -> bool {
+        self.cgroup_dirs().iter().any(|dir| dir.join(node).exists())
+    }
+
+    /// Everything this host left on the machine: node cgroups, run dirs, processes.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for dir in self.cgroup_dirs() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    found.push(format!("cgroup {}", entry.path().display()));
+                }
+            }
+        }
+        for entry in std::fs::read_dir(self.run_dir().join("nodes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(format!("run dir {}", entry.path().display()));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for line in mounts.lines().filter(|l| l.contains(&self.cgroup)) {
+            found.push(format!("mount {line}"));
+        }
+        found
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let status = self.try_cli(&["status", "--json"]);
+            if let Ok(value) = serde_json::from_slice::<Value>(&status.stdout) {
+                let running: Vec<String> = value["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| n["pid"].is_i64())
+                    .map(|n| n["name"].as_str().unwrap().to_string())
+                    .collect();
+                if !running.is_empty() {
+                    let mut args = vec!["stop"];
+                    args.extend(running.iter().map(String::as_str));
+                    let _ = self.try_cli(&args);
+                }
+            }
+            self.kill_daemon(libc::SIGKILL);
+        }
+        // Whatever a failed test left: kill it by cgroup, remove the cgroups and files.
+        for dir in self.cgroup_dirs() {
+            for node in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if node.path().is_dir() {
+                    kill_cgroup(&node.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The hierarchies a node cgroup appears in on this machine.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if unified {
+        return vec![PathBuf::from("/sys/fs/cgroup")];
+    }
+    ["memory", "pids", "cpu", "cpuacct", "freezer", "devices", "blkio", "cpuset"]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn kill_cgroup(dir: &Path) {
+    for _ in 0..200 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill takes plain integers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `check` every 20 ms until it holds, failing the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+pub fn host_namespace(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+pub fn process_namespace(pid: i32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}

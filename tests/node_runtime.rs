@@ -1,0 +1,214 @@
+//! A node runs in its own namespaces, cgroup and root; `exec` enters it; volumes persist; stop
+//! leaves nothing behind.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{host_namespace, process_namespace, TestHost, AGENT, SLEEPER_ROLE};
+
+fn sleeper_host(name: &str, extra: &str) -> TestHost {
+    let mut host = TestHost::new(
+        name,
+        &format!(
+            r#"
+[nodes.s1]
+role = "sleeper"
+[nodes.s1.resources]
+memory = "64M"
+pids = 50
+cpus = 0.5
+{SLEEPER_ROLE}
+[[roles.sleeper.volume]]
+name = "data"
+path = "/srv/data"
+{extra}"#
+        ),
+    );
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    host
+}
+
+#[test]
+fn a_node_has_its_own_namespaces_root_and_hostname() {
+    let host = sleeper_host("ns", "");
+    let pid = host.node_pid("s1");
+    for kind in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
+        assert_ne!(
+            process_namespace(pid, kind),
+            host_namespace(kind),
+            "{kind} namespace is shared with the host"
+        );
+    }
+    // The init is PID 1 inside and sees only the node's processes.
+    let ps = host.exec_stdout("s1", &["ps", "-o", "pid,args"]);
+    assert!(ps.lines().any(|l| l.trim().starts_with("1 ") && l.contains("init s1")), "{ps}");
+    assert!(!ps.contains("magestack-agent --config"), "host processes visible:\n{ps}");
+    assert_eq!(host.exec_stdout("s1", &["hostname"]).trim(), "s1");
+    // pivot_root: the host's root is gone, the image's is there.
+    let root = host.exec_stdout("s1", &["ls", "/"]);
+    assert!(root.contains("bin") && !root.contains("work"), "{root}");
+    assert!(!host.exec_stdout("s1", &["cat", "/proc/self/mountinfo"]).contains(" /work"));
+    let hosts = host.exec_stdout("s1", &["cat", "/etc/hosts"]);
+    assert!(hosts.contains("s1.i"), "{hosts}");
+}
+
+#[test]
+fn kernel_filesystems_are_read_only_and_dev_is_minimal() {
+    let host = sleeper_host("fs", "");
+    let mounts = host.exec_stdout("s1", &["cat", "/proc/self/mounts"]);
+    for (target, fstype) in [("/proc", "proc"), ("/sys", "sysfs")] {
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("{target} not mounted:\n{mounts}"));
+        assert!(line.contains(fstype) && line.contains(" ro,"), "{line}");
+    }
+    for (target, fstype) in [("/run", "tmpfs"), ("/tmp", "tmpfs"), ("/dev/shm", "tmpfs"), ("/dev/pts", "devpts")] {
+        assert!(
+            mounts.lines().any(|l| l.split(' ').nth(1) == Some(target) && l.contains(fstype)),
+            "{target} is not {fstype}:\n{mounts}"
+        );
+    }
+    let mut dev: Vec<String> = host
+        .exec_stdout("s1", &["ls", "/dev"])
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    dev.sort();
+    assert_eq!(
+        dev,
+        ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    );
+    let write = host.exec("s1", &["sh", "-c", "echo x > /proc/sys/kernel/hostname"]);
+    assert!(!write.status.success(), "/proc/sys was writable");
+    assert_eq!(host.exec_stdout("s1", &["head", "-c", "4", "/dev/zero"]), "\0\0\0\0");
+}
+
+#[test]
+fn cgroup_limits_follow_resources() {
+    let host = sleeper_host("cg", "");
+    let pid = host.node_pid("s1");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let expected = format!("/{}/s1", host.cgroup);
+    let read = |file: &str| -> String {
+        for dir in host.cgroup_dirs() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("s1").join(file)) {
+                return text.trim().to_string();
+            }
+        }
+        panic!("no cgroup file {file}");
+    };
+    if common::cgroup_roots().len() == 1 {
+        assert!(cgroup.contains(&format!("0::{expected}")), "{cgroup}");
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("pids.max"), "50");
+        assert_eq!(read("cpu.max"), "50000 100000");
+    } else {
+        for controller in ["memory", "pids", "cpu"] {
+            assert!(
+                cgroup.lines().any(|l| l.contains(controller) && l.ends_with(&expected)),
+                "init not in the {controller} cgroup:\n{cgroup}"
+            );
+        }
+        assert_eq!(read("memory.limit_in_bytes"), (64u64 << 20).to_string());
+        assert_eq!(read("pids.max"), "50");
+        assert_eq!(read("cpu.cfs_quota_us"), "50000");
+    }
+    let status = host.node("s1");
+    assert!(status["memory_bytes"].as_u64().unwrap() > 0, "{status}");
+}
+
+#[test]
+fn exec_passes_stdio_and_exit_code_and_joins_the_cgroup() {
+    let host = sleeper_host("exec", "");
+    let mut child = Command::new(AGENT)
+        .args(["--config", host.config.to_str().unwrap(), "exec", "s1", "--", "sh", "-c", "cat; echo err >&2; exit 7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello from the host\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from the host\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+
+    let cgroup = host.exec_stdout("s1", &["cat", "/proc/self/cgroup"]);
+    assert!(cgroup.contains("pids:/") && !cgroup.contains("process_api"), "{cgroup}");
+    assert_eq!(host.exec_stdout("s1", &["id", "-u"]).trim(), "0");
+    let missing = host.exec("s1", &["no-such-program"]);
+    assert_eq!(missing.status.code(), Some(127));
+    let stopped = host.exec("nonode", &["true"]);
+    assert!(!stopped.status.success());
+}
+
+#[test]
+fn exec_gives_a_node_pty_when_stdin_is_a_terminal() {
+    let host = sleeper_host("pty", "");
+    // `script` runs the CLI on a terminal, as an operator's shell would.
+    let command = format!("{AGENT} --config {} exec s1 -- tty", host.config.display());
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("/dev/pts/0"), "not a node pty: {text}");
+}
+
+#[test]
+fn volumes_are_created_kept_across_restarts_and_visible_on_the_host() {
+    let host = sleeper_host("vol", "");
+    host.exec_stdout("s1", &["sh", "-c", "echo kept > /srv/data/file; echo lost > /tmp/file"]);
+    let on_host = host.state_dir().join("volumes/s1/data/file");
+    assert_eq!(std::fs::read_to_string(&on_host).unwrap(), "kept\n");
+    let before = host.node_pid("s1");
+    host.cli(&["restart", "s1"]);
+    assert_ne!(host.node_pid("s1"), before);
+    assert_eq!(host.exec_stdout("s1", &["cat", "/srv/data/file"]), "kept\n");
+    assert!(!host.exec("s1", &["cat", "/tmp/file"]).status.success(), "/tmp survived a restart");
+}
+
+#[test]
+fn stop_removes_cgroup_run_files_and_processes() {
+    let host = sleeper_host("stop", "");
+    let pid = host.node_pid("s1");
+    host.cli(&["stop", "s1"]);
+    let node = host.node("s1");
+    assert_eq!(node["state"], "stopped");
+    assert!(node["pid"].is_null());
+    assert!(!common::process_alive(pid), "init {pid} still alive");
+    assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+    assert!(!host.node_cgroup_exists("s1"));
+}
+
+#[test]
+fn status_json_follows_the_contract() {
+    let host = sleeper_host("json", "");
+    let status = host.status();
+    for key in ["name", "version", "uptime_s"] {
+        assert!(status["host"].get(key).is_some(), "host.{key} missing: {status}");
+    }
+    assert_eq!(status["host"]["name"], "json");
+    let node = &status["nodes"][0];
+    for key in [
+        "name", "role", "state", "pid", "ip", "uptime_s", "restarts", "memory_bytes", "cpu_usec", "health",
+        "processes",
+    ] {
+        assert!(node.get(key).is_some(), "node.{key} missing: {node}");
+    }
+    assert_eq!(node["ip"], "172.16.0.100");
+    assert_eq!(node["role"], "sleeper");
+    let process = &node["processes"][0];
+    for key in ["name", "pid", "state", "restarts"] {
+        assert!(process.get(key).is_some(), "process.{key} missing: {process}");
+    }
+    assert_eq!(process["state"], "running");
+    let table = host.cli(&["status"]);
+    assert!(table.contains("s1") && table.contains("running"), "{table}");
+}
