@@ -16,7 +16,10 @@ fn check(host: &TestHost) -> (bool, String) {
 
 #[test]
 fn a_valid_config_checks_ok() {
-    let host = TestHost::new("cfgok", &format!("[nodes.s1]\nrole = \"sleeper\"\n{SLEEPER_ROLE}"));
+    let host = TestHost::new(
+        "cfgok",
+        &format!("[nodes.s1]\nrole = \"sleeper\"\n{SLEEPER_ROLE}"),
+    );
     let (ok, text) = check(&host);
     assert!(ok, "{text}");
     assert!(text.contains("1 nodes: s1"), "{text}");
@@ -25,7 +28,11 @@ fn a_valid_config_checks_ok() {
 #[test]
 fn each_kind_of_error_is_located_and_exits_non_zero() {
     let cases: &[(&str, &str, &str)] = &[
-        ("invalid TOML", "[nodes.s1\nrole = \"sleeper\"\n", "agent.toml:9:"),
+        (
+            "invalid TOML",
+            "[nodes.s1\nrole = \"sleeper\"\n",
+            "agent.toml:9:",
+        ),
         (
             "unknown role",
             "[nodes.s1]\nrole = \"sleper\"\n",
@@ -51,7 +58,10 @@ fn each_kind_of_error_is_located_and_exits_non_zero() {
         let host = TestHost::new("cfgbad", body);
         let (ok, text) = check(&host);
         assert!(!ok, "{what}: config check passed:\n{text}");
-        assert!(text.contains(expected), "{what}: expected `{expected}` in:\n{text}");
+        assert!(
+            text.contains(expected),
+            "{what}: expected `{expected}` in:\n{text}"
+        );
     }
 }
 
@@ -66,5 +76,8 @@ fn run_with_a_bad_config_starts_nothing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nodes.s2.role"), "{stderr}");
     assert!(host.cgroup_dirs().is_empty(), "a cgroup was made");
-    assert!(!host.run_dir().join("nodes").exists(), "a node run dir was made");
+    assert!(
+        !host.run_dir().join("nodes").exists(),
+        "a node run dir was made"
+    );
 }

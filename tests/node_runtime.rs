@@ -44,13 +44,22 @@ fn a_node_has_its_own_namespaces_root_and_hostname() {
     }
     // The init is PID 1 inside and sees only the node's processes.
     let ps = host.exec_stdout("s1", &["ps", "-o", "pid,args"]);
-    assert!(ps.lines().any(|l| l.trim().starts_with("1 ") && l.contains("init s1")), "{ps}");
-    assert!(!ps.contains("magestack-agent --config"), "host processes visible:\n{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.trim().starts_with("1 ") && l.contains("init s1")),
+        "{ps}"
+    );
+    assert!(
+        !ps.contains("magestack-agent --config"),
+        "host processes visible:\n{ps}"
+    );
     assert_eq!(host.exec_stdout("s1", &["hostname"]).trim(), "s1");
     // pivot_root: the host's root is gone, the image's is there.
     let root = host.exec_stdout("s1", &["ls", "/"]);
     assert!(root.contains("bin") && !root.contains("work"), "{root}");
-    assert!(!host.exec_stdout("s1", &["cat", "/proc/self/mountinfo"]).contains(" /work"));
+    assert!(!host
+        .exec_stdout("s1", &["cat", "/proc/self/mountinfo"])
+        .contains(" /work"));
     let hosts = host.exec_stdout("s1", &["cat", "/etc/hosts"]);
     assert!(hosts.contains("s1.i"), "{hosts}");
 }
@@ -66,9 +75,16 @@ fn kernel_filesystems_are_read_only_and_dev_is_minimal() {
             .unwrap_or_else(|| panic!("{target} not mounted:\n{mounts}"));
         assert!(line.contains(fstype) && line.contains(" ro,"), "{line}");
     }
-    for (target, fstype) in [("/run", "tmpfs"), ("/tmp", "tmpfs"), ("/dev/shm", "tmpfs"), ("/dev/pts", "devpts")] {
+    for (target, fstype) in [
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/dev/shm", "tmpfs"),
+        ("/dev/pts", "devpts"),
+    ] {
         assert!(
-            mounts.lines().any(|l| l.split(' ').nth(1) == Some(target) && l.contains(fstype)),
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(target) && l.contains(fstype)),
             "{target} is not {fstype}:\n{mounts}"
         );
     }
@@ -80,11 +96,17 @@ fn kernel_filesystems_are_read_only_and_dev_is_minimal() {
     dev.sort();
     assert_eq!(
         dev,
-        ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+        [
+            "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+            "tty", "urandom", "zero"
+        ]
     );
     let write = host.exec("s1", &["sh", "-c", "echo x > /proc/sys/kernel/hostname"]);
     assert!(!write.status.success(), "/proc/sys was writable");
-    assert_eq!(host.exec_stdout("s1", &["head", "-c", "4", "/dev/zero"]), "\0\0\0\0");
+    assert_eq!(
+        host.exec_stdout("s1", &["head", "-c", "4", "/dev/zero"]),
+        "\0\0\0\0"
+    );
 }
 
 #[test]
@@ -109,7 +131,9 @@ fn cgroup_limits_follow_resources() {
     } else {
         for controller in ["memory", "pids", "cpu"] {
             assert!(
-                cgroup.lines().any(|l| l.contains(controller) && l.ends_with(&expected)),
+                cgroup
+                    .lines()
+                    .any(|l| l.contains(controller) && l.ends_with(&expected)),
                 "init not in the {controller} cgroup:\n{cgroup}"
             );
         }
@@ -125,20 +149,40 @@ fn cgroup_limits_follow_resources() {
 fn exec_passes_stdio_and_exit_code_and_joins_the_cgroup() {
     let host = sleeper_host("exec", "");
     let mut child = Command::new(AGENT)
-        .args(["--config", host.config.to_str().unwrap(), "exec", "s1", "--", "sh", "-c", "cat; echo err >&2; exit 7"])
+        .args([
+            "--config",
+            host.config.to_str().unwrap(),
+            "exec",
+            "s1",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo err >&2; exit 7",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"hello from the host\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from the host\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(7));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from the host\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello from the host\n"
+    );
     assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
 
     let cgroup = host.exec_stdout("s1", &["cat", "/proc/self/cgroup"]);
-    assert!(cgroup.contains("pids:/") && !cgroup.contains("process_api"), "{cgroup}");
+    assert!(
+        cgroup.contains("pids:/") && !cgroup.contains("process_api"),
+        "{cgroup}"
+    );
     assert_eq!(host.exec_stdout("s1", &["id", "-u"]).trim(), "0");
     let missing = host.exec("s1", &["no-such-program"]);
     assert_eq!(missing.status.code(), Some(127));
@@ -164,14 +208,24 @@ fn exec_gives_a_node_pty_when_stdin_is_a_terminal() {
 #[test]
 fn volumes_are_created_kept_across_restarts_and_visible_on_the_host() {
     let host = sleeper_host("vol", "");
-    host.exec_stdout("s1", &["sh", "-c", "echo kept > /srv/data/file; echo lost > /tmp/file"]);
+    host.exec_stdout(
+        "s1",
+        &[
+            "sh",
+            "-c",
+            "echo kept > /srv/data/file; echo lost > /tmp/file",
+        ],
+    );
     let on_host = host.state_dir().join("volumes/s1/data/file");
     assert_eq!(std::fs::read_to_string(&on_host).unwrap(), "kept\n");
     let before = host.node_pid("s1");
     host.cli(&["restart", "s1"]);
     assert_ne!(host.node_pid("s1"), before);
     assert_eq!(host.exec_stdout("s1", &["cat", "/srv/data/file"]), "kept\n");
-    assert!(!host.exec("s1", &["cat", "/tmp/file"]).status.success(), "/tmp survived a restart");
+    assert!(
+        !host.exec("s1", &["cat", "/tmp/file"]).status.success(),
+        "/tmp survived a restart"
+    );
 }
 
 #[test]
@@ -192,12 +246,24 @@ fn status_json_follows_the_contract() {
     let host = sleeper_host("json", "");
     let status = host.status();
     for key in ["name", "version", "uptime_s"] {
-        assert!(status["host"].get(key).is_some(), "host.{key} missing: {status}");
+        assert!(
+            status["host"].get(key).is_some(),
+            "host.{key} missing: {status}"
+        );
     }
     assert_eq!(status["host"]["name"], "json");
     let node = &status["nodes"][0];
     for key in [
-        "name", "role", "state", "pid", "ip", "uptime_s", "restarts", "memory_bytes", "cpu_usec", "health",
+        "name",
+        "role",
+        "state",
+        "pid",
+        "ip",
+        "uptime_s",
+        "restarts",
+        "memory_bytes",
+        "cpu_usec",
+        "health",
         "processes",
     ] {
         assert!(node.get(key).is_some(), "node.{key} missing: {node}");
@@ -206,7 +272,10 @@ fn status_json_follows_the_contract() {
     assert_eq!(node["role"], "sleeper");
     let process = &node["processes"][0];
     for key in ["name", "pid", "state", "restarts"] {
-        assert!(process.get(key).is_some(), "process.{key} missing: {process}");
+        assert!(
+            process.get(key).is_some(),
+            "process.{key} missing: {process}"
+        );
     }
     assert_eq!(process["state"], "running");
     let table = host.cli(&["status"]);

@@ -6,13 +6,23 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     /// Every node when `nodes` is empty.
-    Status { nodes: Vec<String> },
-    Start { nodes: Vec<String> },
-    Stop { nodes: Vec<String> },
-    Restart { nodes: Vec<String> },
+    Status {
+        nodes: Vec<String>,
+    },
+    Start {
+        nodes: Vec<String>,
+    },
+    Stop {
+        nodes: Vec<String>,
+    },
+    Restart {
+        nodes: Vec<String>,
+    },
     Reload,
     /// What `exec` needs to enter a running node.
-    ExecTarget { node: String },
+    ExecTarget {
+        node: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,10 +30,14 @@ pub enum Request {
 pub enum Response {
     Status(StatusReport),
     /// The named nodes reached the requested state.
-    Done { nodes: Vec<String> },
+    Done {
+        nodes: Vec<String>,
+    },
     Reloaded(ReloadReport),
     ExecTarget(ExecTarget),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// `status --json`: a stable interface. Fields may be added, never renamed.

@@ -15,7 +15,11 @@ use magestack_agent::config;
 use magestack_agent::runtime::enter::{exec_in_node, ExecRequest};
 
 #[derive(Parser)]
-#[command(name = "magestack-agent", version, about = "Runs the MageStack roles as isolated nodes on this host")]
+#[command(
+    name = "magestack-agent",
+    version,
+    about = "Runs the MageStack roles as isolated nodes on this host"
+)]
 struct Cli {
     /// Host configuration (default: $MAGESTACK_CONFIG, else /etc/magestack/agent.toml if it
     /// exists, else the embedded default).
@@ -73,6 +77,11 @@ enum ConfigCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // A client piped into `head` should end quietly when the pipe closes, like any Unix tool.
+        // SAFETY: resetting a signal disposition to its default has no memory effects.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_tracing(matches!(cli.command, Command::Run));
     match dispatch(cli) {
         Ok(code) => code,
@@ -84,8 +93,10 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(daemon: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAGESTACK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MAGESTACK_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -179,10 +190,10 @@ fn config_check(path: Option<PathBuf>) -> Result<ExitCode> {
 }
 
 fn request(config_path: &Option<PathBuf>, request: &Request) -> Result<Response> {
-    let config = config::load(config_path.as_deref())
+    let run_dir = config::run_dir(config_path.as_deref())
         .map_err(|error| anyhow::anyhow!("{error}"))
         .context("reading the configuration to find the agent's socket")?;
-    let socket = magestack_agent::daemon::socket_path(&config.host.run_dir);
+    let socket = magestack_agent::daemon::socket_path(&run_dir);
     client::send(&socket, request)
 }
 

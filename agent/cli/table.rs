@@ -16,7 +16,16 @@ pub fn render(report: &StatusReport) -> String {
     );
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "NODE", "ROLE", "STATE", "PID", "IP", "UPTIME", "CPU", "MEMORY", "RESTARTS", "PROCESSES",
+        "NODE",
+        "ROLE",
+        "STATE",
+        "PID",
+        "IP",
+        "UPTIME",
+        "CPU",
+        "MEMORY",
+        "RESTARTS",
+        "PROCESSES",
     ]);
     for node in &report.nodes {
         let processes: Vec<String> = node
@@ -28,7 +37,9 @@ pub fn render(report: &StatusReport) -> String {
             node.name.clone(),
             node.role.clone(),
             node.state.as_str().to_string(),
-            node.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            node.pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             node.ip.clone(),
             node.uptime_s.map(duration).unwrap_or_else(|| "-".into()),
             node.cpu_usec
@@ -42,7 +53,11 @@ pub fn render(report: &StatusReport) -> String {
     out.push_str(&table.to_string());
     out.push('\n');
     for node in report.nodes.iter().filter(|n| n.error.is_some()) {
-        out.push_str(&format!("{}: {}\n", node.name, node.error.as_deref().unwrap_or("")));
+        out.push_str(&format!(
+            "{}: {}\n",
+            node.name,
+            node.error.as_deref().unwrap_or("")
+        ));
     }
     out
 }

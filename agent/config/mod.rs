@@ -60,6 +60,25 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     default.exists().then(|| default.to_path_buf())
 }
 
+/// The run dir (where the daemon's socket is) as the configuration names it, read leniently:
+/// only `[host] run_dir` matters, so `status` and `stop` keep working while an operator is in
+/// the middle of editing a configuration that does not validate yet.
+pub fn run_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    let source = match path {
+        Some(path) => Source::from_file(path)?,
+        None => shipped::default_config(),
+    };
+    let table: toml::Table = toml::from_str(&source.text).map_err(|error| {
+        ConfigError::Invalid(vec![source.at(error.span(), error.message().trim())])
+    })?;
+    let run_dir = table
+        .get("host")
+        .and_then(|host| host.get("run_dir"))
+        .and_then(|dir| dir.as_str())
+        .unwrap_or("/run/magestack");
+    Ok(PathBuf::from(run_dir))
+}
+
 /// Reads and checks the configuration at `path`, or the embedded default when `None`.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     let source = match path {

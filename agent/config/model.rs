@@ -54,7 +54,9 @@ impl Subnet {
         let address: Ipv4Addr = address.parse().map_err(|_| error())?;
         let prefix: u8 = prefix.parse().map_err(|_| error())?;
         if !(8..=30).contains(&prefix) {
-            return Err(format!("subnet `{text}`: the prefix must be between /8 and /30"));
+            return Err(format!(
+                "subnet `{text}`: the prefix must be between /8 and /30"
+            ));
         }
         let mask = u32::MAX << (32 - prefix);
         Ok(Subnet {

@@ -148,7 +148,10 @@ fn network_settings(checker: &mut Checker, raw: RawNetwork) -> Option<NetworkSet
             _ => {
                 checker.error(
                     &text,
-                    format!("network.host_ip: `{}` is not a host address in {subnet}", text.get_ref()),
+                    format!(
+                        "network.host_ip: `{}` is not a host address in {subnet}",
+                        text.get_ref()
+                    ),
                 );
                 Ipv4Addr::UNSPECIFIED
             }
@@ -162,10 +165,16 @@ fn network_settings(checker: &mut Checker, raw: RawNetwork) -> Option<NetworkSet
         })
     });
     (checker.diagnostics.len() == errors_before).then_some(NetworkSettings {
-        bridge: raw.bridge.map(Spanned::into_inner).unwrap_or_else(|| "msbr0".into()),
+        bridge: raw
+            .bridge
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| "msbr0".into()),
         subnet,
         host_ip,
-        uplink: raw.uplink.map(Spanned::into_inner).unwrap_or_else(|| "host".into()),
+        uplink: raw
+            .uplink
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| "host".into()),
         public_ip: raw.public_ip.map(Spanned::into_inner),
         public_gateway,
     })
@@ -202,7 +211,8 @@ fn complete_roles(
     let mut inline = inline;
     let mut roles = BTreeMap::new();
     for name in names {
-        let shipped = role_source(&name).map(|source| shipped_role(checker.diagnostics, &source, &name));
+        let shipped =
+            role_source(&name).map(|source| shipped_role(checker.diagnostics, &source, &name));
         let (key, partial) = match (inline.remove(&name), shipped) {
             (Some((key, over)), Some(base)) => (Some(key), over.merged_over(base)),
             (Some((key, over)), None) => (Some(key), over),

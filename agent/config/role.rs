@@ -91,16 +91,20 @@ impl Checker<'_> {
             if !is_simple_name(raw.name.get_ref()) {
                 self.error(
                     &raw.name,
-                    format!(
-                        "{field}: process names use letters, digits, '-' and '_' (at most 32)"
-                    ),
+                    format!("{field}: process names use letters, digits, '-' and '_' (at most 32)"),
                 );
             }
             if !names.insert(raw.name.get_ref().clone()) {
-                self.error(&raw.name, format!("{field}: a second process has this name"));
+                self.error(
+                    &raw.name,
+                    format!("{field}: a second process has this name"),
+                );
             }
             if raw.command.get_ref().is_empty() || raw.command.get_ref()[0].is_empty() {
-                self.error(&raw.command, format!("{field}.command: must name a program"));
+                self.error(
+                    &raw.command,
+                    format!("{field}.command: must name a program"),
+                );
             }
             let restart = match raw.restart {
                 None => RestartPolicy::Always,
@@ -134,17 +138,25 @@ impl Checker<'_> {
             if value > 0.0 && value <= 1024.0 {
                 Some(value)
             } else {
-                self.error(&cpus, format!("{field}.cpus: must be above 0 (e.g. 0.5, 2)"));
+                self.error(
+                    &cpus,
+                    format!("{field}.cpus: must be above 0 (e.g. 0.5, 2)"),
+                );
                 None
             }
         });
-        let pids = raw.pids.and_then(|pids| match u64::try_from(*pids.get_ref()) {
-            Ok(value) if value > 0 => Some(value),
-            _ => {
-                self.error(&pids, format!("{field}.pids: must be a whole number above 0"));
-                None
-            }
-        });
+        let pids = raw
+            .pids
+            .and_then(|pids| match u64::try_from(*pids.get_ref()) {
+                Ok(value) if value > 0 => Some(value),
+                _ => {
+                    self.error(
+                        &pids,
+                        format!("{field}.pids: must be a whole number above 0"),
+                    );
+                    None
+                }
+            });
         Resources {
             memory_bytes,
             cpus,
@@ -200,8 +212,12 @@ impl Checker<'_> {
         }
         PartialHealth {
             check: checks.into_iter().next(),
-            interval: raw.interval.and_then(|d| self.duration(&field, "interval", d)),
-            timeout: raw.timeout.and_then(|d| self.duration(&field, "timeout", d)),
+            interval: raw
+                .interval
+                .and_then(|d| self.duration(&field, "interval", d)),
+            timeout: raw
+                .timeout
+                .and_then(|d| self.duration(&field, "timeout", d)),
             healthy_after: raw
                 .healthy_after
                 .and_then(|n| self.count(&field, "healthy_after", n)),
@@ -229,7 +245,10 @@ impl Checker<'_> {
         match u32::try_from(*value.get_ref()) {
             Ok(count) if count > 0 => Some(count),
             _ => {
-                self.error(&value, format!("{field}.{key}: must be a whole number above 0"));
+                self.error(
+                    &value,
+                    format!("{field}.{key}: must be a whole number above 0"),
+                );
                 None
             }
         }
@@ -355,7 +374,9 @@ pub fn check_node_path(path: &str) -> Result<(), String> {
     }
     for reserved in ["/proc", "/sys", "/dev"] {
         if path == reserved || path.starts_with(&format!("{reserved}/")) {
-            return Err(format!("`{path}` is inside {reserved}, which the node's init owns"));
+            return Err(format!(
+                "`{path}` is inside {reserved}, which the node's init owns"
+            ));
         }
     }
     Ok(())

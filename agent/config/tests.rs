@@ -76,7 +76,10 @@ restart = "on-failure"
     assert_eq!(web1.processes.len(), 1);
     assert_eq!(web1.processes[0].name, "sleep");
     assert_eq!(web1.processes[0].restart, RestartPolicy::OnFailure);
-    assert_eq!(web1.volumes[0].name, "www", "volumes kept from the shipped role");
+    assert_eq!(
+        web1.volumes[0].name, "www",
+        "volumes kept from the shipped role"
+    );
     let web2 = &config.nodes["web2"];
     assert_eq!(web2.resources.pids, Some(99));
     assert_eq!(web2.resources.memory_bytes, Some(64 << 20));
@@ -117,7 +120,10 @@ fn duplicate_addresses_name_both_nodes() {
         "[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\nip = \"172.16.0.21\"\n",
     );
     assert!(error.message.contains("172.16.0.21"), "{error}");
-    assert!(error.message.contains("web1") && error.message.contains("web2"), "{error}");
+    assert!(
+        error.message.contains("web1") && error.message.contains("web2"),
+        "{error}"
+    );
     assert_eq!(error.line, 5);
 }
 
@@ -153,13 +159,15 @@ fn role_without_image_is_refused() {
 
 #[test]
 fn volume_paths_must_stay_out_of_kernel_filesystems() {
-    let error = first_error("[roles.web]\n[[roles.web.volume]]\nname = \"v\"\npath = \"/proc/x\"\n");
+    let error =
+        first_error("[roles.web]\n[[roles.web.volume]]\nname = \"v\"\npath = \"/proc/x\"\n");
     assert!(error.message.contains("roles.web.volume.v.path"), "{error}");
 }
 
 #[test]
 fn node_names_must_fit_link_names() {
-    let error = first_error("[nodes.averyveryverylongname1]\nrole = \"web\"\nip = \"172.16.0.30\"\n");
+    let error =
+        first_error("[nodes.averyveryverylongname1]\nrole = \"web\"\nip = \"172.16.0.30\"\n");
     assert!(error.message.contains("at most 12"), "{error}");
 }
 
@@ -206,4 +214,23 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn run_dir_is_found_even_in_a_config_that_does_not_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "[host]\nrun_dir = \"/tmp/x\"\n[nodes.a1]\nrole = \"nope\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run_dir(Some(&path)).unwrap(),
+        std::path::PathBuf::from("/tmp/x")
+    );
+    assert_eq!(
+        run_dir(None).unwrap(),
+        std::path::PathBuf::from("/run/magestack")
+    );
 }

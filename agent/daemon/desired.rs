@@ -20,9 +20,8 @@ impl DesiredState {
     pub fn load(state_dir: &Path) -> std::io::Result<DesiredState> {
         let path = state_dir.join("desired.json");
         let mut state = match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
-                std::io::Error::other(format!("{}: {e}", path.display()))
-            })?,
+            Ok(data) => serde_json::from_slice(&data)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => DesiredState::default(),
             Err(error) => return Err(error),
         };
@@ -62,6 +61,8 @@ mod tests {
         let reloaded = DesiredState::load(dir.path()).unwrap();
         assert!(!reloaded.wants_running("web1"));
         state.set_running("web1", true).unwrap();
-        assert!(DesiredState::load(dir.path()).unwrap().wants_running("web1"));
+        assert!(DesiredState::load(dir.path())
+            .unwrap()
+            .wants_running("web1"));
     }
 }

@@ -97,7 +97,12 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     let configured: BTreeSet<String> = config.nodes.keys().cloned().collect();
     runtime.sweep(&adopted_names, &configured);
     dead_restarts.retain(|node, _| configured.contains(node));
-    for image in config.nodes.values().map(|n| n.image.as_str()).collect::<BTreeSet<_>>() {
+    for image in config
+        .nodes
+        .values()
+        .map(|n| n.image.as_str())
+        .collect::<BTreeSet<_>>()
+    {
         if let Err(error) = runtime.images.rootfs(image) {
             tracing::error!("image {image}: {error}");
         }
@@ -118,7 +123,14 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             runtime: runtime.clone(),
             started: Instant::now(),
         });
-        let mut world = World::new(config, runtime, desired, adopted, dead_restarts, events);
+        let mut world = World::new(
+            config,
+            runtime.clone(),
+            desired,
+            adopted,
+            dead_restarts,
+            events,
+        );
         world.tick();
         tokio::spawn(server.serve(listener));
         let mut terminate = signal(SignalKind::terminate())?;
@@ -137,6 +149,10 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         anyhow::Ok(())
     });
     let _ = std::fs::remove_file(&socket);
+    // With no node left the parent cgroup is removed too; with nodes running this is a no-op.
+    runtime
+        .cgroups
+        .remove_parent_if_empty(&runtime.cgroup_parent);
     // Start or stop jobs still in flight are abandoned; the next start sweeps what they leave.
     tokio.shutdown_background();
     result
@@ -153,7 +169,9 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).with_context(|| format!("removing stale {}", path.display())),
+        Err(error) => {
+            return Err(error).with_context(|| format!("removing stale {}", path.display()))
+        }
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
@@ -165,11 +183,14 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener> {
 /// One daemon per run dir: a second one would fight the first over the same nodes.
 fn lock_run_dir(run_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let path = run_dir.join("agent.lock");
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        anyhow::anyhow!(
-            "another magestack-agent is running with run dir {} ({errno})",
-            run_dir.display()
-        )
-    })
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            anyhow::anyhow!(
+                "another magestack-agent is running with run dir {} ({errno})",
+                run_dir.display()
+            )
+        },
+    )
 }

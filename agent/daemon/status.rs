@@ -50,9 +50,7 @@ fn node_status(snapshot: NodeSnapshot, processes: Vec<ProcessStatus>) -> NodeSta
         state,
         pid: snapshot.pid,
         ip: snapshot.ip,
-        uptime_s: snapshot
-            .started_at
-            .map(|at| unix_now().saturating_sub(at)),
+        uptime_s: snapshot.started_at.map(|at| unix_now().saturating_sub(at)),
         restarts: snapshot.restarts,
         memory_bytes: stats.as_ref().map(|s| s.memory_bytes),
         cpu_usec: stats.as_ref().map(|s| s.cpu_usec),
@@ -74,11 +72,17 @@ async fn ask_init(socket: &std::path::Path) -> Option<Vec<ProcessStatus>> {
         line.push(b'\n');
         stream.write_all(&line).await.ok()?;
         let mut reply = Vec::new();
-        BufReader::new(stream).read_until(b'\n', &mut reply).await.ok()?;
+        BufReader::new(stream)
+            .read_until(b'\n', &mut reply)
+            .await
+            .ok()?;
         match crate::api::decode_line::<InitReply>(&reply).ok()? {
             InitReply::Status { processes } => Some(processes),
             InitReply::Stopping => None,
         }
     };
-    tokio::time::timeout(INIT_TIMEOUT, exchange).await.ok().flatten()
+    tokio::time::timeout(INIT_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
 }

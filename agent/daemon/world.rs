@@ -22,7 +22,7 @@ const RETRY_CAP: Duration = Duration::from_secs(60);
 pub enum Event {
     Command(Command, oneshot::Sender<Response>),
     Snapshot(Vec<String>, oneshot::Sender<Result<Snapshot, String>>),
-    Started(String, Result<NodeHandle, String>),
+    Started(String, Result<Box<NodeHandle>, String>),
     Stopped(String),
     InitExited(String, i32),
 }
@@ -200,7 +200,7 @@ impl World {
             return Err("name at least one node".into());
         }
         for name in names {
-            if !self.nodes.get(name).is_some_and(|e| e.spec.is_some()) {
+            if self.nodes.get(name).is_none_or(|e| e.spec.is_none()) {
                 return Err(format!("no node named {name} in {}", self.config.origin));
             }
         }
@@ -233,7 +233,10 @@ impl World {
         let names = self.known(&names)?;
         self.set_desired(&names, false)?;
         for name in &names {
-            self.nodes.get_mut(name).expect("known node").restart_pending = false;
+            self.nodes
+                .get_mut(name)
+                .expect("known node")
+                .restart_pending = false;
         }
         Ok(Waiter::new(names, Target::Stopped))
     }
@@ -299,10 +302,12 @@ impl World {
     }
 
     fn exec_target(&self, node: &str) -> Response {
-        let handle = self
-            .nodes
-            .get(node)
-            .and_then(|entry| entry.handle.as_ref().filter(|_| entry.phase != Phase::Stopping));
+        let handle = self.nodes.get(node).and_then(|entry| {
+            entry
+                .handle
+                .as_ref()
+                .filter(|_| entry.phase != Phase::Stopping)
+        });
         match handle {
             Some(handle) => Response::ExecTarget(ExecTarget {
                 pid: handle.record.pid,
@@ -362,14 +367,14 @@ impl World {
         })
     }
 
-    fn started(&mut self, node: &str, result: Result<NodeHandle, String>) {
+    fn started(&mut self, node: &str, result: Result<Box<NodeHandle>, String>) {
         let Some(entry) = self.nodes.get_mut(node) else {
             return;
         };
         match result {
             Ok(handle) => {
                 tracing::info!(node, pid = handle.record.pid, "node running");
-                let handle = Arc::new(handle);
+                let handle = Arc::new(*handle);
                 entry.phase = Phase::Running;
                 entry.error = None;
                 entry.handle = Some(handle.clone());
@@ -398,7 +403,11 @@ impl World {
         if !current || !matches!(entry.phase, Phase::Running | Phase::Failed) {
             return;
         }
-        tracing::warn!(node, pid, "init exited; cleaning up and restarting the node");
+        tracing::warn!(
+            node,
+            pid,
+            "init exited; cleaning up and restarting the node"
+        );
         entry.restarts += 1;
         entry.deaths_in_row += 1;
         entry.error = Some(format!("init (pid {pid}) exited unexpectedly"));
@@ -470,7 +479,10 @@ impl World {
         let name = node.to_string();
         tracing::info!(node, "starting");
         tokio::task::spawn_blocking(move || {
-            let result = runtime.start(&spec, restarts).map_err(|e| e.to_string());
+            let result = runtime
+                .start(&spec, restarts)
+                .map(Box::new)
+                .map_err(|e| e.to_string());
             let _ = events.send(Event::Started(name, result));
         });
     }
@@ -503,7 +515,9 @@ impl World {
         tokio::spawn(async move {
             // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
             // the AsyncFd's whole life.
-            let Ok(watched) = (unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }) else {
+            let Ok(watched) =
+                (unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) })
+            else {
                 return;
             };
             if watched.readable().await.is_ok() {
@@ -550,12 +564,9 @@ impl World {
                     "{name}: {}",
                     entry.error.as_deref().unwrap_or("failed")
                 )),
-                (Target::Running, Phase::Stopped) if entry.retry_at.is_some() => {
-                    failures.push(format!(
-                        "{name}: {}",
-                        entry.error.as_deref().unwrap_or("stopped")
-                    ))
-                }
+                (Target::Running, Phase::Stopped) if entry.retry_at.is_some() => failures.push(
+                    format!("{name}: {}", entry.error.as_deref().unwrap_or("stopped")),
+                ),
                 _ => return None,
             }
         }

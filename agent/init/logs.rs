@@ -51,7 +51,11 @@ impl LogFile {
         let fd = openat(
             Some(self.dir.as_raw_fd()),
             self.name.as_str(),
-            OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            OFlag::O_WRONLY
+                | OFlag::O_APPEND
+                | OFlag::O_CREAT
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW,
             Mode::from_bits_truncate(0o640),
         )
         .ok()?;

@@ -79,10 +79,16 @@ impl Init {
         // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         let mut mask = SigSet::empty();
-        for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for signal in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
             mask.add(signal);
         }
-        mask.thread_block().map_err(|e| format!("block signals: {e}"))?;
+        mask.thread_block()
+            .map_err(|e| format!("block signals: {e}"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
 
@@ -105,7 +111,8 @@ impl Init {
         let steps = rootfs::plan(&plan).map_err(|e| fail("plan root filesystem", e))?;
         rootfs::apply(&steps, &plan.root_mount)
             .map_err(|e| fail("build root filesystem", e.to_string()))?;
-        nix::unistd::sethostname(&plan.spec.name).map_err(|e| fail("set hostname", e.to_string()))?;
+        nix::unistd::sethostname(&plan.spec.name)
+            .map_err(|e| fail("set hostname", e.to_string()))?;
         std::env::set_var("PATH", process::DEFAULT_PATH);
         let null = File::options()
             .read(true)
@@ -152,9 +159,7 @@ impl Init {
                 process::spawn(&launch, self.outputs[index].1.as_fd(), self.null.as_fd())
             });
             match started {
-                Ok(pid) => self
-                    .supervisor
-                    .started(index, pid.as_raw(), Instant::now()),
+                Ok(pid) => self.supervisor.started(index, pid.as_raw(), Instant::now()),
                 Err(error) => {
                     own_log.append(format!("process {name}: {error}\n").as_bytes());
                     self.supervisor.exec_failed(index, error);

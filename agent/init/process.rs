@@ -111,7 +111,11 @@ pub fn spawn(launch: &Launch, output: BorrowedFd<'_>, null: BorrowedFd<'_>) -> R
                     let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(bytes));
                     // The child has already exited; reap it so it is not reported as a crash.
                     let _ = nix::sys::wait::waitpid(child, None);
-                    Err(format!("cannot execute {:?}: {}", launch.argv[0], errno.desc()))
+                    Err(format!(
+                        "cannot execute {:?}: {}",
+                        launch.argv[0],
+                        errno.desc()
+                    ))
                 }
             }
         }
@@ -119,7 +123,11 @@ pub fn spawn(launch: &Launch, output: BorrowedFd<'_>, null: BorrowedFd<'_>) -> R
 }
 
 /// In the child: everything between fork and exec. Returns only on failure.
-fn become_process(launch: &Launch, output: BorrowedFd<'_>, null: BorrowedFd<'_>) -> nix::errno::Errno {
+fn become_process(
+    launch: &Launch,
+    output: BorrowedFd<'_>,
+    null: BorrowedFd<'_>,
+) -> nix::errno::Errno {
     let result = (|| -> nix::Result<std::convert::Infallible> {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         unistd::setsid()?;
@@ -147,7 +155,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/bin/false\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/bin/false\n";
 
     fn spec(user: Option<&str>) -> ProcessSpec {
         ProcessSpec {

@@ -334,7 +334,13 @@ mod tests {
     fn plan_starts_private_mounts_overlay_and_ends_with_pivot() {
         let steps = plan(&node_plan()).unwrap();
         assert_eq!(steps[0], Step::MakePrivate);
-        let Step::Mount { fstype, data, target, .. } = &steps[1] else {
+        let Step::Mount {
+            fstype,
+            data,
+            target,
+            ..
+        } = &steps[1]
+        else {
             panic!("overlay first")
         };
         assert_eq!(*fstype, "overlay");

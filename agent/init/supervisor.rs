@@ -230,7 +230,10 @@ mod tests {
     fn everything_starts_at_once() {
         let now = Instant::now();
         let supervisor = Supervisor::new(
-            vec![spec("a", RestartPolicy::Always), spec("b", RestartPolicy::Never)],
+            vec![
+                spec("a", RestartPolicy::Always),
+                spec("b", RestartPolicy::Never),
+            ],
             now,
         );
         assert_eq!(supervisor.due(now), vec![0, 1]);
@@ -248,7 +251,10 @@ mod tests {
             assert!(supervisor.exited(pid, Exit::Code(1), now));
             let next = supervisor.next_deadline().unwrap();
             delays.push(next - now);
-            assert!(supervisor.due(now).is_empty(), "no restart before the delay");
+            assert!(
+                supervisor.due(now).is_empty(),
+                "no restart before the delay"
+            );
             now = next;
         }
         assert_eq!(delays[0], BACKOFF_BASE);
@@ -306,7 +312,11 @@ mod tests {
         let states: Vec<_> = supervisor.statuses().iter().map(|s| s.state).collect();
         assert_eq!(
             states,
-            [ProcessState::Backoff, ProcessState::Exited, ProcessState::Exited]
+            [
+                ProcessState::Backoff,
+                ProcessState::Exited,
+                ProcessState::Exited
+            ]
         );
     }
 

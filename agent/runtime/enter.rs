@@ -138,7 +138,11 @@ fn become_command(
         }
         if let Some((_, slave_path)) = pty {
             unistd::setsid()?;
-            let slave = nix::fcntl::open(slave_path.as_str(), OFlag::O_RDWR, nix::sys::stat::Mode::empty())?;
+            let slave = nix::fcntl::open(
+                slave_path.as_str(),
+                OFlag::O_RDWR,
+                nix::sys::stat::Mode::empty(),
+            )?;
             // SAFETY: TIOCSCTTY on a terminal descriptor we just opened.
             if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } < 0 {
                 return Err(nix::errno::Errno::last());
@@ -199,7 +203,10 @@ fn relay_terminal(master: &PtyMaster) {
             continue;
         }
         let master_events = fds[0].revents().unwrap_or(PollFlags::empty());
-        let stdin_events = fds.get(1).and_then(|fd| fd.revents()).unwrap_or(PollFlags::empty());
+        let stdin_events = fds
+            .get(1)
+            .and_then(|fd| fd.revents())
+            .unwrap_or(PollFlags::empty());
         if !master_events.is_empty() {
             match unistd::read(master.as_raw_fd(), &mut buffer) {
                 Ok(0) | Err(_) => break,
@@ -231,4 +238,3 @@ fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> nix::Result<()> {
     }
     Ok(())
 }
-

@@ -119,13 +119,13 @@ impl Runtime {
     pub fn start(&self, spec: &NodeSpec, restarts: u32) -> Result<NodeHandle, RuntimeError> {
         let node = spec.name.as_str();
         let paths = self.dirs.node(node);
-        let image_rootfs = self
-            .images
-            .rootfs(&spec.image)
-            .map_err(|source| RuntimeError::Image {
-                node: node.into(),
-                source,
-            })?;
+        let image_rootfs =
+            self.images
+                .rootfs(&spec.image)
+                .map_err(|source| RuntimeError::Image {
+                    node: node.into(),
+                    source,
+                })?;
         let mut undo = Undo::new();
 
         if paths.run.exists() {
@@ -158,8 +158,11 @@ impl Runtime {
 
         let control = UnixListener::bind(paths.control_socket())
             .map_err(io_error(node, "bind init control socket"))?;
-        std::fs::set_permissions(paths.control_socket(), std::fs::Permissions::from_mode(0o600))
-            .map_err(io_error(node, "chmod init control socket"))?;
+        std::fs::set_permissions(
+            paths.control_socket(),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(io_error(node, "chmod init control socket"))?;
         let (handshake, child_handshake) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -173,17 +176,20 @@ impl Runtime {
             .write(true)
             .open("/dev/null")
             .map_err(io_error(node, "open /dev/null"))?;
-        let cgroup_fd = cgroup.clone_into_fd().map_err(|source| RuntimeError::Cgroup {
-            node: node.into(),
-            source,
-        })?;
+        let cgroup_fd = cgroup
+            .clone_into_fd()
+            .map_err(|source| RuntimeError::Cgroup {
+                node: node.into(),
+                source,
+            })?;
 
         let child = clone::spawn(&clone::ChildSetup {
             program: path_cstring(&self.init_binary),
             argv: vec![
                 CString::new("magestack-agent").expect("static"),
                 CString::new("init").expect("static"),
-                CString::new(node).map_err(|e| io_error(node, "node name")(std::io::Error::other(e)))?,
+                CString::new(node)
+                    .map_err(|e| io_error(node, "node name")(std::io::Error::other(e)))?,
             ],
             env: vec![CString::new("MAGESTACK_NODE_INIT=1").expect("static")],
             null: null.as_fd(),
@@ -194,7 +200,10 @@ impl Runtime {
         .map_err(io_error(node, "clone init into new namespaces"))?;
         let attach_after_clone = cgroup_fd.is_none();
         drop((child_handshake, control, log_dir, null, cgroup_fd));
-        let pidfd = child.pidfd.try_clone().map_err(io_error(node, "dup pidfd"))?;
+        let pidfd = child
+            .pidfd
+            .try_clone()
+            .map_err(io_error(node, "dup pidfd"))?;
         undo.push("kill init", move || {
             let _ = pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
             wait_exit(pidfd.as_fd(), Duration::from_secs(5));
@@ -218,7 +227,7 @@ impl Runtime {
             hosts_file: paths.hosts_file(),
             stop_timeout: self.stop_timeout,
         };
-        let handshake = UnixStream::from(OwnedFd::from(handshake));
+        let handshake = UnixStream::from(handshake);
         handshake_with_init(node, &handshake, plan)?;
         let processes = match read_message::<Handshake>(&handshake) {
             Ok(Handshake::Ready { processes }) => processes,
@@ -240,7 +249,10 @@ impl Runtime {
                 return Err(RuntimeError::Init {
                     node: node.into(),
                     step: "handshake".into(),
-                    error: format!("no ready message: {error} (see {}/init.log)", paths.logs.display()),
+                    error: format!(
+                        "no ready message: {error} (see {}/init.log)",
+                        paths.logs.display()
+                    ),
                 })
             }
         };
@@ -275,9 +287,18 @@ impl Runtime {
 
     /// Directories a node needs: writable layer, volumes (created on first use, then kept),
     /// log dir, root mount point.
-    fn prepare_dirs(&self, spec: &NodeSpec, paths: &NodePaths) -> Result<Vec<VolumeMount>, RuntimeError> {
+    fn prepare_dirs(
+        &self,
+        spec: &NodeSpec,
+        paths: &NodePaths,
+    ) -> Result<Vec<VolumeMount>, RuntimeError> {
         let node = spec.name.as_str();
-        for dir in [paths.upper(), paths.work(), paths.logs.clone(), paths.root_mount()] {
+        for dir in [
+            paths.upper(),
+            paths.work(),
+            paths.logs.clone(),
+            paths.root_mount(),
+        ] {
             paths::create_dir(&dir, 0o755)
                 .map_err(io_error(node, format!("create {}", dir.display())))?;
         }
@@ -286,8 +307,10 @@ impl Runtime {
             .map(|volume| {
                 let source = paths.volume(&volume.name);
                 if !source.is_dir() {
-                    paths::create_dir(&source, 0o755)
-                        .map_err(io_error(node, format!("create volume {}", source.display())))?;
+                    paths::create_dir(&source, 0o755).map_err(io_error(
+                        node,
+                        format!("create volume {}", source.display()),
+                    ))?;
                 }
                 Ok(VolumeMount {
                     source,
@@ -356,7 +379,11 @@ impl Runtime {
     pub fn leftover_nodes(&self) -> BTreeSet<String> {
         let mut names = BTreeSet::new();
         if let Ok(entries) = std::fs::read_dir(self.dirs.nodes_run_dir()) {
-            names.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+            names.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
         }
         if let Ok(cgroups) = self.cgroups.list_nodes(&self.cgroup_parent) {
             names.extend(cgroups);
@@ -375,7 +402,9 @@ impl Runtime {
         }
         if let Ok(entries) = std::fs::read_dir(self.dirs.state_dir.join("nodes")) {
             for entry in entries.flatten() {
-                let Ok(node) = entry.file_name().into_string() else { continue };
+                let Ok(node) = entry.file_name().into_string() else {
+                    continue;
+                };
                 if !configured.contains(&node) && !adopted.contains(&node) {
                     tracing::info!(node, "removing the writable layer of an unconfigured node");
                     let _ = std::fs::remove_dir_all(entry.path());
@@ -388,7 +417,11 @@ impl Runtime {
     }
 }
 
-fn handshake_with_init(node: &str, handshake: &UnixStream, plan: InitPlan) -> Result<(), RuntimeError> {
+fn handshake_with_init(
+    node: &str,
+    handshake: &UnixStream,
+    plan: InitPlan,
+) -> Result<(), RuntimeError> {
     handshake
         .set_read_timeout(Some(READY_TIMEOUT))
         .map_err(io_error(node, "handshake timeout"))?;
@@ -400,7 +433,10 @@ fn handshake_with_init(node: &str, handshake: &UnixStream, plan: InitPlan) -> Re
 }
 
 /// One request to a node's init on its control socket.
-pub fn init_request(socket: &Path, request: &InitRequest) -> Result<InitReply, crate::api::WireError> {
+pub fn init_request(
+    socket: &Path,
+    request: &InitRequest,
+) -> Result<InitReply, crate::api::WireError> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;

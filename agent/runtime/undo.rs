@@ -41,7 +41,9 @@ mod tests {
             let mut undo = Undo::new();
             for step in 1..=3 {
                 let log = log.clone();
-                undo.push(format!("step {step}"), move || log.lock().unwrap().push(step));
+                undo.push(format!("step {step}"), move || {
+                    log.lock().unwrap().push(step)
+                });
             }
         }
         assert_eq!(*log.lock().unwrap(), vec![3, 2, 1]);

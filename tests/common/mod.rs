@@ -71,6 +71,14 @@ impl TestHost {
 
     /// Starts the daemon and waits until its socket answers.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_no_wait();
+        wait_for("the daemon's socket", Duration::from_secs(20), || {
+            self.try_cli(&["status", "--json"]).status.success()
+        });
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn start_daemon_no_wait(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -85,9 +93,6 @@ impl TestHost {
             .spawn()
             .unwrap();
         self.daemon = Some(child);
-        wait_for("the daemon's socket", Duration::from_secs(20), || {
-            self.try_cli(&["status", "--json"]).status.success()
-        });
     }
 
     pub fn daemon_pid(&self) -> u32 {
@@ -159,7 +164,10 @@ impl TestHost {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{name} never became {state}: {last:#}\n{}", self.daemon_log());
+        panic!(
+            "{name} never became {state}: {last:#}\n{}",
+            self.daemon_log()
+        );
     }
 
     /// Runs a command in a node through `exec` and returns its output.
@@ -256,7 +264,8 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
     if unified {
         return vec![PathBuf::from("/sys/fs/cgroup")];
     }
-    ["memory", "pids", "cpu", "cpuacct", "freezer", "devices", "blkio", "cpuset"]
+    // The v1 controllers the agent uses.
+    ["memory", "pids", "cpu", "cpuacct", "freezer"]
         .iter()
         .map(|c| Path::new("/sys/fs/cgroup").join(c))
         .filter(|p| p.exists())
