@@ -1,1 +1,298 @@
-fn main() {}
+//! The runtime benchmark (`cargo bench --bench node_life`).
+//!
+//! 1. Node life: start a node until its first process runs, then stop it until everything is
+//!    cleaned up, repeatedly; medians of start, stop and the whole life. Where crun is installed
+//!    it runs the same rootfs with the same namespaces and memory limit (`run --detach`, then
+//!    `delete --force`), alternating with the agent, and the ratio is reported.
+//! 2. The daemon with 8 nodes: its RSS and the latency of `status` (socket round trip, and the
+//!    CLI end to end).
+//!
+//! Runs as root. Everything it makes lives under /tmp/magestack-bench-<pid> and a cgroup parent of
+//! the same name, and is removed on every path.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use magestack_agent::api::control::{Request, Response};
+use magestack_agent::api::{read_message, write_message};
+use magestack_agent::config::{self, NodeSpec, Source};
+use magestack_agent::runtime::Runtime;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_magestack-agent");
+const ROUNDS: usize = 30;
+
+struct BenchDir {
+    path: PathBuf,
+    cgroup: String,
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        for root in ["memory", "pids", "cpu", "cpuacct", "freezer", ""] {
+            let dir = Path::new("/sys/fs/cgroup").join(root).join(&self.cgroup);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let _ = nix::mount::umount2(&self.path.join("run"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn main() {
+    let name = format!("magestack-bench-{}", std::process::id());
+    let bench = BenchDir {
+        path: PathBuf::from("/tmp").join(&name),
+        cgroup: name.clone(),
+    };
+    std::fs::create_dir_all(bench.path.join("run")).unwrap();
+    hide_unified_cgroup_mount();
+    // run_dir is /run/magestack in production: a tmpfs, where state files cost no disk flush.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &bench.path.join("run"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=700"),
+    )
+    .expect("tmpfs run dir");
+
+    let config = bench_config(&bench, 8);
+    let spec = config.nodes["b1"].clone();
+    let mut runtime = Runtime::new(&config.host).expect("cgroups");
+    runtime.init_binary = PathBuf::from(AGENT);
+    let rootfs = runtime.images.rootfs("busybox").expect("busybox image");
+
+    let crun = which("crun");
+    let mut agent_life = Vec::new();
+    let mut agent_start = Vec::new();
+    let mut agent_stop = Vec::new();
+    let mut crun_life = Vec::new();
+    for round in 0..ROUNDS {
+        let (start, stop) = agent_node_life(&runtime, &spec);
+        agent_start.push(start);
+        agent_stop.push(stop);
+        agent_life.push(start + stop);
+        if let Some(crun) = &crun {
+            crun_life.push(crun_node_life(crun, &bench, &rootfs, round));
+        }
+    }
+    println!("node life, {ROUNDS} rounds, busybox rootfs, pid+mnt+uts+ipc+net+cgroup namespaces, memory 64M, cgroup {:?}, run dir on tmpfs", runtime.cgroups.version());
+    println!(
+        "  agent start (clone to first process running): median {}",
+        ms(median(&mut agent_start))
+    );
+    println!(
+        "  agent stop (SIGTERM to cgroup removed):       median {}",
+        ms(median(&mut agent_stop))
+    );
+    let agent = median(&mut agent_life);
+    println!(
+        "  agent node life:                              median {}",
+        ms(agent)
+    );
+    if crun.is_some() {
+        let crun = median(&mut crun_life);
+        println!(
+            "  crun run --detach + delete --force:           median {}",
+            ms(crun)
+        );
+        println!(
+            "  ratio agent / crun:                           {:.2}",
+            agent.as_secs_f64() / crun.as_secs_f64()
+        );
+    } else {
+        println!("  crun not installed: no comparison");
+    }
+
+    daemon_with_eight_nodes(&bench);
+}
+
+/// crun must not see the hybrid host's empty cgroup2 mount, or it tries to use it: give this
+/// process (and so both runtimes) a private mount namespace without it.
+fn hide_unified_cgroup_mount() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mount namespace");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make mounts private");
+    let _ = umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH);
+}
+
+fn bench_config(bench: &BenchDir, nodes: usize) -> config::Config {
+    let mut text = format!(
+        "[host]\nname = \"bench\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"5s\"\n\n[roles.bench]\nimage = \"busybox\"\n[[roles.bench.process]]\nname = \"sleep\"\ncommand = [\"sleep\", \"1000000\"]\n[roles.bench.resources]\nmemory = \"64M\"\n",
+        dir = bench.path.display(),
+        cgroup = bench.cgroup
+    );
+    for index in 1..=nodes {
+        text.push_str(&format!("[nodes.b{index}]\nrole = \"bench\"\n"));
+    }
+    let path = bench.path.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    config::parse(&Source::new(path.display().to_string(), text)).expect("bench config")
+}
+
+fn agent_node_life(runtime: &Runtime, spec: &NodeSpec) -> (Duration, Duration) {
+    let started = Instant::now();
+    let handle = runtime.start(spec, 0).expect("node start");
+    let running = started.elapsed();
+    let stopping = Instant::now();
+    runtime.stop(&handle);
+    (running, stopping.elapsed())
+}
+
+fn crun_node_life(crun: &Path, bench: &BenchDir, rootfs: &Path, round: usize) -> Duration {
+    let bundle = bench.path.join("crun-bundle");
+    if !bundle.join("config.json").exists() {
+        write_crun_bundle(crun, &bundle, rootfs, &bench.cgroup);
+    }
+    let id = format!("{}-{round}", bench.cgroup);
+    let state_root = bench.path.join("crun-state");
+    let crun_command = |args: &[&str]| {
+        let status = Command::new(crun)
+            .arg("--root")
+            .arg(&state_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("crun");
+        assert!(status.success(), "crun {args:?} failed");
+    };
+    let started = Instant::now();
+    crun_command(&["run", "--detach", "--bundle", bundle.to_str().unwrap(), &id]);
+    crun_command(&["delete", "--force", &id]);
+    started.elapsed()
+}
+
+fn write_crun_bundle(crun: &Path, bundle: &Path, rootfs: &Path, cgroup: &str) {
+    std::fs::create_dir_all(bundle).unwrap();
+    let status = Command::new(crun)
+        .args(["spec", "--bundle", bundle.to_str().unwrap()])
+        .status()
+        .expect("crun spec");
+    assert!(status.success());
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({ "path": rootfs, "readonly": true });
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000000"]);
+    spec["hostname"] = "crun".into();
+    spec["linux"]["namespaces"] = serde_json::json!([
+        {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+        {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+    ]);
+    spec["linux"]["resources"] = serde_json::json!({ "memory": { "limit": 64u64 << 20 } });
+    spec["linux"]["cgroupsPath"] = format!("/{cgroup}/crun").into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}
+
+fn daemon_with_eight_nodes(bench: &BenchDir) {
+    let config = bench.path.join("agent.toml");
+    let mut daemon = Command::new(AGENT)
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("MAGESTACK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let socket = bench.path.join("run/agent.sock");
+    let report = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "daemon did not bring up 8 nodes");
+            if let Ok(Response::Status(status)) = ask(&socket, &Request::Status { nodes: vec![] }) {
+                if status
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state.as_str() == "running")
+                    .count()
+                    == 8
+                {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut socket_latency: Vec<Duration> = (0..50)
+            .map(|_| {
+                let started = Instant::now();
+                ask(&socket, &Request::Status { nodes: vec![] }).expect("status");
+                started.elapsed()
+            })
+            .collect();
+        let mut cli_latency: Vec<Duration> = (0..20)
+            .map(|_| {
+                let started = Instant::now();
+                let output = Command::new(AGENT)
+                    .args(["--config", config.to_str().unwrap(), "status", "--json"])
+                    .output()
+                    .expect("status");
+                assert!(output.status.success());
+                started.elapsed()
+            })
+            .collect();
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+            .unwrap();
+        println!("daemon with 8 running nodes");
+        println!(
+            "  RSS:                                          {:.1} MB",
+            rss as f64 / 1024.0
+        );
+        println!(
+            "  status over the socket (50 requests):         median {}",
+            ms(median(&mut socket_latency))
+        );
+        println!(
+            "  `magestack-agent status --json` (20 runs):    median {}",
+            ms(median(&mut cli_latency))
+        );
+    };
+    let outcome = std::panic::catch_unwind(report);
+    let names: Vec<String> = (1..=8).map(|i| format!("b{i}")).collect();
+    let _ = ask(&socket, &Request::Stop { nodes: names });
+    // SAFETY: SIGTERM to the daemon child this bench started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn ask(socket: &Path, request: &Request) -> Result<Response, Box<dyn std::error::Error>> {
+    let stream = UnixStream::connect(socket)?;
+    write_message(&stream, request)?;
+    Ok(read_message(&stream)?)
+}
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}

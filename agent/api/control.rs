@@ -114,6 +114,6 @@ pub struct ReloadReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecTarget {
     pub pid: i32,
-    /// The `cgroup.procs` files a process writes itself into to join the node's cgroup.
-    pub cgroup_procs: Vec<String>,
+    /// The files a single-threaded process writes "0" into to join the node's cgroup.
+    pub cgroup_join: Vec<String>,
 }

@@ -1,7 +1,7 @@
 //! The daemon <-> init protocol.
 //!
-//! Spawning is a handshake on a socket pair inherited as fd 3: the daemon sends [`Handshake::Go`]
-//! once the init sits in its cgroup, the init answers [`Handshake::Ready`] once the node's
+//! Spawning is a handshake on a socket pair inherited as fd 3: the daemon sends [`Handshake::Go`],
+//! the init joins its cgroup and answers [`Handshake::Ready`] once the node's
 //! processes run, or [`Handshake::Failed`] naming the step that failed. After that the daemon
 //! talks to the init on its control socket (inherited as fd 4, bound at `run_dir/nodes/<node>/
 //! init.sock`) with one [`InitRequest`] per connection.
@@ -41,6 +41,10 @@ pub struct InitPlan {
     /// Host file bind-mounted over the node's /etc/hosts.
     pub hosts_file: PathBuf,
     pub stop_timeout: Duration,
+    /// Files the init writes "0" into to move itself into the node's cgroup before anything
+    /// else, then unsharing its cgroup namespace there (cgroup v1). Empty when it was cloned
+    /// straight into its cgroup and namespace (v2).
+    pub join_cgroup: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

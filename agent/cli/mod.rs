@@ -152,7 +152,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let code = exec_in_node(&ExecRequest {
                 node,
                 pid: target.pid,
-                cgroup_procs: target.cgroup_procs.into_iter().map(PathBuf::from).collect(),
+                cgroup_join: target.cgroup_join.into_iter().map(PathBuf::from).collect(),
                 command,
                 tty: std::io::stdin().is_terminal(),
             })?;

@@ -311,9 +311,9 @@ impl World {
         match handle {
             Some(handle) => Response::ExecTarget(ExecTarget {
                 pid: handle.record.pid,
-                cgroup_procs: handle
+                cgroup_join: handle
                     .cgroup
-                    .procs_files()
+                    .join_files()
                     .into_iter()
                     .map(|p| p.display().to_string())
                     .collect(),

@@ -56,6 +56,19 @@ pub fn main() -> i32 {
     }
 }
 
+/// Moves the init (single-threaded, so its only thread is the whole process) into the node's
+/// cgroup, then roots a new cgroup namespace there so the node sees its cgroup as `/`.
+fn join_cgroup(files: &[std::path::PathBuf]) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    for file in files {
+        std::fs::write(file, "0").map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("unshare cgroup namespace: {e}"))
+}
+
 struct Init {
     plan: InitPlan,
     supervisor: Supervisor,
@@ -108,6 +121,7 @@ impl Init {
             format!("{step}: {error}")
         };
 
+        join_cgroup(&plan.join_cgroup).map_err(|e| fail("join the node's cgroup", e))?;
         let steps = rootfs::plan(&plan).map_err(|e| fail("plan root filesystem", e))?;
         rootfs::apply(&steps, &plan.root_mount)
             .map_err(|e| fail("build root filesystem", e.to_string()))?;

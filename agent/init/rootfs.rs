@@ -327,6 +327,7 @@ mod tests {
             }],
             hosts_file: "/r/nodes/web1/hosts".into(),
             stop_timeout: Duration::from_secs(10),
+            join_cgroup: vec![],
         }
     }
 

@@ -24,13 +24,16 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// The namespaces every node gets. The user namespace joins these with the isolation work.
+/// The namespaces every node is cloned into. The cgroup namespace is added at clone time only
+/// when the init is born in its cgroup (v2); on v1 the init unshares it after joining. The user
+/// namespace joins these with the isolation work.
 pub const NODE_NAMESPACES: u64 = (libc::CLONE_NEWPID
     | libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWCGROUP) as u64;
+    | libc::CLONE_NEWNET) as u64;
+
+pub const CLONE_NEWCGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
 
 /// What the child gets: `fds[i]` becomes descriptor `3 + i`; stdin, stdout and stderr are `null`.
 pub struct ChildSetup<'a> {

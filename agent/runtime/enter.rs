@@ -34,7 +34,7 @@ pub struct ExecRequest {
     pub node: String,
     /// Host pid of the node's init.
     pub pid: i32,
-    pub cgroup_procs: Vec<PathBuf>,
+    pub cgroup_join: Vec<PathBuf>,
     pub command: Vec<String>,
     pub tty: bool,
 }
@@ -71,8 +71,8 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
 
     let pidfd = pidfd_open(request.pid).map_err(fail("open the node's init"))?;
     // The node's cgroup files are host paths: open them before entering the node's mounts.
-    let cgroup_procs: Vec<File> = request
-        .cgroup_procs
+    let cgroup_join: Vec<File> = request
+        .cgroup_join
         .iter()
         .map(|path| File::options().write(true).open(path))
         .collect::<Result<_, _>>()
@@ -97,7 +97,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     // the kernel allows only then), so the child may run ordinary code until exec.
     match unsafe { unistd::fork() }.map_err(|e| fail("fork")(e.into()))? {
         ForkResult::Child => {
-            let error = become_command(&cgroup_procs, pty.as_ref(), &command, &env);
+            let error = become_command(&cgroup_join, pty.as_ref(), &command, &env);
             let _ = writeln!(
                 std::io::stderr(),
                 "magestack-agent exec: {:?}: {error}",
@@ -107,7 +107,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => {
-            drop(cgroup_procs);
+            drop(cgroup_join);
             if let Some((master, _)) = &pty {
                 relay_terminal(master);
             }
@@ -125,13 +125,13 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
 
 /// In the child: join the cgroup, take the pty as controlling terminal, exec.
 fn become_command(
-    cgroup_procs: &[File],
+    cgroup_join: &[File],
     pty: Option<&(PtyMaster, String)>,
     command: &[CString],
     env: &[CString],
 ) -> nix::errno::Errno {
     let result = (|| -> nix::Result<std::convert::Infallible> {
-        for mut procs in cgroup_procs {
+        for mut procs in cgroup_join {
             procs
                 .write_all(b"0")
                 .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;

@@ -183,6 +183,14 @@ impl Runtime {
                 source,
             })?;
 
+        // On v2 the init is born in its cgroup and its own cgroup namespace. On v1 it joins the
+        // cgroup itself (the cheap way, see `join_files`) and then unshares the namespace.
+        let born_in_cgroup = cgroup_fd.is_some();
+        let namespaces = if born_in_cgroup {
+            clone::NODE_NAMESPACES | clone::CLONE_NEWCGROUP
+        } else {
+            clone::NODE_NAMESPACES
+        };
         let child = clone::spawn(&clone::ChildSetup {
             program: path_cstring(&self.init_binary),
             argv: vec![
@@ -195,10 +203,9 @@ impl Runtime {
             null: null.as_fd(),
             fds: vec![child_handshake.as_fd(), control.as_fd(), log_dir.as_fd()],
             cgroup: cgroup_fd.as_ref().map(AsFd::as_fd),
-            namespaces: clone::NODE_NAMESPACES,
+            namespaces,
         })
         .map_err(io_error(node, "clone init into new namespaces"))?;
-        let attach_after_clone = cgroup_fd.is_none();
         drop((child_handshake, control, log_dir, null, cgroup_fd));
         let pidfd = child
             .pidfd
@@ -209,14 +216,6 @@ impl Runtime {
             wait_exit(pidfd.as_fd(), Duration::from_secs(5));
         });
 
-        if attach_after_clone {
-            cgroup
-                .attach(child.pid)
-                .map_err(|source| RuntimeError::Cgroup {
-                    node: node.into(),
-                    source,
-                })?;
-        }
         let plan = InitPlan {
             spec: spec.clone(),
             image_rootfs,
@@ -226,6 +225,11 @@ impl Runtime {
             volumes,
             hosts_file: paths.hosts_file(),
             stop_timeout: self.stop_timeout,
+            join_cgroup: if born_in_cgroup {
+                Vec::new()
+            } else {
+                cgroup.join_files()
+            },
         };
         let handshake = UnixStream::from(handshake);
         handshake_with_init(node, &handshake, plan)?;

@@ -74,6 +74,9 @@ fn a_hybrid_host_is_v1_with_a_dir_per_hierarchy() {
         .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/magestack/web1/cgroup.procs")))
         .collect();
     assert_eq!(files, expected);
+    let joins = cgroups.node("magestack", "web1").join_files();
+    assert!(joins.iter().all(|f| f.ends_with("tasks")), "{joins:?}");
+    assert_eq!(joins.len(), expected.len());
 }
 
 #[test]
@@ -83,6 +86,10 @@ fn cgroup2_on_sys_fs_cgroup_is_v2() {
     assert_eq!(
         cgroups.node("magestack", "db1").procs_files(),
         [PathBuf::from("/sys/fs/cgroup/magestack/db1/cgroup.procs")]
+    );
+    assert_eq!(
+        cgroups.node("magestack", "db1").join_files(),
+        cgroups.node("magestack", "db1").procs_files()
     );
     let over_tmpfs = format!("20 1 0:20 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n{V2}");
     assert_eq!(
