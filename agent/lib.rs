@@ -8,4 +8,5 @@ pub mod config;
 pub mod daemon;
 pub mod image;
 pub mod init;
+pub mod net;
 pub mod runtime;

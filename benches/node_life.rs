@@ -64,7 +64,7 @@ fn main() {
 
     let config = bench_config(&bench, 8);
     let spec = config.nodes["b1"].clone();
-    let mut runtime = Runtime::new(&config.host).expect("cgroups");
+    let mut runtime = Runtime::new(&config).expect("cgroups");
     runtime.init_binary = PathBuf::from(AGENT);
     let rootfs = runtime.images.rootfs("busybox").expect("busybox image");
 

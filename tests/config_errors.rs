@@ -31,35 +31,46 @@ fn each_kind_of_error_is_located_and_exits_non_zero() {
         (
             "invalid TOML",
             "[nodes.s1\nrole = \"sleeper\"\n",
-            "agent.toml:9:",
+            "agent.toml:18:",
         ),
         (
             "unknown role",
             "[nodes.s1]\nrole = \"sleper\"\n",
-            "agent.toml:10:8: nodes.s1.role: unknown role `sleper`",
+            "agent.toml:19:8: nodes.s1.role: unknown role `sleper`",
         ),
         (
             "unknown field",
             "[nodes.s1]\nrole = \"web\"\nmemroy = \"1G\"\n",
-            "agent.toml:11:1: unknown field `memroy`",
+            "agent.toml:20:1: unknown field `memroy`",
         ),
-        (
-            "duplicate address",
-            "[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\nip = \"172.16.0.21\"\n",
-            "agent.toml:13:6: nodes.web2.ip: address 172.16.0.21 is already used by node web1",
-        ),
+        ("duplicate address", "DUPLICATE", "DUPLICATE"),
         (
             "missing image",
             "[nodes.s1]\nrole = \"ghost\"\n[roles.ghost]\nimage = \"nosuchimage\"\n",
             "image `nosuchimage` (nodes s1) does not exist",
         ),
     ];
+    // Test configs put 17 lines of [host] and [network] before the body.
     for (what, body, expected) in cases {
-        let host = TestHost::new("cfgbad", body);
+        let host = TestHost::new("cfgbad", "");
+        let web1 = host.net.ip(21);
+        let (body, expected) = if *body == "DUPLICATE" {
+            (
+                format!(
+                    "[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\nip = \"{web1}\"\n"
+                ),
+                format!(
+                    "agent.toml:22:6: nodes.web2.ip: address {web1} is already used by node web1"
+                ),
+            )
+        } else {
+            (body.to_string(), expected.to_string())
+        };
+        host.write_config(&body);
         let (ok, text) = check(&host);
         assert!(!ok, "{what}: config check passed:\n{text}");
         assert!(
-            text.contains(expected),
+            text.contains(&expected),
             "{what}: expected `{expected}` in:\n{text}"
         );
     }

@@ -199,7 +199,10 @@ fn a_daemon_killed_while_starting_or_stopping_leaves_a_consistent_host() {
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(30));
+    let desired = host.state_dir().join("desired.json");
+    wait_for("the stop to be recorded", Duration::from_secs(10), || {
+        std::fs::read_to_string(&desired).is_ok_and(|t| t.contains("s4"))
+    });
     host.kill_daemon(libc::SIGKILL);
     let _ = stopper.wait_with_output();
     host.start_daemon();

@@ -268,7 +268,7 @@ fn status_json_follows_the_contract() {
     ] {
         assert!(node.get(key).is_some(), "node.{key} missing: {node}");
     }
-    assert_eq!(node["ip"], "172.16.0.100");
+    assert_eq!(node["ip"], host.net.ip(100).as_str());
     assert_eq!(node["role"], "sleeper");
     let process = &node["processes"][0];
     for key in ["name", "pid", "state", "restarts"] {

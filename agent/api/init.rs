@@ -40,6 +40,8 @@ pub struct InitPlan {
     pub volumes: Vec<VolumeMount>,
     /// Host file bind-mounted over the node's /etc/hosts.
     pub hosts_file: PathBuf,
+    /// Host file bind-mounted over the node's /etc/resolv.conf.
+    pub resolv_file: PathBuf,
     pub stop_timeout: Duration,
     /// Files the init writes "0" into to move itself into the node's cgroup before anything
     /// else, then unsharing its cgroup namespace there (cgroup v1). Empty when it was cloned

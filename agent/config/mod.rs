@@ -5,6 +5,7 @@
 
 mod duration;
 mod model;
+mod network;
 mod plan;
 mod raw;
 mod resolve;
@@ -16,9 +17,11 @@ mod source;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AllowRule, Config, HealthCheck, HealthSpec, HostSettings, NetworkSettings, NodeSpec,
-    ProcessSpec, Resources, RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
+    AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, NetworkSettings,
+    NodeNetwork, NodeSpec, PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Subnet,
+    TemplateSpec, VolumeSpec,
 };
+pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;
 pub use size::parse_size;
 pub use source::{Diagnostic, Source};

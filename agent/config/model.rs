@@ -35,9 +35,89 @@ pub struct NetworkSettings {
     pub bridge: String,
     pub subnet: Subnet,
     pub host_ip: Ipv4Addr,
+    /// Host-side links of node `n` are `<link_prefix>-n` and `<link_prefix>_n`.
+    pub link_prefix: String,
+    /// The public side of fw1, when `public_ip` is set.
+    pub public: Option<PublicSide>,
+}
+
+/// An IPv4 address with its prefix length, "203.0.113.10/24".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cidr {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let error =
+            || format!("`{text}` is not an IPv4 address with a prefix, like 203.0.113.10/24");
+        let (address, prefix) = text.split_once('/').ok_or_else(error)?;
+        let prefix: u8 = prefix.parse().map_err(|_| error())?;
+        if prefix > 32 {
+            return Err(error());
+        }
+        Ok(Cidr {
+            address: address.parse().map_err(|_| error())?,
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        };
+        u32::from(ip) & mask == u32::from(self.address) & mask
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+/// fw1's side facing the outside world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublicSide {
+    /// `host`: a veth pair to the host, whose side carries `gateway`; else the name of the
+    /// host interface fw1 gets a macvlan on.
     pub uplink: String,
-    pub public_ip: Option<String>,
-    pub public_gateway: Option<Ipv4Addr>,
+    pub address: Cidr,
+    pub gateway: Ipv4Addr,
+    /// Where public 80/443 go (lb1), if there is an lb1.
+    pub web_entry: Option<Ipv4Addr>,
+    pub forwards: Vec<PortForward>,
+    pub dos: DosFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub port: u16,
+    pub to_node: String,
+    pub to_ip: Ipv4Addr,
+    pub to_port: u16,
+    /// Source networks allowed; empty means everyone.
+    pub from: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DosFilter {
+    /// New connections per second from one source address before it is dropped.
+    pub rate: u32,
+    pub burst: u32,
+    pub whitelist: Vec<Cidr>,
+}
+
+/// How one node is attached to the internal network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    pub address: Cidr,
+    /// Default route; `None` for fw1 with a public side (its route goes out there).
+    pub gateway: Option<Ipv4Addr>,
+    pub public: Option<PublicSide>,
 }
 
 /// An IPv4 network, "172.16.0.0/24".
@@ -96,6 +176,7 @@ pub struct NodeSpec {
     pub role: String,
     pub image: String,
     pub ip: Ipv4Addr,
+    pub network: NodeNetwork,
     pub processes: Vec<ProcessSpec>,
     pub resources: Resources,
     pub volumes: Vec<VolumeSpec>,

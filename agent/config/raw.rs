@@ -38,6 +38,31 @@ pub struct RawNetwork {
     pub uplink: Option<Spanned<String>>,
     pub public_ip: Option<Spanned<String>>,
     pub public_gateway: Option<Spanned<String>>,
+    /// Host-side link names are `<link_prefix>-<node>` (and `<link_prefix>_<node>` for fw1's
+    /// public link); one or two characters.
+    pub link_prefix: Option<Spanned<String>>,
+    pub dos: Option<RawDos>,
+    pub forward: Option<Vec<RawForward>>,
+}
+
+/// The DOS filter on fw1: new connections per second allowed from one source address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDos {
+    pub rate: Option<Spanned<i64>>,
+    pub burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub whitelist: Vec<Spanned<String>>,
+}
+
+/// A public port fw1 forwards to a node, optionally only from listed source networks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub port: Spanned<i64>,
+    pub to: Spanned<String>,
+    #[serde(default)]
+    pub from: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::duration::parse_duration;
-use super::model::{Config, HostSettings, NetworkSettings, NodeSpec, Subnet};
+use super::model::{Cidr, Config, HostSettings, NetworkSettings, NodeNetwork, NodeSpec};
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
-use super::raw::{RawConfig, RawHost, RawNetwork, RawNode, RawRole};
+use super::raw::{RawConfig, RawHost, RawNode, RawRole};
 use super::role::{Checker, PartialRole, Role};
 use super::shipped::{role_source, DEFAULT_NODES};
 use super::source::{Diagnostic, Source};
@@ -27,7 +27,7 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
     };
 
     let host = host_settings(&mut checker, raw.host);
-    let network = network_settings(&mut checker, raw.network);
+    let network = super::network::network_settings(&mut checker, raw.network);
     let inline_roles: BTreeMap<String, (Spanned<String>, PartialRole)> = raw
         .roles
         .into_iter()
@@ -40,13 +40,14 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
     let roles = complete_roles(&mut checker, inline_roles);
 
     let raw_nodes = raw.nodes.unwrap_or_else(default_nodes);
-    let nodes = network
-        .as_ref()
-        .map(|network| node_specs(&mut checker, raw_nodes, &roles, network))
-        .unwrap_or_default();
+    let network = network.map(|(mut network, pending)| {
+        let mut nodes = node_specs(&mut checker, raw_nodes, &roles, &network);
+        super::network::attach_nodes(&mut checker, &mut network, pending, &mut nodes);
+        (network, nodes)
+    });
 
     match (host, network) {
-        (Some(host), Some(network)) if diagnostics.is_empty() => Ok(Config {
+        (Some(host), Some((network, nodes))) if diagnostics.is_empty() => Ok(Config {
             origin: source.name.clone(),
             host,
             network,
@@ -130,53 +131,6 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
         log_dir,
         cgroup,
         stop_timeout,
-    })
-}
-
-fn network_settings(checker: &mut Checker, raw: RawNetwork) -> Option<NetworkSettings> {
-    let errors_before = checker.diagnostics.len();
-    let subnet = match raw.subnet {
-        Some(text) => Subnet::parse(text.get_ref()).unwrap_or_else(|message| {
-            checker.error(&text, format!("network.subnet: {message}"));
-            Subnet::parse("172.16.0.0/24").expect("default subnet")
-        }),
-        None => Subnet::parse("172.16.0.0/24").expect("default subnet"),
-    };
-    let host_ip = match raw.host_ip {
-        Some(text) => match text.get_ref().parse::<Ipv4Addr>() {
-            Ok(ip) if subnet.is_usable_host(ip) => ip,
-            _ => {
-                checker.error(
-                    &text,
-                    format!(
-                        "network.host_ip: `{}` is not a host address in {subnet}",
-                        text.get_ref()
-                    ),
-                );
-                Ipv4Addr::UNSPECIFIED
-            }
-        },
-        None => subnet.host(254).unwrap_or(Ipv4Addr::UNSPECIFIED),
-    };
-    let public_gateway = raw.public_gateway.and_then(|text| {
-        text.get_ref().parse::<Ipv4Addr>().ok().or_else(|| {
-            checker.error(&text, "network.public_gateway: not an IPv4 address");
-            None
-        })
-    });
-    (checker.diagnostics.len() == errors_before).then_some(NetworkSettings {
-        bridge: raw
-            .bridge
-            .map(Spanned::into_inner)
-            .unwrap_or_else(|| "msbr0".into()),
-        subnet,
-        host_ip,
-        uplink: raw
-            .uplink
-            .map(Spanned::into_inner)
-            .unwrap_or_else(|| "host".into()),
-        public_ip: raw.public_ip.map(Spanned::into_inner),
-        public_gateway,
     })
 }
 
@@ -325,6 +279,14 @@ fn node_specs(
                 role: raw.role.into_inner(),
                 image: role.image.clone(),
                 ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                network: NodeNetwork {
+                    address: Cidr {
+                        address: Ipv4Addr::UNSPECIFIED,
+                        prefix: 0,
+                    },
+                    gateway: None,
+                    public: None,
+                },
                 processes: role.processes.clone(),
                 resources,
                 volumes: role.volumes.clone(),

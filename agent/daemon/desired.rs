@@ -33,13 +33,17 @@ impl DesiredState {
         !self.stopped.contains(node)
     }
 
-    /// Records the wish and persists it before anything acts on it.
-    pub fn set_running(&mut self, node: &str, running: bool) -> std::io::Result<()> {
-        let changed = if running {
-            self.stopped.remove(node)
-        } else {
-            self.stopped.insert(node.to_string())
-        };
+    /// Records the wish for every named node and persists it, in one atomic write, before
+    /// anything acts on it.
+    pub fn set_running(&mut self, nodes: &[String], running: bool) -> std::io::Result<()> {
+        let mut changed = false;
+        for node in nodes {
+            changed |= if running {
+                self.stopped.remove(node)
+            } else {
+                self.stopped.insert(node.clone())
+            };
+        }
         if changed {
             let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
             write_atomic(&self.path, &data)?;
@@ -57,10 +61,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = DesiredState::load(dir.path()).unwrap();
         assert!(state.wants_running("web1"));
-        state.set_running("web1", false).unwrap();
+        state.set_running(&["web1".into()], false).unwrap();
         let reloaded = DesiredState::load(dir.path()).unwrap();
         assert!(!reloaded.wants_running("web1"));
-        state.set_running("web1", true).unwrap();
+        state.set_running(&["web1".into()], true).unwrap();
         assert!(DesiredState::load(dir.path())
             .unwrap()
             .wants_running("web1"));

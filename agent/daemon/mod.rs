@@ -69,7 +69,15 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     crate::runtime::create_dir(&config.host.run_dir, 0o700)
         .with_context(|| format!("creating {}", config.host.run_dir.display()))?;
     let _lock = lock_run_dir(&config.host.run_dir)?;
-    let runtime = Arc::new(Runtime::new(&config.host).context("detecting cgroups")?);
+    let runtime = Arc::new(Runtime::new(&config).context("detecting cgroups")?);
+    runtime
+        .network
+        .ensure_bridge()
+        .with_context(|| format!("setting up bridge {}", config.network.bridge))?;
+    runtime
+        .network
+        .apply_policy(&config)
+        .context("installing the inter-node policy")?;
     tracing::info!(
         config = %config.origin,
         nodes = config.nodes.len(),

@@ -181,7 +181,7 @@ impl World {
             Command::Start(names) => self.start_nodes(names),
             Command::Stop(names) => self.stop_nodes(names),
             Command::Restart(names) => self.restart_nodes(names),
-            Command::Reload(config) => Ok(self.reload(*config)),
+            Command::Reload(config) => self.reload(*config),
             Command::ExecTarget(node) => {
                 let _ = reply.send(self.exec_target(&node));
                 return;
@@ -208,12 +208,12 @@ impl World {
     }
 
     fn set_desired(&mut self, names: &[String], running: bool) -> Result<(), String> {
-        for name in names {
-            self.desired
-                .set_running(name, running)
-                .map_err(|e| format!("cannot record the desired state of {name}: {e}"))?;
-        }
-        Ok(())
+        self.desired.set_running(names, running).map_err(|e| {
+            format!(
+                "cannot record the desired state of {}: {e}",
+                names.join(", ")
+            )
+        })
     }
 
     fn start_nodes(&mut self, names: Vec<String>) -> Result<Waiter, String> {
@@ -259,7 +259,27 @@ impl World {
 
     /// Adopts a new, already validated configuration: adds, removes and restarts only what
     /// changed.
-    fn reload(&mut self, config: Config) -> Waiter {
+    fn reload(&mut self, config: Config) -> Result<Waiter, String> {
+        let (old, new) = (&self.config.network, &config.network);
+        if (&old.bridge, old.subnet, old.host_ip, &old.link_prefix)
+            != (&new.bridge, new.subnet, new.host_ip, &new.link_prefix)
+        {
+            return Err(
+                "configuration not reloaded: bridge, subnet, host_ip and link_prefix change only with a restart of the agent"
+                    .into(),
+            );
+        }
+        self.runtime
+            .network
+            .apply_policy(&config)
+            .map_err(|e| format!("configuration not reloaded: inter-node policy: {e}"))?;
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, entry)| entry.handle.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.runtime.update_hosts(&config, &running);
         let mut report = ReloadReport::default();
         let mut targets = Vec::new();
         for (name, entry) in &mut self.nodes {
@@ -294,11 +314,11 @@ impl World {
         }
         self.config = config;
         let (reply, _) = oneshot::channel();
-        Waiter {
+        Ok(Waiter {
             targets,
             reply,
             report: Some(report),
-        }
+        })
     }
 
     fn exec_target(&self, node: &str) -> Response {

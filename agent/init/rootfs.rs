@@ -142,6 +142,11 @@ pub fn plan(node: &InitPlan) -> Result<Vec<Step>, String> {
         target: at("/etc/hosts"),
         file: true,
     });
+    steps.push(Step::Bind {
+        source: node.resolv_file.clone(),
+        target: at("/etc/resolv.conf"),
+        file: true,
+    });
     steps.push(Step::PivotRoot(root));
     Ok(steps)
 }
@@ -300,23 +305,11 @@ fn symlink_refused(path: &Path) -> std::io::Error {
 mod tests {
     use super::*;
     use crate::api::init::VolumeMount;
-    use crate::config::{NodeSpec, Resources};
     use std::time::Duration;
 
     fn node_plan() -> InitPlan {
         InitPlan {
-            spec: NodeSpec {
-                name: "web1".into(),
-                role: "web".into(),
-                image: "busybox".into(),
-                ip: "172.16.0.21".parse().unwrap(),
-                processes: vec![],
-                resources: Resources::default(),
-                volumes: vec![],
-                health: None,
-                allow: vec![],
-                templates: vec![],
-            },
+            spec: crate::config::load(None).unwrap().nodes["web1"].clone(),
             image_rootfs: "/s/images/busybox/abc/rootfs".into(),
             upper_dir: "/s/nodes/web1/upper".into(),
             work_dir: "/s/nodes/web1/work".into(),
@@ -326,6 +319,7 @@ mod tests {
                 target: "/var/www".into(),
             }],
             hosts_file: "/r/nodes/web1/hosts".into(),
+            resolv_file: "/r/nodes/web1/resolv.conf".into(),
             stop_timeout: Duration::from_secs(10),
             join_cgroup: vec![],
         }

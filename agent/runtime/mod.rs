@@ -16,14 +16,16 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::api::init::{Handshake, InitPlan, InitReply, InitRequest, ProcessStatus, VolumeMount};
 use crate::api::{read_message, write_message};
-use crate::config::{HostSettings, NodeSpec};
+use crate::config::{Config, NodeSpec};
 use crate::image::ImageStore;
+use crate::net::HostNetwork;
 use cgroup::{Cgroups, Limits, NodeCgroup};
 pub use clone::{pidfd_signal, reap, wait_exit};
 pub use paths::{create_dir, HostDirs, NodePaths};
@@ -58,6 +60,11 @@ pub enum RuntimeError {
         step: String,
         error: String,
     },
+    #[error("node {node}: network: {source}")]
+    Network {
+        node: String,
+        source: crate::net::NetError,
+    },
     #[error("node {node}: process {process} failed: {error}")]
     Process {
         node: String,
@@ -81,6 +88,11 @@ pub struct Runtime {
     pub stop_timeout: Duration,
     /// The binary re-executed as each node's init.
     pub init_binary: PathBuf,
+    pub network: HostNetwork,
+    /// Every node's /etc/hosts, as the current configuration lists the nodes.
+    hosts: Mutex<String>,
+    /// Every node's /etc/resolv.conf: the host's upstream resolvers.
+    resolv: String,
 }
 
 /// A running node as the daemon holds it.
@@ -95,8 +107,13 @@ pub struct NodeHandle {
 }
 
 impl Runtime {
-    pub fn new(host: &HostSettings) -> Result<Runtime, cgroup::CgroupError> {
+    pub fn new(config: &Config) -> Result<Runtime, cgroup::CgroupError> {
+        let host = &config.host;
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Ok(Runtime {
+            network: HostNetwork::new(config.network.clone()),
+            hosts: Mutex::new(crate::net::hosts_file(config)),
+            resolv: crate::net::resolv_conf(&host_resolv),
             dirs: HostDirs {
                 state_dir: host.state_dir.clone(),
                 run_dir: host.run_dir.clone(),
@@ -137,8 +154,10 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(&run_dir);
         });
         let volumes = self.prepare_dirs(spec, &paths)?;
-        std::fs::write(paths.hosts_file(), hosts_file(spec))
+        std::fs::write(paths.hosts_file(), self.hosts_text())
             .map_err(io_error(node, "write hosts file"))?;
+        std::fs::write(paths.resolv_file(), &self.resolv)
+            .map_err(io_error(node, "write resolv.conf"))?;
 
         let cgroup = self.node_cgroup(node);
         cgroup
@@ -216,6 +235,17 @@ impl Runtime {
             wait_exit(pidfd.as_fd(), Duration::from_secs(5));
         });
 
+        self.network
+            .attach(spec, child.pid)
+            .map_err(|source| RuntimeError::Network {
+                node: node.into(),
+                source,
+            })?;
+        let network = self.network.clone();
+        let name = node.to_string();
+        undo.push("remove links", move || {
+            let _ = network.detach(&name);
+        });
         let plan = InitPlan {
             spec: spec.clone(),
             image_rootfs,
@@ -224,6 +254,7 @@ impl Runtime {
             root_mount: paths.root_mount(),
             volumes,
             hosts_file: paths.hosts_file(),
+            resolv_file: paths.resolv_file(),
             stop_timeout: self.stop_timeout,
             join_cgroup: if born_in_cgroup {
                 Vec::new()
@@ -366,8 +397,33 @@ impl Runtime {
         self.cleanup(&handle.record.name);
     }
 
-    /// Removes a node's cgroup (killing anything left in it) and run files. Idempotent.
+    fn hosts_text(&self) -> String {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes the node list of a new configuration and rewrites the hosts file of each running
+    /// node in place (same inode: it is bind-mounted into the node).
+    pub fn update_hosts(&self, config: &Config, running: &[String]) {
+        let text = crate::net::hosts_file(config);
+        *self.hosts.lock().unwrap_or_else(|e| e.into_inner()) = text.clone();
+        for node in running {
+            let path = self.dirs.node(node).hosts_file();
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+            if let Err(error) = written {
+                tracing::warn!(node, "rewriting {}: {error}", path.display());
+            }
+        }
+    }
+
+    /// Removes a node's cgroup (killing anything left in it), links and run files. Idempotent.
     pub fn cleanup(&self, node: &str) {
+        if let Err(error) = self.network.detach(node) {
+            tracing::warn!(node, "removing links: {error}");
+        }
         if let Err(error) = self.node_cgroup(node).remove() {
             tracing::warn!(node, "removing cgroup: {error}");
         }
@@ -391,6 +447,10 @@ impl Runtime {
         }
         if let Ok(cgroups) = self.cgroups.list_nodes(&self.cgroup_parent) {
             names.extend(cgroups);
+        }
+        match self.network.nodes_with_links() {
+            Ok(nodes) => names.extend(nodes),
+            Err(error) => tracing::warn!("listing node links: {error}"),
         }
         names
     }
@@ -446,14 +506,6 @@ pub fn init_request(
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     write_message(&stream, request)?;
     read_message(&stream)
-}
-
-/// The node's /etc/hosts until the network work lists every node.
-pub fn hosts_file(spec: &NodeSpec) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost\n{}\t{}.i {}\n",
-        spec.ip, spec.name, spec.name
-    )
 }
 
 fn path_cstring(path: &Path) -> CString {

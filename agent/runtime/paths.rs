@@ -50,6 +50,10 @@ impl NodePaths {
         self.run.join("hosts")
     }
 
+    pub fn resolv_file(&self) -> PathBuf {
+        self.run.join("resolv.conf")
+    }
+
     pub fn root_mount(&self) -> PathBuf {
         self.run.join("root")
     }

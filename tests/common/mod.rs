@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -14,10 +15,101 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_magestack-agent");
 
 pub struct TestHost {
     pub name: String,
+    /// This host's own network: bridge, link prefix, subnets, so hosts run side by side.
+    pub net: TestNet,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub cgroup: String,
     daemon: Option<Child>,
+}
+
+/// The network of one test host.
+#[derive(Clone)]
+pub struct TestNet {
+    pub bridge: String,
+    pub link_prefix: String,
+    /// 172.20.<k>.0/24
+    pub k: u32,
+}
+
+impl TestNet {
+    fn next() -> TestNet {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let k = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(k < 36, "more test hosts than link prefixes");
+        TestNet {
+            bridge: format!("msb{}x{k}", std::process::id() % 100_000),
+            link_prefix: format!("t{}", char::from_digit(k, 36).unwrap()),
+            k,
+        }
+    }
+
+    pub fn subnet(&self) -> String {
+        format!("172.20.{}.0/24", self.k)
+    }
+
+    /// The address the plan gives offset `n` in this host's subnet.
+    pub fn ip(&self, n: u32) -> String {
+        format!("172.20.{}.{n}", self.k)
+    }
+
+    pub fn host_ip(&self) -> String {
+        self.ip(254)
+    }
+
+    /// fw1's public address (uplink "host") in this host's public subnet.
+    pub fn public_ip(&self) -> String {
+        format!("10.210.{}.10", self.k)
+    }
+
+    pub fn public_gateway(&self) -> String {
+        format!("10.210.{}.1", self.k)
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nhost_ip = \"{}\"\nlink_prefix = \"{}\"\nuplink = \"host\"\npublic_ip = \"{}/24\"\npublic_gateway = \"{}\"\n",
+            self.bridge,
+            self.subnet(),
+            self.host_ip(),
+            self.link_prefix,
+            self.public_ip(),
+            self.public_gateway()
+        )
+    }
+
+    /// Removes the bridge, the policy table and any link with this host's prefix.
+    fn remove(&self) {
+        let table = format!("magestack_{}", self.bridge);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .stderr(Stdio::null())
+            .status();
+        for link in self.links() {
+            let _ = Command::new("ip").args(["link", "del", &link]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Host links of this test host's nodes.
+    pub fn links(&self) -> Vec<String> {
+        let output = Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap().to_string())
+            .filter(|name| {
+                name.starts_with(&format!("{}-", self.link_prefix))
+                    || name.starts_with(&format!("{}_", self.link_prefix))
+            })
+            .collect()
+    }
 }
 
 /// A node definition with one long sleep, the usual test subject.
@@ -38,6 +130,7 @@ impl TestHost {
         std::fs::create_dir_all(&dir).unwrap();
         let host = TestHost {
             name: name.into(),
+            net: TestNet::next(),
             config: dir.join("agent.toml"),
             dir,
             cgroup,
@@ -49,10 +142,11 @@ impl TestHost {
 
     pub fn write_config(&self, body: &str) {
         let text = format!(
-            "[host]\nname = \"{name}\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{body}",
+            "[host]\nname = \"{name}\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{network}\n{body}",
             name = self.name,
             dir = self.dir.display(),
             cgroup = self.cgroup,
+            network = self.net.config(),
         );
         std::fs::write(&self.config, text).unwrap();
     }
@@ -217,6 +311,9 @@ impl TestHost {
         {
             found.push(format!("run dir {}", entry.path().display()));
         }
+        for link in self.net.links() {
+            found.push(format!("link {link}"));
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         for line in mounts.lines().filter(|l| l.contains(&self.cgroup)) {
             found.push(format!("mount {line}"));
@@ -254,6 +351,7 @@ impl Drop for TestHost {
             }
             let _ = std::fs::remove_dir(&dir);
         }
+        self.net.remove();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,246 @@
+//! Blocking links, addresses and routes over rtnetlink, for the runtime's blocking callers.
+//!
+//! Each operation runs on a current-thread tokio runtime of its own. Work inside a node's
+//! network namespace runs on a short-lived thread that joins that namespace first, so no
+//! long-lived thread ever changes namespace.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode,
+};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use super::NetError;
+
+/// A netlink connection in the calling thread's network namespace.
+pub struct Netlink {
+    runtime: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Netlink {
+    pub fn connect() -> Result<Netlink, NetError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| NetError::netlink("start netlink runtime", e))?;
+        let handle = runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection()
+                .map_err(|e| NetError::netlink("open netlink socket", e))?;
+            tokio::spawn(connection);
+            Ok::<_, NetError>(handle)
+        })?;
+        Ok(Netlink { runtime, handle })
+    }
+
+    fn run<T>(
+        &self,
+        what: &str,
+        future: impl Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T, NetError> {
+        self.runtime
+            .block_on(future)
+            .map_err(|e| NetError::netlink(what, e))
+    }
+
+    /// The index of a link, or `None` when there is no such link.
+    pub fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let found = self.runtime.block_on(async {
+            self.handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+        });
+        match found {
+            Ok(message) => Ok(message.map(|m| m.header.index)),
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
+                Ok(None)
+            }
+            Err(error) => Err(NetError::netlink(&format!("look up link {name}"), error)),
+        }
+    }
+
+    /// Names of every link in this namespace.
+    pub fn link_names(&self) -> Result<Vec<String>, NetError> {
+        let messages: Vec<LinkMessage> = self.run("list links", async {
+            self.handle.link().get().execute().try_collect().await
+        })?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The bridge, created if missing, with `address` on it and up.
+    pub fn ensure_bridge(
+        &self,
+        name: &str,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<u32, NetError> {
+        let index = match self.link_index(name)? {
+            Some(index) => index,
+            None => {
+                let message = LinkBridge::new(name).up().build();
+                self.run(
+                    &format!("create bridge {name}"),
+                    self.handle.link().add(message).execute(),
+                )?;
+                self.link_index(name)?
+                    .ok_or_else(|| NetError::Missing(format!("bridge {name} after creating it")))?
+            }
+        };
+        self.ensure_address(index, address, prefix, name)?;
+        self.set_up(index, name)?;
+        Ok(index)
+    }
+
+    fn ensure_address(
+        &self,
+        index: u32,
+        address: Ipv4Addr,
+        prefix: u8,
+        link: &str,
+    ) -> Result<(), NetError> {
+        let added = self.runtime.block_on(
+            self.handle
+                .address()
+                .add(index, IpAddr::V4(address), prefix)
+                .execute(),
+        );
+        match added {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::EEXIST => {
+                Ok(())
+            }
+            Err(error) => Err(NetError::netlink(
+                &format!("add {address}/{prefix} to {link}"),
+                error,
+            )),
+        }
+    }
+
+    pub fn set_up(&self, index: u32, link: &str) -> Result<(), NetError> {
+        let message = LinkUnspec::new_with_index(index).up().build();
+        self.run(
+            &format!("set {link} up"),
+            self.handle.link().set(message).execute(),
+        )
+    }
+
+    /// A veth pair: `host_name` here, attached to `bridge` and up, and `peer_name` created
+    /// directly in the network namespace `peer_netns`. The peer is brought up from inside its
+    /// namespace: the kernel refuses (ENOTCONN) to open a veth end before its pair exists.
+    pub fn add_veth(
+        &self,
+        host_name: &str,
+        bridge: Option<u32>,
+        peer_name: &str,
+        peer_netns: &OwnedFd,
+    ) -> Result<u32, NetError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::default()
+            .name(peer_name.to_string())
+            .setns_by_fd(peer_netns.as_fd().as_raw_fd())
+            .build();
+        let mut message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host_name.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .up();
+        if let Some(bridge) = bridge {
+            message = message.controller(bridge);
+        }
+        self.run(
+            &format!("create veth {host_name} (peer {peer_name} in the node)"),
+            self.handle.link().add(message.build()).execute(),
+        )?;
+        self.link_index(host_name)?
+            .ok_or_else(|| NetError::Missing(format!("link {host_name} after creating it")))
+    }
+
+    /// A macvlan on `parent` created directly in the namespace `netns`, named `name`, up.
+    pub fn add_macvlan(&self, parent: &str, name: &str, netns: &OwnedFd) -> Result<(), NetError> {
+        let parent_index = self
+            .link_index(parent)?
+            .ok_or_else(|| NetError::Missing(format!("uplink {parent}")))?;
+        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
+            .name(name.to_string())
+            .link(parent_index)
+            .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                MacVlanMode::Bridge,
+            )]))
+            .setns_by_fd(netns.as_fd().as_raw_fd())
+            .up()
+            .build();
+        self.run(
+            &format!("create macvlan {name} on {parent}"),
+            self.handle.link().add(message).execute(),
+        )
+    }
+
+    /// Deletes a link by name; a link that is already gone is fine.
+    pub fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        let Some(index) = self.link_index(name)? else {
+            return Ok(());
+        };
+        match self
+            .runtime
+            .block_on(self.handle.link().del(index).execute())
+        {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
+                Ok(())
+            }
+            Err(error) => Err(NetError::netlink(&format!("delete link {name}"), error)),
+        }
+    }
+
+    /// Address on a link by name, and the link up.
+    pub fn address_link(&self, name: &str, address: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetError::Missing(format!("link {name}")))?;
+        self.ensure_address(index, address, prefix, name)?;
+        self.set_up(index, name)?;
+        Ok(index)
+    }
+
+    pub fn default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.run(
+            &format!("default route via {gateway}"),
+            self.handle.route().add(route).execute(),
+        )
+    }
+}
+
+/// Runs `work` with a netlink connection inside the network namespace `netns`, on a thread that
+/// ends with it.
+pub fn in_namespace<T: Send>(
+    netns: &OwnedFd,
+    work: impl FnOnce(&Netlink) -> Result<T, NetError> + Send,
+) -> Result<T, NetError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetError::netlink("enter the node's network namespace", e))?;
+                work(&Netlink::connect()?)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(NetError::Missing("netlink worker thread panicked".into())))
+    })
+}
