@@ -22,6 +22,8 @@ use magestack_agent::runtime::Runtime;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_magestack-agent");
 const ROUNDS: usize = 30;
+/// The bench's own bridge (and link prefix `mb`, subnet 172.21.0.0/24).
+const BRIDGE: &str = "msbench0";
 
 struct BenchDir {
     path: PathBuf,
@@ -39,6 +41,14 @@ impl Drop for BenchDir {
             }
             let _ = std::fs::remove_dir(&dir);
         }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &format!("magestack_{BRIDGE}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", BRIDGE])
+            .stderr(Stdio::null())
+            .status();
         let _ = nix::mount::umount2(&self.path.join("run"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.path);
     }
@@ -67,6 +77,8 @@ fn main() {
     let mut runtime = Runtime::new(&config).expect("cgroups");
     runtime.init_binary = PathBuf::from(AGENT);
     let rootfs = runtime.images.rootfs("busybox").expect("busybox image");
+    runtime.network.ensure_bridge().expect("bridge");
+    runtime.network.apply_policy(&config).expect("policy");
 
     let crun = which("crun");
     let mut agent_life = Vec::new();
@@ -110,7 +122,50 @@ fn main() {
         println!("  crun not installed: no comparison");
     }
 
+    network_costs(&runtime, &spec, &bench);
     daemon_with_eight_nodes(&bench);
+}
+
+/// The network part of a node start (veth with eth0 made in the node, addresses, lo, route) on
+/// a bare network namespace, and a policy update with 50 nodes.
+fn network_costs(runtime: &Runtime, spec: &NodeSpec, bench: &BenchDir) {
+    let mut attach = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut holder = Command::new("sleep");
+        holder.arg("60");
+        // SAFETY: unshare in the child between fork and exec; no memory is touched.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut holder, || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut holder = holder.spawn().expect("netns holder");
+        let started = Instant::now();
+        let result = runtime.network.attach(spec, holder.id() as i32);
+        attach.push(started.elapsed());
+        let _ = runtime.network.detach(&spec.name);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        result.expect("attach");
+    }
+    let config = fifty_node_config(bench);
+    let mut policy: Vec<Duration> = (0..10)
+        .map(|_| {
+            let started = Instant::now();
+            runtime.network.apply_policy(&config).expect("policy");
+            started.elapsed()
+        })
+        .collect();
+    println!("network");
+    println!(
+        "  node attach (veth, addresses, lo, route):     median {}",
+        ms(median(&mut attach))
+    );
+    println!(
+        "  policy update, 50 nodes (render + nft -f):    median {}",
+        ms(median(&mut policy))
+    );
 }
 
 /// crun must not see the hybrid host's empty cgroup2 mount, or it tries to use it: give this
@@ -131,7 +186,7 @@ fn hide_unified_cgroup_mount() {
 
 fn bench_config(bench: &BenchDir, nodes: usize) -> config::Config {
     let mut text = format!(
-        "[host]\nname = \"bench\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"5s\"\n\n[roles.bench]\nimage = \"busybox\"\n[[roles.bench.process]]\nname = \"sleep\"\ncommand = [\"sleep\", \"1000000\"]\n[roles.bench.resources]\nmemory = \"64M\"\n",
+        "[host]\nname = \"bench\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"5s\"\n\n[network]\nbridge = \"{BRIDGE}\"\nsubnet = \"172.21.0.0/24\"\nhost_ip = \"172.21.0.254\"\nlink_prefix = \"mb\"\n\n[roles.bench]\nimage = \"busybox\"\n[[roles.bench.process]]\nname = \"sleep\"\ncommand = [\"sleep\", \"1000000\"]\n[roles.bench.resources]\nmemory = \"64M\"\n",
         dir = bench.path.display(),
         cgroup = bench.cgroup
     );
@@ -141,6 +196,30 @@ fn bench_config(bench: &BenchDir, nodes: usize) -> config::Config {
     let path = bench.path.join("agent.toml");
     std::fs::write(&path, &text).unwrap();
     config::parse(&Source::new(path.display().to_string(), text)).expect("bench config")
+}
+
+/// 50 nodes of the shipped roles, for the size of a realistic policy.
+fn fifty_node_config(bench: &BenchDir) -> config::Config {
+    let mut text = format!(
+        "[host]\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\n[network]\nbridge = \"{BRIDGE}\"\nsubnet = \"172.21.0.0/24\"\nhost_ip = \"172.21.0.254\"\nlink_prefix = \"mb\"\n",
+        dir = bench.path.display()
+    );
+    for (role, count) in [
+        ("fw", 1),
+        ("lb", 9),
+        ("web", 19),
+        ("db", 9),
+        ("mail", 4),
+        ("acc", 4),
+        ("monitor", 4),
+    ] {
+        for index in 1..=count {
+            text.push_str(&format!("[nodes.{role}{index}]\nrole = \"{role}\"\n"));
+        }
+    }
+    let config = config::parse(&Source::new("fifty nodes", text)).expect("fifty-node config");
+    assert_eq!(config.nodes.len(), 50);
+    config
 }
 
 fn agent_node_life(runtime: &Runtime, spec: &NodeSpec) -> (Duration, Duration) {

@@ -70,7 +70,9 @@ pub struct NodeStatus {
     pub restarts: u32,
     pub memory_bytes: Option<u64>,
     pub cpu_usec: Option<u64>,
-    /// Health checks arrive with the role services; until then `unknown`.
+    /// The role's health check as the node's init sees it: none (the role has no check),
+    /// starting, healthy or unhealthy; unknown when the node is not running or its init did
+    /// not answer.
     pub health: String,
     pub processes: Vec<ProcessStatus>,
     /// Why the node is failed or was last restarted.

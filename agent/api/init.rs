@@ -66,8 +66,35 @@ pub enum InitRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum InitReply {
-    Status { processes: Vec<ProcessStatus> },
+    Status {
+        processes: Vec<ProcessStatus>,
+        /// Absent from an init older than health checks: the default reads as unknown.
+        #[serde(default)]
+        health: HealthStatus,
+    },
     Stopping,
+}
+
+/// The node's health as its init's checks see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// none (the role has no check), starting (no verdict yet), healthy or unhealthy; unknown
+    /// when the init did not say.
+    pub state: String,
+    /// The reason the last failed check gave, kept after the checks pass again.
+    pub last_error: Option<String>,
+    /// When the last check finished, in seconds since the Unix epoch.
+    pub checked_at_unix: Option<u64>,
+}
+
+impl Default for HealthStatus {
+    fn default() -> Self {
+        HealthStatus {
+            state: "unknown".into(),
+            last_error: None,
+            checked_at_unix: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

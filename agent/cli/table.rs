@@ -19,6 +19,7 @@ pub fn render(report: &StatusReport) -> String {
         "NODE",
         "ROLE",
         "STATE",
+        "HEALTH",
         "PID",
         "IP",
         "UPTIME",
@@ -37,6 +38,7 @@ pub fn render(report: &StatusReport) -> String {
             node.name.clone(),
             node.role.clone(),
             node.state.as_str().to_string(),
+            node.health.clone(),
             node.pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),

@@ -1,7 +1,7 @@
 //! The configuration after parsing, merging and checking: what the rest of the agent works from.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -246,6 +246,66 @@ pub enum HealthCheck {
     Exec(Vec<String>),
 }
 
+/// Where an `http` check sends its GET. The check runs inside the node, so the host is an IPv4
+/// address or `localhost`, never a name to resolve; a bare path means 127.0.0.1 port 80.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// What the request's Host header says.
+    pub host: String,
+    pub address: SocketAddrV4,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl HttpTarget {
+    pub fn parse(text: &str) -> Result<HttpTarget, String> {
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "`{}` contains spaces or control characters",
+                text.escape_default()
+            ));
+        }
+        if text.starts_with('/') {
+            return Ok(HttpTarget {
+                host: Ipv4Addr::LOCALHOST.to_string(),
+                address: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80),
+                path: text.to_string(),
+            });
+        }
+        if text.starts_with("https://") {
+            return Err(format!(
+                "`{text}`: https is not checked; give the plain http port, like http://127.0.0.1:80/health"
+            ));
+        }
+        let rest = text.strip_prefix("http://").ok_or_else(|| {
+            format!("`{text}` is not a path like /health or a URL like http://127.0.0.1:80/health")
+        })?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(at) if rest[at..].starts_with('?') => (&rest[..at], format!("/{}", &rest[at..])),
+            Some(at) => (&rest[..at], rest[at..].to_string()),
+            None => (rest, "/".to_string()),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => (host, port),
+                _ => return Err(format!("`{text}`: `{port}` is not a port number")),
+            },
+            None => (authority, 80),
+        };
+        let ip = match host {
+            "localhost" => Ipv4Addr::LOCALHOST,
+            _ => host.parse().map_err(|_| {
+                format!("`{text}`: the host must be an IPv4 address or localhost, not `{host}`")
+            })?,
+        };
+        Ok(HttpTarget {
+            host: host.to_string(),
+            address: SocketAddrV4::new(ip, port),
+            path,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AllowRule {
     pub from: Vec<String>,
@@ -273,5 +333,33 @@ mod tests {
         assert!(!subnet.is_usable_host(Ipv4Addr::new(172, 16, 1, 1)));
         assert!(Subnet::parse("172.16.0.0").is_err());
         assert!(Subnet::parse("172.16.0.0/31").is_err());
+    }
+
+    #[test]
+    fn http_targets_are_local_addresses_with_a_path() {
+        let target = HttpTarget::parse("/health").unwrap();
+        assert_eq!(target.address, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(target.path, "/health");
+        let target = HttpTarget::parse("http://127.0.0.1:8080/a/b?c=d").unwrap();
+        assert_eq!(target.address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(target.path, "/a/b?c=d");
+        let target = HttpTarget::parse("http://localhost").unwrap();
+        assert_eq!(target.address, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(
+            (target.host.as_str(), target.path.as_str()),
+            ("localhost", "/")
+        );
+        assert_eq!(HttpTarget::parse("http://10.0.0.1?x").unwrap().path, "/?x");
+        for bad in [
+            "health",
+            "https://127.0.0.1/",
+            "http://example.com/",
+            "http://127.0.0.1:0/",
+            "http://127.0.0.1:http/",
+            "/a b",
+            "/a\r\nX: y",
+        ] {
+            assert!(HttpTarget::parse(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -107,7 +107,7 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
             if !valid {
                 checker.error(
                     &cgroup,
-                    "host.cgroup: a relative cgroup path of simple names, like `magestack`",
+                    "host.cgroup: a relative cgroup path of simple names (letters, digits, '-', '_'; at most 32 characters each), like `magestack`",
                 );
             }
             cgroup.into_inner()

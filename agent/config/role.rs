@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::duration::parse_duration;
 use super::model::{
-    AllowRule, HealthCheck, HealthSpec, ProcessSpec, Resources, RestartPolicy, TemplateSpec,
-    VolumeSpec,
+    AllowRule, HealthCheck, HealthSpec, HttpTarget, ProcessSpec, Resources, RestartPolicy,
+    TemplateSpec, VolumeSpec,
 };
 use super::raw::{RawAllow, RawHealth, RawProcess, RawResources, RawRole, RawTemplate, RawVolume};
 use super::size::parse_size;
@@ -199,6 +199,9 @@ impl Checker<'_> {
             }
         }
         if let Some(url) = raw.http {
+            if let Err(message) = HttpTarget::parse(url.get_ref()) {
+                self.error(&url, format!("{field}.http: {message}"));
+            }
             checks.push(HealthCheck::Http(url.into_inner()));
         }
         if let Some(command) = raw.exec {

@@ -234,3 +234,23 @@ fn run_dir_is_found_even_in_a_config_that_does_not_validate() {
         std::path::PathBuf::from("/run/magestack")
     );
 }
+
+#[test]
+fn http_checks_must_name_a_local_address() {
+    let error = first_error(&format!(
+        "{SLEEPER}[roles.sleeper.health]\nhttp = \"http://example.com/health\"\n"
+    ));
+    assert!(
+        error.message.contains("roles.sleeper.health.http") && error.message.contains("IPv4"),
+        "{error}"
+    );
+    assert_eq!(error.line, 12);
+    let config = parse_text(&format!(
+        "{SLEEPER}[roles.sleeper.health]\nhttp = \"/health\"\ninterval = \"200ms\"\n"
+    ))
+    .unwrap();
+    let health = config.nodes["s1"].health.as_ref().unwrap();
+    assert_eq!(health.check, HealthCheck::Http("/health".into()));
+    assert_eq!(health.interval, std::time::Duration::from_millis(200));
+    assert_eq!((health.healthy_after, health.unhealthy_after), (1, 3));
+}

@@ -8,28 +8,37 @@ use tokio::net::UnixStream;
 
 use super::world::NodeSnapshot;
 use crate::api::control::{HostStatus, NodeState, NodeStatus, StatusReport};
-use crate::api::init::{InitReply, InitRequest, ProcessStatus};
+use crate::api::init::{HealthStatus, InitReply, InitRequest, ProcessStatus};
 use crate::runtime::unix_now;
 
 /// How long one init may take to answer before its processes are reported as unknown.
 const INIT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// What a running init says about its node.
+struct InitAnswer {
+    processes: Vec<ProcessStatus>,
+    health: HealthStatus,
+}
+
 pub async fn report(host: HostStatus, snapshots: Vec<NodeSnapshot>) -> StatusReport {
     let queries = snapshots.into_iter().map(|snapshot| async move {
-        let processes = match &snapshot.handle {
-            Some(handle) => ask_init(&handle.paths.control_socket())
-                .await
-                .unwrap_or_default(),
-            None => Vec::new(),
+        let answer = match &snapshot.handle {
+            Some(handle) => ask_init(&handle.paths.control_socket()).await,
+            None => None,
         };
-        node_status(snapshot, processes)
+        node_status(snapshot, answer)
     });
     let nodes = futures_util::future::join_all(queries).await;
     StatusReport { host, nodes }
 }
 
-fn node_status(snapshot: NodeSnapshot, processes: Vec<ProcessStatus>) -> NodeStatus {
+fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus {
     let stats = snapshot.handle.as_ref().map(|h| h.cgroup.stats());
+    let (processes, health) = match answer {
+        Some(InitAnswer { processes, health }) => (processes, Some(health)),
+        None => (Vec::new(), None),
+    };
+    let (health, health_error) = node_health(snapshot.state, health);
     let process_failure = processes.iter().find(|p| p.state.is_failure());
     let state = match (snapshot.state, process_failure) {
         (NodeState::Running, Some(_)) => NodeState::Failed,
@@ -43,7 +52,8 @@ fn node_status(snapshot: NodeSnapshot, processes: Vec<ProcessStatus>) -> NodeSta
                 p.last_error.as_deref().unwrap_or("failed")
             )
         })
-        .or(snapshot.error);
+        .or(snapshot.error)
+        .or(health_error);
     NodeStatus {
         name: snapshot.name,
         role: snapshot.role,
@@ -54,7 +64,7 @@ fn node_status(snapshot: NodeSnapshot, processes: Vec<ProcessStatus>) -> NodeSta
         restarts: snapshot.restarts,
         memory_bytes: stats.as_ref().map(|s| s.memory_bytes),
         cpu_usec: stats.as_ref().map(|s| s.cpu_usec),
-        health: "unknown".into(),
+        health: health.into(),
         processes,
         error,
         desired: if snapshot.desired_running {
@@ -65,7 +75,25 @@ fn node_status(snapshot: NodeSnapshot, processes: Vec<ProcessStatus>) -> NodeSta
     }
 }
 
-async fn ask_init(socket: &std::path::Path) -> Option<Vec<ProcessStatus>> {
+/// The node's health for `status`, and the reason to show when it is unhealthy. Only a running
+/// node's init is believed; a state this daemon does not know reads as unknown.
+fn node_health(state: NodeState, health: Option<HealthStatus>) -> (&'static str, Option<String>) {
+    let Some(health) = health.filter(|_| state == NodeState::Running) else {
+        return ("unknown", None);
+    };
+    match health.state.as_str() {
+        "none" => ("none", None),
+        "starting" => ("starting", None),
+        "healthy" => ("healthy", None),
+        "unhealthy" => {
+            let reason = health.last_error.as_deref().unwrap_or("the check failed");
+            ("unhealthy", Some(format!("unhealthy: {reason}")))
+        }
+        _ => ("unknown", None),
+    }
+}
+
+async fn ask_init(socket: &std::path::Path) -> Option<InitAnswer> {
     let exchange = async {
         let mut stream = UnixStream::connect(socket).await.ok()?;
         let mut line = serde_json::to_vec(&InitRequest::Status).ok()?;
@@ -77,7 +105,7 @@ async fn ask_init(socket: &std::path::Path) -> Option<Vec<ProcessStatus>> {
             .await
             .ok()?;
         match crate::api::decode_line::<InitReply>(&reply).ok()? {
-            InitReply::Status { processes } => Some(processes),
+            InitReply::Status { processes, health } => Some(InitAnswer { processes, health }),
             InitReply::Stopping => None,
         }
     };
@@ -85,4 +113,59 @@ async fn ask_init(socket: &std::path::Path) -> Option<Vec<ProcessStatus>> {
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(state: &str, last_error: Option<&str>) -> Option<HealthStatus> {
+        Some(HealthStatus {
+            state: state.into(),
+            last_error: last_error.map(Into::into),
+            checked_at_unix: Some(1),
+        })
+    }
+
+    #[test]
+    fn a_running_node_shows_its_init_s_health() {
+        for state in ["none", "starting", "healthy"] {
+            assert_eq!(
+                node_health(NodeState::Running, health(state, Some("old"))),
+                (state, None)
+            );
+        }
+        assert_eq!(
+            node_health(
+                NodeState::Running,
+                health("unhealthy", Some("tcp 127.0.0.1:80: connection refused"))
+            ),
+            (
+                "unhealthy",
+                Some("unhealthy: tcp 127.0.0.1:80: connection refused".into())
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_without_a_running_node_or_a_known_answer() {
+        assert_eq!(node_health(NodeState::Running, None), ("unknown", None));
+        assert_eq!(
+            node_health(NodeState::Stopping, health("healthy", None)),
+            ("unknown", None)
+        );
+        let older_init =
+            serde_json::from_str::<InitReply>(r#"{"reply":"status","processes":[]}"#).unwrap();
+        let InitReply::Status { health: older, .. } = older_init else {
+            panic!("not a status reply");
+        };
+        assert_eq!(
+            node_health(NodeState::Running, Some(older)),
+            ("unknown", None)
+        );
+        assert_eq!(
+            node_health(NodeState::Running, health("sleepy", None)),
+            ("unknown", None)
+        );
+    }
 }

@@ -5,7 +5,9 @@
 //! output to log files, answers the daemon on its control socket, and stops gracefully.
 //! Single-threaded by design: it forks, and a forking process must not have other threads.
 
+mod health;
 mod logs;
+mod probe;
 mod process;
 pub mod rootfs;
 pub mod supervisor;
@@ -26,6 +28,7 @@ use crate::api::init::{
 };
 use crate::api::{read_message, write_message};
 use logs::LogFile;
+use probe::Prober;
 use supervisor::{Exit, Supervisor};
 
 /// Runs the init; the return value is its exit status.
@@ -77,6 +80,8 @@ struct Init {
     null: OwnedFd,
     /// One output pipe (read, write) and log file per process, in spec order.
     outputs: Vec<(OwnedFd, OwnedFd, LogFile)>,
+    /// The role's health check; `None` when it has none.
+    prober: Option<Prober>,
     stop_deadline: Option<Instant>,
 }
 
@@ -147,8 +152,10 @@ impl Init {
             .set_nonblocking(true)
             .map_err(|e| fail("control socket", e.to_string()))?;
 
+        let now = Instant::now();
         let mut init = Init {
-            supervisor: Supervisor::new(plan.spec.processes.clone(), Instant::now()),
+            supervisor: Supervisor::new(plan.spec.processes.clone(), now),
+            prober: plan.spec.health.as_ref().map(|spec| Prober::new(spec, now)),
             plan,
             signals,
             control,
@@ -189,7 +196,7 @@ impl Init {
                 break;
             }
             let timeout = self.poll_timeout();
-            let (signal_ready, control_ready, output_ready) = {
+            let (signal_ready, control_ready, output_ready, probe_ready) = {
                 let mut fds = vec![
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
@@ -199,6 +206,8 @@ impl Init {
                         .iter()
                         .map(|(read, _, _)| PollFd::new(read.as_fd(), PollFlags::POLLIN)),
                 );
+                let outputs_end = fds.len();
+                fds.extend(self.prober.as_ref().and_then(Prober::poll_fd));
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(error) => {
@@ -210,7 +219,8 @@ impl Init {
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    fds[2..].iter().map(ready).collect::<Vec<_>>(),
+                    fds[2..outputs_end].iter().map(ready).collect::<Vec<_>>(),
+                    fds[outputs_end..].iter().any(ready),
                 )
             };
             for (index, ready) in output_ready.into_iter().enumerate() {
@@ -221,11 +231,21 @@ impl Init {
             if signal_ready {
                 self.handle_signals();
             }
+            if probe_ready {
+                if let Some(prober) = &mut self.prober {
+                    prober.socket_ready(Instant::now());
+                }
+            }
             if control_ready {
                 self.handle_control(own_log);
             }
             self.enforce_stop_deadline(own_log);
             self.start_due(own_log);
+            if let Some(prober) = &mut self.prober {
+                if !self.supervisor.is_stopping() {
+                    prober.tick(Instant::now(), self.null.as_fd());
+                }
+            }
         }
         // Whatever is left in the namespace (strays, exec'd shells) goes with the node.
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
@@ -236,10 +256,14 @@ impl Init {
     }
 
     fn poll_timeout(&self) -> PollTimeout {
-        let deadline = [self.supervisor.next_deadline(), self.stop_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            self.supervisor.next_deadline(),
+            self.stop_deadline,
+            self.prober.as_ref().and_then(Prober::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match deadline {
             None => PollTimeout::NONE,
             Some(at) => {
@@ -272,7 +296,8 @@ impl Init {
         self.reap();
     }
 
-    /// Reaps every exited child: supervised processes and orphans re-parented to PID 1.
+    /// Reaps every exited child: supervised processes, the exec health check, and orphans
+    /// re-parented to PID 1.
     fn reap(&mut self) {
         loop {
             let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -281,7 +306,14 @@ impl Init {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
-            self.supervisor.exited(pid.as_raw(), exit, Instant::now());
+            let now = Instant::now();
+            let health_check = self
+                .prober
+                .as_mut()
+                .is_some_and(|prober| prober.exited(pid.as_raw(), exit, now));
+            if !health_check {
+                self.supervisor.exited(pid.as_raw(), exit, now);
+            }
         }
     }
 
@@ -290,6 +322,9 @@ impl Init {
             return;
         }
         self.supervisor.begin_stop();
+        if let Some(prober) = &mut self.prober {
+            prober.pause();
+        }
         self.stop_deadline = Some(Instant::now() + self.plan.stop_timeout);
         for pid in self.supervisor.running_pids() {
             // Each process leads its own session: signal the whole group it may have forked.
@@ -321,6 +356,10 @@ impl Init {
         let reply = match read_message::<InitRequest>(&stream)? {
             InitRequest::Status => InitReply::Status {
                 processes: self.supervisor.statuses(),
+                health: self
+                    .prober
+                    .as_ref()
+                    .map_or_else(health::no_check, Prober::status),
             },
             InitRequest::Stop => {
                 self.begin_stop();

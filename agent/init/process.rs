@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{self, ForkResult, Gid, Pid, Uid};
 
 use crate::config::ProcessSpec;
@@ -129,6 +129,13 @@ fn become_process(
     null: BorrowedFd<'_>,
 ) -> nix::errno::Errno {
     let result = (|| -> nix::Result<std::convert::Infallible> {
+        // The Rust runtime ignores SIGPIPE in the init and an ignored signal stays ignored across
+        // exec: give the program the default dispositions a freshly started one expects.
+        for signal in Signal::iterator().filter(|s| ![Signal::SIGKILL, Signal::SIGSTOP].contains(s))
+        {
+            // SAFETY: SIG_DFL installs no handler, and the forked child has a single thread.
+            let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+        }
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         unistd::setsid()?;
         unistd::dup2(null.as_raw_fd(), 0)?;

@@ -26,7 +26,7 @@ impl Exit {
         self == Exit::Code(0)
     }
 
-    fn describe(self) -> String {
+    pub fn describe(self) -> String {
         match self {
             Exit::Code(code) => format!("exited with status {code}"),
             Exit::Signal(signal) => format!("killed by signal {signal}"),
@@ -99,9 +99,9 @@ impl Supervisor {
         process.pid = Some(pid);
         process.started_at = Some(now);
         process.next_start = None;
-        if process.state != ProcessState::Crashloop {
-            process.state = ProcessState::Running;
-        }
+        // A crash-looping process that is up again shows as running; its run of quick exits
+        // is kept, so the next quick exit marks it crash-looping again at once.
+        process.state = ProcessState::Running;
     }
 
     /// The program could not be executed at all: retrying cannot help.

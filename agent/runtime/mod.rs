@@ -369,7 +369,7 @@ impl Runtime {
             return None;
         }
         let processes = match init_request(&paths.control_socket(), &InitRequest::Status) {
-            Ok(InitReply::Status { processes }) => processes,
+            Ok(InitReply::Status { processes, .. }) => processes,
             _ => return None,
         };
         Some(NodeHandle {

@@ -1,0 +1,266 @@
+//! The internal network: planned addresses, names, fw1's public entry with DNAT keeping the
+//! client address, masquerade, the DOS filter, the inter-node policy, reload, clean-up.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{wait_for, TestHost};
+
+/// fw1, lb1 (busybox httpd with a CGI that prints the client address), web1, db1.
+fn stack(name: &str, extra: &str) -> TestHost {
+    let mut host = TestHost::new(
+        name,
+        &format!(
+            r#"
+[nodes.fw1]
+role = "fw"
+[nodes.lb1]
+role = "lb"
+[nodes.web1]
+role = "web"
+[nodes.db1]
+role = "db"
+{extra}"#
+        ),
+    );
+    host.start_daemon();
+    for node in ["fw1", "lb1", "web1", "db1"] {
+        host.wait_node_state(node, "running");
+    }
+    host.exec_stdout(
+        "lb1",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /var/www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho client=$REMOTE_ADDR\\n' > /var/www/cgi-bin/ip && chmod +x /var/www/cgi-bin/ip",
+        ],
+    );
+    host
+}
+
+/// One HTTP GET with short, bounded timeouts; the body, or None if the connection failed.
+fn http_get(address: &str, path: &str, timeout: Duration) -> Option<String> {
+    let address: SocketAddr = address.parse().unwrap();
+    let mut stream = TcpStream::connect_timeout(&address, timeout).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Whether `from` gets an answer over TCP from `target` (`host:port`) within one second (the
+/// test servers echo, or answer a stray line with an HTTP error).
+fn can_connect(host: &TestHost, from: &str, target: &str) -> bool {
+    let (name, port) = target.split_once(':').unwrap();
+    host.exec(
+        from,
+        &[
+            "sh",
+            "-c",
+            &format!("echo ping | nc -w 1 {name} {port} | grep -q ."),
+        ],
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn nodes_get_planned_addresses_routes_and_names() {
+    let host = stack("netplan", "");
+    let net = &host.net;
+    for (node, offset) in [("fw1", 1), ("lb1", 11), ("web1", 21), ("db1", 41)] {
+        let addresses = host.exec_stdout(node, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        assert!(
+            addresses.contains(&format!("{}/24", net.ip(offset))),
+            "{node}: {addresses}"
+        );
+        let lo = host.exec_stdout(node, &["ip", "-o", "link", "show", "lo"]);
+        assert!(lo.contains("UP"), "{node}: lo is down: {lo}");
+    }
+    let route = host.exec_stdout("web1", &["ip", "route"]);
+    assert!(
+        route.contains(&format!("default via {}", net.ip(1))),
+        "not via fw1: {route}"
+    );
+    let fw_route = host.exec_stdout("fw1", &["ip", "route"]);
+    assert!(
+        fw_route.contains(&format!("default via {}", net.public_gateway())),
+        "{fw_route}"
+    );
+
+    let hosts = host.exec_stdout("db1", &["cat", "/etc/hosts"]);
+    for node in ["fw1", "lb1", "web1", "db1"] {
+        assert!(hosts.contains(&format!("{node}.i")), "{hosts}");
+    }
+    // Names resolve, and the host reaches every node.
+    assert!(can_connect(&host, "web1", "db1.i:3306"));
+    let from_host = http_get(&format!("{}:80", net.ip(11)), "/", Duration::from_secs(2));
+    assert!(
+        from_host.is_some_and(|r| r.contains(" 200 ")),
+        "host cannot reach lb1"
+    );
+    // The host-side link names are derived from the node names.
+    let links = net.links();
+    for node in ["fw1", "lb1", "web1", "db1"] {
+        assert!(
+            links.contains(&format!("{}-{node}", net.link_prefix)),
+            "{links:?}"
+        );
+    }
+}
+
+#[test]
+fn the_public_side_dnats_to_lb1_keeps_the_client_and_masquerades_outbound() {
+    let host = stack("netpublic", "");
+    let net = &host.net;
+    let response = http_get(
+        &format!("{}:80", net.public_ip()),
+        "/cgi-bin/ip",
+        Duration::from_secs(2),
+    )
+    .expect("public_ip:80 does not answer");
+    // busybox httpd listens on IPv6 and shows IPv4 clients mapped.
+    let client = format!("client=[::ffff:{}]", net.public_gateway());
+    assert!(response.contains(&client), "{response}");
+
+    // web1 opens a connection out: it leaves fw1 with fw1's public address.
+    let listener = TcpListener::bind(format!("{}:0", net.public_gateway())).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    // The listener is read only after exec returns: bound nc's life with timeout.
+    let connect = format!(
+        "echo out | timeout 2 nc -w 1 {} {port}",
+        net.public_gateway()
+    );
+    let _ = host.exec("web1", &["sh", "-c", &connect]);
+    let mut peer = None;
+    for _ in 0..50 {
+        if let Ok((_, address)) = listener.accept() {
+            peer = Some(address);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peer = peer.expect("web1's outbound connection never arrived");
+    assert_eq!(peer.ip().to_string(), net.public_ip(), "not masqueraded");
+    // Nothing else is open on the public side.
+    let other = http_get(
+        &format!("{}:8080", net.public_ip()),
+        "/",
+        Duration::from_millis(500),
+    );
+    assert!(other.is_none());
+}
+
+#[test]
+fn the_policy_allows_declared_flows_only() {
+    let host = stack("netpolicy", "");
+    assert!(
+        can_connect(&host, "web1", "db1.i:3306"),
+        "web1 -> db1:3306 must pass"
+    );
+    assert!(
+        !can_connect(&host, "lb1", "db1.i:3306"),
+        "lb1 -> db1:3306 must be dropped"
+    );
+    assert!(
+        !can_connect(&host, "web1", "lb1.i:80"),
+        "web1 -> lb1:80 must be dropped"
+    );
+    assert!(
+        can_connect(&host, "lb1", "web1.i:80"),
+        "lb1 -> web1:80 must pass"
+    );
+    // New connections from a node to the host are refused by the agent's input chain.
+    let listener = TcpListener::bind(format!("{}:0", host.net.host_ip())).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let to_host = host.exec(
+        "web1",
+        &["sh", "-c", &format!("echo x | nc -w 1 host.i {port}")],
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "web1 reached the host: {to_host:?}"
+    );
+    let table = std::process::Command::new("nft")
+        .args([
+            "list",
+            "table",
+            "inet",
+            &format!("magestack_{}", host.net.bridge),
+        ])
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+}
+
+#[test]
+fn the_dos_filter_drops_a_burst_and_spares_the_whitelist() {
+    let mut host = stack("netdos", "[network.dos]\nrate = 2\nburst = 2\n");
+    let target = format!("{}:80", host.net.public_ip());
+    let burst = |count: usize| {
+        (0..count)
+            .filter(|_| http_get(&target, "/", Duration::from_millis(300)).is_some())
+            .count()
+    };
+    let served = burst(20);
+    assert!(
+        served < 12,
+        "{served} of 20 served: the DOS filter let the burst through"
+    );
+
+    let whitelisted = format!(
+        "[network.dos]\nrate = 2\nburst = 2\nwhitelist = [\"{}\"]\n",
+        host.net.public_gateway()
+    );
+    host.write_config(&format!(
+        "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n{whitelisted}"
+    ));
+    host.cli(&["reload"]);
+    host.wait_node_state("fw1", "running");
+    std::thread::sleep(Duration::from_secs(1));
+    let served = burst(20);
+    assert_eq!(served, 20, "a whitelisted source was limited");
+    host.kill_daemon(libc::SIGTERM);
+    host.start_daemon();
+}
+
+#[test]
+fn reload_adds_names_everywhere_and_stop_removes_links() {
+    let host = stack("netreload", "");
+    let web1 = host.node_pid("web1");
+    host.write_config(
+        "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n",
+    );
+    let report = host.cli(&["reload"]);
+    assert!(report.contains("started: web2"), "{report}");
+    assert_eq!(host.node_pid("web1"), web1, "web1 was restarted");
+    for node in ["fw1", "lb1", "web1", "web2", "db1"] {
+        let hosts = host.exec_stdout(node, &["cat", "/etc/hosts"]);
+        assert!(hosts.contains("web2.i"), "{node}: {hosts}");
+    }
+    let address = host.exec_stdout("web2", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(address.contains(&host.net.ip(22)), "{address}");
+
+    host.cli(&["stop", "fw1", "lb1", "web1", "web2", "db1"]);
+    let on_bridge = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &host.net.bridge])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&on_bridge.stdout).trim(),
+        "",
+        "links left on the bridge"
+    );
+    wait_for("links to go", Duration::from_secs(5), || {
+        host.net.links().is_empty()
+    });
+    assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+}
