@@ -209,7 +209,7 @@ fn a_daemon_killed_while_starting_or_stopping_leaves_a_consistent_host() {
     for node in names {
         host.wait_node_state(node, "stopped");
     }
-    assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+    host.assert_nothing_left();
 }
 
 /// Every node's cgroup holds exactly one init, and no init runs outside a node cgroup.

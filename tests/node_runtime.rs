@@ -237,7 +237,7 @@ fn stop_removes_cgroup_run_files_and_processes() {
     assert_eq!(node["state"], "stopped");
     assert!(node["pid"].is_null());
     assert!(!common::process_alive(pid), "init {pid} still alive");
-    assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+    host.assert_nothing_left();
     assert!(!host.node_cgroup_exists("s1"));
 }
 

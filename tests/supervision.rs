@@ -85,7 +85,7 @@ fn a_missing_program_fails_the_node_with_the_exec_error() {
     );
     let stderr = String::from_utf8_lossy(&start.stderr);
     assert!(stderr.contains("No such file"), "{stderr}");
-    assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+    host.assert_nothing_left();
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn stop_escalates_to_sigkill_after_the_timeout() {
     );
     assert!(took < Duration::from_secs(6), "stop took {took:?}");
     assert!(!common::process_alive(pid));
-    assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+    host.assert_nothing_left();
     let log = std::fs::read_to_string(host.log_dir().join("t1/init.log")).unwrap();
     assert!(log.contains("stop timeout"), "{log}");
 }

@@ -15,7 +15,7 @@ pub use names::{hosts_file, resolv_conf};
 pub use netlink::Netlink;
 pub use policy::{render as render_policy, table_name as policy_table};
 
-use crate::config::{Config, NetworkSettings, NodeSpec};
+use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec};
 
 /// The name of a node's network interface on the internal network, inside the node.
 pub const NODE_INTERFACE: &str = "eth0";
@@ -47,14 +47,18 @@ impl NetError {
 }
 
 /// The host's side of the internal network.
-#[derive(Debug, Clone)]
 pub struct HostNetwork {
     pub settings: NetworkSettings,
+    /// One netlink connection in the host's namespace, shared by every start and stop.
+    host: std::sync::Mutex<Option<Netlink>>,
 }
 
 impl HostNetwork {
     pub fn new(settings: NetworkSettings) -> Self {
-        HostNetwork { settings }
+        HostNetwork {
+            settings,
+            host: std::sync::Mutex::new(None),
+        }
     }
 
     /// `<prefix>-<node>`: the host end of the node's `eth0`.
@@ -70,12 +74,13 @@ impl HostNetwork {
     /// The bridge with the host's address, created if missing (idempotent); bridged traffic is
     /// sent through the host's netfilter hooks so the inter-node policy applies to it.
     pub fn ensure_bridge(&self) -> Result<(), NetError> {
-        let netlink = Netlink::connect()?;
-        netlink.ensure_bridge(
-            &self.settings.bridge,
-            self.settings.host_ip,
-            self.settings.subnet.prefix,
-        )?;
+        self.with_host(|host| {
+            host.ensure_bridge(
+                &self.settings.bridge,
+                self.settings.host_ip,
+                self.settings.subnet.prefix,
+            )
+        })?;
         let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
         match std::fs::read_to_string(sysctl) {
             Ok(value) if value.trim() == "1" => Ok(()),
@@ -90,74 +95,73 @@ impl HostNetwork {
         }
     }
 
-    /// Connects a freshly cloned node: veth to the bridge with `eth0` made inside the node,
-    /// loopback up, address, default route; for fw1 also the public side and its rules.
+    /// The host side of a freshly cloned node: a veth on the bridge whose other end is created
+    /// directly in the node's network namespace as `eth0` (no move between namespaces), and for
+    /// fw1 its public link and rules. The node's init configures the inside (see
+    /// [`configure_inside`]).
     pub fn attach(&self, spec: &NodeSpec, init_pid: i32) -> Result<(), NetError> {
         let netns = open_netns(init_pid)?;
-        let host = Netlink::connect()?;
-        let bridge = host
-            .link_index(&self.settings.bridge)?
-            .ok_or_else(|| NetError::Missing(format!("bridge {}", self.settings.bridge)))?;
-        host.add_veth(
-            &self.node_link(&spec.name),
-            Some(bridge),
-            NODE_INTERFACE,
-            &netns,
-        )?;
-        let public = spec.network.public.as_ref();
-        if let Some(public) = public {
+        self.with_host(|host| self.attach_links(host, spec, &netns))
+    }
+
+    fn attach_links(
+        &self,
+        host: &Netlink,
+        spec: &NodeSpec,
+        netns: &OwnedFd,
+    ) -> Result<(), NetError> {
+        let bridge = self.bridge_index(host)?;
+        let link = self.node_link(&spec.name);
+        if let Err(error) = host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns) {
+            // A link of the node's previous life still goes away with its old namespace:
+            // remove it now and try once more.
+            host.link_index(&link)?.ok_or(error)?;
+            host.delete_link(&link)?;
+            host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns)?;
+        }
+        if let Some(public) = spec.network.public.as_ref() {
             if public.uplink == "host" {
                 let link = self.public_link(&spec.name);
-                host.add_veth(&link, None, PUBLIC_INTERFACE, &netns)?;
+                host.delete_link(&link)?;
+                host.add_veth(&link, None, PUBLIC_INTERFACE, netns)?;
                 host.address_link(&link, public.gateway, public.address.prefix)?;
             } else {
-                host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, &netns)?;
+                host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns)?;
             }
-        }
-        let address = spec.network.address;
-        let gateway = spec.network.gateway;
-        netlink::in_namespace(&netns, move |node| {
-            let loopback = node
-                .link_index("lo")?
-                .ok_or_else(|| NetError::Missing("lo".into()))?;
-            node.set_up(loopback, "lo")?;
-            node.address_link(NODE_INTERFACE, address.address, address.prefix)?;
-            if let Some(public) = public {
-                node.address_link(
-                    PUBLIC_INTERFACE,
-                    public.address.address,
-                    public.address.prefix,
-                )?;
-                node.default_route(public.gateway)?;
-                // /proc/sys/net belongs to the namespace of the thread that opens it.
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
-                    NetError::Io {
-                        what: "enable forwarding in the gateway node".into(),
-                        source,
-                    }
-                })?;
-            } else if let Some(gateway) = gateway {
-                node.default_route(gateway)?;
-            }
-            Ok(())
-        })?;
-        if let Some(public) = public {
-            nft::apply(&firewall::render(public), Some(&netns))?;
+            nft::apply(&firewall::render(public), Some(netns))?;
         }
         Ok(())
     }
 
+    /// Runs `work` on the shared host netlink connection, connecting on first use.
+    fn with_host<T>(
+        &self,
+        work: impl FnOnce(&Netlink) -> Result<T, NetError>,
+    ) -> Result<T, NetError> {
+        let mut guard = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(Netlink::connect()?);
+        }
+        work(guard.as_ref().expect("connected"))
+    }
+
+    fn bridge_index(&self, host: &Netlink) -> Result<u32, NetError> {
+        host.link_index(&self.settings.bridge)?
+            .ok_or_else(|| NetError::Missing(format!("bridge {}", self.settings.bridge)))
+    }
+
     /// Removes a node's host-side links (their peers go with them). Idempotent.
     pub fn detach(&self, node: &str) -> Result<(), NetError> {
-        let host = Netlink::connect()?;
-        host.delete_link(&self.node_link(node))?;
-        host.delete_link(&self.public_link(node))
+        self.with_host(|host| {
+            host.delete_link(&self.node_link(node))?;
+            host.delete_link(&self.public_link(node))
+        })
     }
 
     /// Nodes that have host-side links, by the link names' prefix.
     pub fn nodes_with_links(&self) -> Result<Vec<String>, NetError> {
         let prefix = &self.settings.link_prefix;
-        let names = Netlink::connect()?.link_names()?;
+        let names = self.with_host(|host| host.link_names())?;
         let mut nodes: Vec<String> = names
             .iter()
             .filter_map(|name| {
@@ -185,6 +189,38 @@ impl HostNetwork {
         )
     }
 }
+
+/// Run by the node's init inside its network namespace (where it holds CAP_NET_ADMIN): loopback
+/// up, `eth0` addressed and up, the default route, and for fw1 its public address and
+/// forwarding.
+pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
+    let node = Netlink::connect()?;
+    node.set_up(LOOPBACK_INDEX, "lo")?;
+    node.address_link(
+        NODE_INTERFACE,
+        network.address.address,
+        network.address.prefix,
+    )?;
+    if let Some(public) = &network.public {
+        node.address_link(
+            PUBLIC_INTERFACE,
+            public.address.address,
+            public.address.prefix,
+        )?;
+        node.default_route(public.gateway)?;
+        // /proc/sys/net belongs to the namespace of the process that opens it.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+            what: "enable forwarding in the gateway node".into(),
+            source,
+        })?;
+    } else if let Some(gateway) = network.gateway {
+        node.default_route(gateway)?;
+    }
+    Ok(())
+}
+
+/// The loopback device is always the first link of a network namespace.
+const LOOPBACK_INDEX: u32 = 1;
 
 fn open_netns(pid: i32) -> Result<OwnedFd, NetError> {
     let path = format!("/proc/{pid}/ns/net");

@@ -149,7 +149,7 @@ impl Netlink {
         bridge: Option<u32>,
         peer_name: &str,
         peer_netns: &OwnedFd,
-    ) -> Result<u32, NetError> {
+    ) -> Result<(), NetError> {
         let peer = LinkMessageBuilder::<LinkUnspec>::default()
             .name(peer_name.to_string())
             .setns_by_fd(peer_netns.as_fd().as_raw_fd())
@@ -164,9 +164,7 @@ impl Netlink {
         self.run(
             &format!("create veth {host_name} (peer {peer_name} in the node)"),
             self.handle.link().add(message.build()).execute(),
-        )?;
-        self.link_index(host_name)?
-            .ok_or_else(|| NetError::Missing(format!("link {host_name} after creating it")))
+        )
     }
 
     /// A macvlan on `parent` created directly in the namespace `netns`, named `name`, up.
@@ -225,22 +223,4 @@ impl Netlink {
             self.handle.route().add(route).execute(),
         )
     }
-}
-
-/// Runs `work` with a netlink connection inside the network namespace `netns`, on a thread that
-/// ends with it.
-pub fn in_namespace<T: Send>(
-    netns: &OwnedFd,
-    work: impl FnOnce(&Netlink) -> Result<T, NetError> + Send,
-) -> Result<T, NetError> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetError::netlink("enter the node's network namespace", e))?;
-                work(&Netlink::connect()?)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(NetError::Missing("netlink worker thread panicked".into())))
-    })
 }

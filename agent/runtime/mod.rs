@@ -241,11 +241,7 @@ impl Runtime {
                 node: node.into(),
                 source,
             })?;
-        let network = self.network.clone();
-        let name = node.to_string();
-        undo.push("remove links", move || {
-            let _ = network.detach(&name);
-        });
+        // A failed start needs no link removal: the links go with the init's namespace.
         let plan = InitPlan {
             spec: spec.clone(),
             image_rootfs,
@@ -394,7 +390,10 @@ impl Runtime {
             let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGKILL);
             wait_exit(handle.pidfd.as_fd(), Duration::from_secs(5));
         }
-        self.cleanup(&handle.record.name);
+        // The node's links go with its network namespace, which the kernel tears down on its
+        // own once the last process is gone; deleting them here would only wait for that
+        // (a veth's unregistration waits out RCU grace periods, ~15-20 ms).
+        self.release(&handle.record.name);
     }
 
     fn hosts_text(&self) -> String {
@@ -424,6 +423,11 @@ impl Runtime {
         if let Err(error) = self.network.detach(node) {
             tracing::warn!(node, "removing links: {error}");
         }
+        self.release(node);
+    }
+
+    /// Removes a node's cgroup (killing anything left in it) and run files. Idempotent.
+    fn release(&self, node: &str) {
         if let Err(error) = self.node_cgroup(node).remove() {
             tracing::warn!(node, "removing cgroup: {error}");
         }

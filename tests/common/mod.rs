@@ -294,6 +294,20 @@ impl TestHost {
         self.cgroup_dirs().iter().any(|dir| dir.join(node).exists())
     }
 
+    /// Waits (bounded) until this host has nothing left on the machine: a stopped node's links
+    /// go with its network namespace, which the kernel tears down just after the node stops.
+    pub fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "left behind: {left:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything this host left on the machine: node cgroups, run dirs, processes.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
