@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod confinement;
 pub mod daemon;
 pub mod image;
 pub mod init;

@@ -118,4 +118,6 @@ pub struct ExecTarget {
     pub pid: i32,
     /// The files a single-threaded process writes "0" into to join the node's cgroup.
     pub cgroup_join: Vec<String>,
+    /// The node's capability bounding set, which `exec`'d commands get too.
+    pub capabilities: Vec<String>,
 }

@@ -153,6 +153,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 node,
                 pid: target.pid,
                 cgroup_join: target.cgroup_join.into_iter().map(PathBuf::from).collect(),
+                capabilities: target.capabilities,
                 command,
                 tty: std::io::stdin().is_terminal(),
             })?;

@@ -177,6 +177,10 @@ pub struct NodeSpec {
     pub image: String,
     pub ip: Ipv4Addr,
     pub network: NodeNetwork,
+    /// The bounding set of the node's processes.
+    pub capabilities: Vec<String>,
+    /// Runs without a user namespace (root inside is root outside).
+    pub privileged: bool,
     pub processes: Vec<ProcessSpec>,
     pub resources: Resources,
     pub volumes: Vec<VolumeSpec>,

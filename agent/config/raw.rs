@@ -82,6 +82,11 @@ pub struct RawRole {
     #[serde(default, rename = "description")]
     pub _description: Option<String>,
     pub image: Option<Spanned<String>>,
+    /// The bounding set of the role's processes (replaces the default).
+    pub capabilities: Option<Spanned<Vec<String>>>,
+    /// Opt out of the user namespace; only with a stated reason.
+    pub privileged: Option<Spanned<bool>>,
+    pub privileged_reason: Option<String>,
     pub process: Option<Vec<RawProcess>>,
     pub resources: Option<RawResources>,
     pub volume: Option<Vec<RawVolume>>,

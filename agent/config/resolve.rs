@@ -287,6 +287,8 @@ fn node_specs(
                     gateway: None,
                     public: None,
                 },
+                capabilities: role.capabilities.clone(),
+                privileged: role.privileged,
                 processes: role.processes.clone(),
                 resources,
                 volumes: role.volumes.clone(),

@@ -19,6 +19,8 @@ use super::source::{Diagnostic, Source};
 #[derive(Debug, Default, Clone)]
 pub struct PartialRole {
     pub image: Option<String>,
+    pub capabilities: Option<Vec<String>>,
+    pub privileged: Option<bool>,
     pub processes: Option<Vec<ProcessSpec>>,
     pub resources: Resources,
     pub volumes: Option<Vec<VolumeSpec>>,
@@ -40,6 +42,8 @@ pub struct PartialHealth {
 #[derive(Debug, Clone)]
 pub struct Role {
     pub image: String,
+    pub capabilities: Vec<String>,
+    pub privileged: bool,
     pub processes: Vec<ProcessSpec>,
     pub resources: Resources,
     pub volumes: Vec<VolumeSpec>,
@@ -66,8 +70,26 @@ impl Checker<'_> {
     }
 
     pub fn role(&mut self, role: &str, raw: RawRole) -> PartialRole {
+        if let Some(list) = &raw.capabilities {
+            for name in list.get_ref() {
+                if let Err(error) = crate::confinement::parse_capability(name) {
+                    self.error(list, format!("roles.{role}.capabilities: {error}"));
+                }
+            }
+        }
+        if let Some(privileged) = &raw.privileged {
+            let reason = raw.privileged_reason.as_deref().unwrap_or("").trim();
+            if *privileged.get_ref() && reason.is_empty() {
+                self.error(
+                    privileged,
+                    format!("roles.{role}.privileged: a privileged role must say why in `privileged_reason`"),
+                );
+            }
+        }
         PartialRole {
             image: raw.image.map(Spanned::into_inner),
+            capabilities: raw.capabilities.map(Spanned::into_inner),
+            privileged: raw.privileged.map(Spanned::into_inner),
             processes: raw.process.map(|list| self.processes(role, list)),
             resources: raw
                 .resources
@@ -301,6 +323,8 @@ impl PartialRole {
     pub fn merged_over(self, base: PartialRole) -> PartialRole {
         PartialRole {
             image: self.image.or(base.image),
+            capabilities: self.capabilities.or(base.capabilities),
+            privileged: self.privileged.or(base.privileged),
             processes: self.processes.or(base.processes),
             resources: self.resources.merged_over(&base.resources),
             volumes: self.volumes.or(base.volumes),
@@ -334,6 +358,13 @@ impl PartialRole {
         };
         Ok(Role {
             image,
+            capabilities: self.capabilities.unwrap_or_else(|| {
+                crate::confinement::DEFAULT_CAPABILITIES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            }),
+            privileged: self.privileged.unwrap_or(false),
             processes: self.processes.unwrap_or_default(),
             resources: self.resources,
             volumes: self.volumes.unwrap_or_default(),

@@ -337,6 +337,7 @@ impl World {
                     .into_iter()
                     .map(|p| p.display().to_string())
                     .collect(),
+                capabilities: handle.record.spec.capabilities.clone(),
             }),
             None if self.nodes.contains_key(node) => Response::Error {
                 message: format!("node {node} is not running"),

@@ -27,6 +27,7 @@ use crate::api::init::{
     Handshake, InitPlan, InitReply, InitRequest, CONTROL_FD, HANDSHAKE_FD, LOG_DIR_FD,
 };
 use crate::api::{read_message, write_message};
+use crate::confinement::Confinement;
 use logs::LogFile;
 use probe::Prober;
 use supervisor::{Exit, Supervisor};
@@ -82,6 +83,8 @@ struct Init {
     outputs: Vec<(OwnedFd, OwnedFd, LogFile)>,
     /// The role's health check; `None` when it has none.
     prober: Option<Prober>,
+    /// Capabilities, no_new_privs and seccomp for every process the node runs.
+    confinement: Confinement,
     stop_deadline: Option<Instant>,
 }
 
@@ -153,11 +156,14 @@ impl Init {
         control
             .set_nonblocking(true)
             .map_err(|e| fail("control socket", e.to_string()))?;
+        let confinement = Confinement::new(&plan.spec.capabilities)
+            .map_err(|e| fail("prepare confinement", e.to_string()))?;
 
         let now = Instant::now();
         let mut init = Init {
             supervisor: Supervisor::new(plan.spec.processes.clone(), now),
             prober: plan.spec.health.as_ref().map(|spec| Prober::new(spec, now)),
+            confinement,
             plan,
             signals,
             control,
@@ -179,7 +185,12 @@ impl Init {
             let spec = &self.supervisor.process(index).spec;
             let name = spec.name.clone();
             let started = process::prepare(spec, &passwd).and_then(|launch| {
-                process::spawn(&launch, self.outputs[index].1.as_fd(), self.null.as_fd())
+                process::spawn(
+                    &launch,
+                    self.outputs[index].1.as_fd(),
+                    self.null.as_fd(),
+                    Some(&self.confinement),
+                )
             });
             match started {
                 Ok(pid) => self.supervisor.started(index, pid.as_raw(), Instant::now()),
@@ -245,7 +256,7 @@ impl Init {
             self.start_due(own_log);
             if let Some(prober) = &mut self.prober {
                 if !self.supervisor.is_stopping() {
-                    prober.tick(Instant::now(), self.null.as_fd());
+                    prober.tick(Instant::now(), self.null.as_fd(), Some(&self.confinement));
                 }
             }
         }

@@ -22,6 +22,7 @@ use super::process::{self, Launch};
 use super::supervisor::Exit;
 use crate::api::init::HealthStatus;
 use crate::config::{HealthCheck, HealthSpec, HttpTarget, ProcessSpec, RestartPolicy};
+use crate::confinement::Confinement;
 
 /// How much of an HTTP answer is read looking for its status line.
 const STATUS_LINE_MAX: usize = 1024;
@@ -105,14 +106,14 @@ impl Prober {
 
     /// Ends a check that ran out of time, and starts the next one when it is due. `null` is the
     /// init's /dev/null, the output of exec checks.
-    pub fn tick(&mut self, now: Instant, null: BorrowedFd<'_>) {
+    pub fn tick(&mut self, now: Instant, null: BorrowedFd<'_>, confinement: Option<&Confinement>) {
         if self.running.is_some() && self.health.is_overdue(now) {
             self.abandon();
             let timeout = describe_duration(self.health.timeout());
             self.finish(Err(format!("timed out after {timeout}")), now);
         }
         if self.running.is_none() && self.health.is_due(now) {
-            self.start(now, null);
+            self.start(now, null, confinement);
         }
     }
 
@@ -179,7 +180,7 @@ impl Prober {
         self.health.status()
     }
 
-    fn start(&mut self, now: Instant, null: BorrowedFd<'_>) {
+    fn start(&mut self, now: Instant, null: BorrowedFd<'_>, confinement: Option<&Confinement>) {
         self.health.begin(now);
         match &self.target {
             Target::Tcp(address) | Target::Http { address, .. } => match connect(*address) {
@@ -187,7 +188,7 @@ impl Prober {
                 Ok(Connect::InProgress(socket)) => self.running = Some(Running::Connecting(socket)),
                 Err(errno) => self.finish(Err(describe_errno(errno)), now),
             },
-            Target::Exec(launch) => match process::spawn(launch, null, null) {
+            Target::Exec(launch) => match process::spawn(launch, null, null, confinement) {
                 Ok(pid) => self.running = Some(Running::Exec(pid)),
                 Err(reason) => self.finish(Err(reason), now),
             },
@@ -374,7 +375,7 @@ mod tests {
     fn check_once(prober: &mut Prober) -> HealthStatus {
         let null = std::fs::File::open("/dev/null").unwrap();
         std::thread::sleep(Duration::from_millis(2));
-        prober.tick(Instant::now(), null.as_fd());
+        prober.tick(Instant::now(), null.as_fd(), None);
         while prober.running.is_some() {
             let ready = prober.poll_fd().is_some_and(|fd| {
                 let mut fds = [fd];
@@ -384,7 +385,7 @@ mod tests {
             if ready {
                 prober.socket_ready(Instant::now());
             }
-            prober.tick(Instant::now(), null.as_fd());
+            prober.tick(Instant::now(), null.as_fd(), None);
         }
         prober.status()
     }

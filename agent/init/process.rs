@@ -11,6 +11,7 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{self, ForkResult, Gid, Pid, Uid};
 
 use crate::config::ProcessSpec;
+use crate::confinement::{Confinement, ConfinementError};
 
 /// PATH for role processes that do not set their own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -88,14 +89,19 @@ pub fn prepare(spec: &ProcessSpec, passwd: &str) -> Result<Launch, String> {
 }
 
 /// Starts the process with stdout and stderr on `output`; returns once it has exec'd.
-pub fn spawn(launch: &Launch, output: BorrowedFd<'_>, null: BorrowedFd<'_>) -> Result<Pid, String> {
+pub fn spawn(
+    launch: &Launch,
+    output: BorrowedFd<'_>,
+    null: BorrowedFd<'_>,
+    confinement: Option<&Confinement>,
+) -> Result<Pid, String> {
     let (error_read, error_write) =
         unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: the init is single-threaded, so the child may run ordinary code until exec.
     match unsafe { unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(error_read);
-            let errno = become_process(launch, output, null);
+            let errno = become_process(launch, output, null, confinement);
             let bytes = (errno as i32).to_ne_bytes();
             let _ = unistd::write(&error_write, &bytes);
             // SAFETY: _exit ends the child without running the parent's atexit handlers.
@@ -127,7 +133,13 @@ fn become_process(
     launch: &Launch,
     output: BorrowedFd<'_>,
     null: BorrowedFd<'_>,
+    confinement: Option<&Confinement>,
 ) -> nix::errno::Errno {
+    let confined = |result: Result<(), ConfinementError>| {
+        result
+            .map_err(|_| nix::errno::Errno::last_raw().max(1))
+            .map_err(nix::errno::Errno::from_raw)
+    };
     let result = (|| -> nix::Result<std::convert::Infallible> {
         // The Rust runtime ignores SIGPIPE in the init and an ignored signal stays ignored across
         // exec: give the program the default dispositions a freshly started one expects.
@@ -141,9 +153,15 @@ fn become_process(
         unistd::dup2(null.as_raw_fd(), 0)?;
         unistd::dup2(output.as_raw_fd(), 1)?;
         unistd::dup2(output.as_raw_fd(), 2)?;
+        if let Some(confinement) = confinement {
+            confined(confinement.narrow())?;
+        }
         unistd::setgroups(&[launch.gid])?;
         unistd::setgid(launch.gid)?;
         unistd::setuid(launch.uid)?;
+        if let Some(confinement) = confinement {
+            confined(confinement.seal())?;
+        }
         if unistd::chdir(launch.home.as_c_str()).is_err() {
             unistd::chdir("/")?;
         }

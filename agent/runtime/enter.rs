@@ -19,6 +19,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult};
 
 use super::clone::pidfd_open;
+use crate::confinement::Confinement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnterError {
@@ -35,6 +36,7 @@ pub struct ExecRequest {
     /// Host pid of the node's init.
     pub pid: i32,
     pub cgroup_join: Vec<PathBuf>,
+    pub capabilities: Vec<String>,
     pub command: Vec<String>,
     pub tty: bool,
 }
@@ -69,6 +71,8 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
         .map(|e| CString::new(e).expect("no NUL in env"))
         .collect();
 
+    let confinement = Confinement::new(&request.capabilities)
+        .map_err(|e| fail("prepare confinement")(std::io::Error::other(e)))?;
     let pidfd = pidfd_open(request.pid).map_err(fail("open the node's init"))?;
     // The node's cgroup files are host paths: open them before entering the node's mounts.
     let cgroup_join: Vec<File> = request
@@ -97,7 +101,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     // the kernel allows only then), so the child may run ordinary code until exec.
     match unsafe { unistd::fork() }.map_err(|e| fail("fork")(e.into()))? {
         ForkResult::Child => {
-            let error = become_command(&cgroup_join, pty.as_ref(), &command, &env);
+            let error = become_command(&cgroup_join, pty.as_ref(), &confinement, &command, &env);
             let _ = writeln!(
                 std::io::stderr(),
                 "magestack-agent exec: {:?}: {error}",
@@ -127,6 +131,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
 fn become_command(
     cgroup_join: &[File],
     pty: Option<&(PtyMaster, String)>,
+    confinement: &Confinement,
     command: &[CString],
     env: &[CString],
 ) -> nix::errno::Errno {
@@ -155,6 +160,11 @@ fn become_command(
             }
         }
         unistd::chdir("/")?;
+        let confined = |result: Result<(), crate::confinement::ConfinementError>| {
+            result.map_err(|_| nix::errno::Errno::EPERM)
+        };
+        confined(confinement.narrow())?;
+        confined(confinement.seal())?;
         unistd::execvpe(&command[0], command, env)
     })();
     result.err().unwrap_or(nix::errno::Errno::UnknownErrno)
