@@ -69,6 +69,9 @@ pub struct NodeStatus {
     /// Times the agent restarted the node after its init died.
     pub restarts: u32,
     pub memory_bytes: Option<u64>,
+    /// The running node's memory limit; `None` without one (or from an older agent).
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
     pub cpu_usec: Option<u64>,
     /// The role's health check as the node's init sees it: none (the role has no check),
     /// starting, healthy or unhealthy; unknown when the node is not running or its init did
@@ -92,6 +95,15 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    /// Every state, in the order summaries list them.
+    pub const ALL: [NodeState; 5] = [
+        NodeState::Running,
+        NodeState::Starting,
+        NodeState::Stopping,
+        NodeState::Stopped,
+        NodeState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Starting => "starting",
@@ -100,6 +112,21 @@ impl NodeState {
             NodeState::Stopped => "stopped",
             NodeState::Failed => "failed",
         }
+    }
+}
+
+/// "8 nodes: 7 running, 1 failed", for `status` and the service manager's status line.
+pub fn summary(states: &[NodeState]) -> String {
+    let parts: Vec<String> = NodeState::ALL
+        .into_iter()
+        .map(|state| (state, states.iter().filter(|s| **s == state).count()))
+        .filter(|(_, count)| *count > 0)
+        .map(|(state, count)| format!("{count} {}", state.as_str()))
+        .collect();
+    match states.len() {
+        0 => "no nodes".to_string(),
+        1 => format!("1 node: {}", parts.join(", ")),
+        n => format!("{n} nodes: {}", parts.join(", ")),
     }
 }
 
@@ -120,4 +147,23 @@ pub struct ExecTarget {
     pub cgroup_join: Vec<String>,
     /// The node's capability bounding set, which `exec`'d commands get too.
     pub capabilities: Vec<String>,
+    /// The node has a user namespace of its own, which `exec` joins.
+    #[serde(default)]
+    pub user_namespace: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_nodes_by_state() {
+        use NodeState::*;
+        assert_eq!(summary(&[]), "no nodes");
+        assert_eq!(summary(&[Starting]), "1 node: 1 starting");
+        assert_eq!(
+            summary(&[Running, Failed, Running, Stopped, Running]),
+            "5 nodes: 3 running, 1 stopped, 1 failed"
+        );
+    }
 }

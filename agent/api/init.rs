@@ -30,8 +30,11 @@ pub enum Handshake {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InitPlan {
     pub spec: NodeSpec,
-    /// Read-only image rootfs: the overlay's lower layer.
+    /// Read-only image rootfs: the overlay's lower layer (an idmapped mount of it when the node
+    /// has a user namespace).
     pub image_rootfs: PathBuf,
+    /// The node runs in a user namespace of its own.
+    pub user_namespace: bool,
     pub upper_dir: PathBuf,
     pub work_dir: PathBuf,
     /// Where the overlay is mounted (inside the node's own mount namespace only).

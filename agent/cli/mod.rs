@@ -1,6 +1,7 @@
 //! Command-line parsing and the client side of every subcommand.
 
 mod client;
+mod logs;
 mod table;
 
 use std::io::IsTerminal;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use magestack_agent::api::control::{Request, Response};
 use magestack_agent::config;
@@ -54,8 +55,19 @@ enum Command {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
-    /// Re-read the configuration; restart only nodes whose definition changed.
+    /// Re-read the configuration; restart only nodes whose definition changed (also SIGHUP).
     Reload,
+    /// Show a node's process output (every process, prefixed by its name, without PROCESS).
+    Logs {
+        node: String,
+        process: Option<String>,
+        /// Keep showing output as it is written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines shown per process before following.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
     /// Run a command inside a node, as its root.
     Exec {
         node: String,
@@ -67,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print a shell completion script (e.g. `magestack-agent completions bash >
+    /// /etc/bash_completion.d/magestack-agent`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `magestack-agent man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -92,15 +109,41 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The daemon logs to the journal when systemd connected its stderr there (JOURNAL_STREAM names
+/// that stream), with event fields such as `node` as journal fields (`NODE=web1`); everything
+/// else logs to stderr.
 fn init_tracing(daemon: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("MAGESTACK_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
         });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let journal = (daemon && stderr_is_journal())
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|layer| layer.with_syslog_identifier("magestack-agent".into()));
+    let stderr = journal
+        .is_none()
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journal)
+        .with(stderr)
         .init();
+}
+
+/// Whether stderr is the journal stream systemd set up (JOURNAL_STREAM is `<dev>:<inode>` of
+/// it), as opposed to a stream a child of the service inherited and redirected.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(libc::STDERR_FILENO) else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -121,7 +164,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", table::render(&report));
+                let colour = std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+                print!("{}", table::render(&report, colour));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -144,6 +189,37 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             other => unexpected(other),
         },
+        Command::Logs {
+            node,
+            process,
+            follow,
+            lines,
+        } => {
+            let log_dir = config::log_dir(config_path.as_deref())
+                .map_err(|error| anyhow::anyhow!("{error}"))
+                .context("reading the configuration to find the log dir")?;
+            logs::show(&logs::LogsRequest {
+                log_dir,
+                node,
+                process,
+                follow,
+                lines,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "magestack-agent",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec { node, command } => {
             let target = match request(&config_path, &Request::ExecTarget { node: node.clone() })? {
                 Response::ExecTarget(target) => target,
@@ -154,6 +230,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 pid: target.pid,
                 cgroup_join: target.cgroup_join.into_iter().map(PathBuf::from).collect(),
                 capabilities: target.capabilities,
+                user_namespace: target.user_namespace,
                 command,
                 tty: std::io::stdin().is_terminal(),
             })?;

@@ -1,55 +1,56 @@
-//! The human form of `status`: one table row per node.
+//! The human form of `status`: one screen, a host line and one row per node, coloured only for a
+//! terminal.
 
 use comfy_table::presets::UTF8_BORDERS_ONLY;
-use comfy_table::Table;
+use comfy_table::{Cell, Color, Table};
 
-use magestack_agent::api::control::StatusReport;
+use magestack_agent::api::control::{summary, NodeState, NodeStatus, StatusReport};
 
-pub fn render(report: &StatusReport) -> String {
+/// Memory use from this share of the limit on is shown in yellow, and from the next in red.
+const MEMORY_WARN: f64 = 0.8;
+const MEMORY_ALARM: f64 = 0.95;
+
+pub fn render(report: &StatusReport, colour: bool) -> String {
+    let states: Vec<NodeState> = report.nodes.iter().map(|n| n.state).collect();
     let mut out = format!(
-        "host {}  version {}  up {}  config {}  cgroup {}\n",
+        "{}  magestack-agent {}  up {}  {}  cgroup {}  {}\n",
         report.host.name,
         report.host.version,
         duration(report.host.uptime_s),
+        summary(&states),
+        report.host.cgroup_version,
         report.host.config,
-        report.host.cgroup_version
     );
     let mut table = Table::new();
+    table.force_no_tty();
+    if colour {
+        table.enforce_styling();
+    }
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "NODE",
-        "ROLE",
-        "STATE",
-        "HEALTH",
-        "PID",
-        "IP",
-        "UPTIME",
-        "CPU",
-        "MEMORY",
-        "RESTARTS",
-        "PROCESSES",
+        "NODE", "ROLE", "STATE", "IP", "UPTIME", "CPU", "MEMORY", "RESTARTS", "HEALTH",
     ]);
     for node in &report.nodes {
-        let processes: Vec<String> = node
-            .processes
-            .iter()
-            .map(|p| format!("{}:{:?}", p.name, p.state).to_lowercase())
-            .collect();
+        let paint = |cell: Cell, color: Option<Color>| match color.filter(|_| colour) {
+            Some(color) => cell.fg(color),
+            None => cell,
+        };
         table.add_row([
-            node.name.clone(),
-            node.role.clone(),
-            node.state.as_str().to_string(),
-            node.health.clone(),
-            node.pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            node.ip.clone(),
-            node.uptime_s.map(duration).unwrap_or_else(|| "-".into()),
-            node.cpu_usec
-                .map(|u| format!("{:.1}s", u as f64 / 1e6))
-                .unwrap_or_else(|| "-".into()),
-            node.memory_bytes.map(bytes).unwrap_or_else(|| "-".into()),
-            node.restarts.to_string(),
-            processes.join(" "),
+            Cell::new(&node.name),
+            Cell::new(&node.role),
+            paint(Cell::new(node.state.as_str()), state_color(node.state)),
+            Cell::new(&node.ip),
+            Cell::new(node.uptime_s.map(duration).unwrap_or_else(|| "-".into())),
+            Cell::new(
+                node.cpu_usec
+                    .map(|usec| duration_fine(usec as f64 / 1e6))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            paint(Cell::new(memory(node)), memory_color(node)),
+            paint(
+                Cell::new(node.restarts),
+                (node.restarts > 0).then_some(Color::Yellow),
+            ),
+            paint(Cell::new(&node.health), health_color(&node.health)),
         ]);
     }
     out.push_str(&table.to_string());
@@ -64,6 +65,42 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
+fn state_color(state: NodeState) -> Option<Color> {
+    match state {
+        NodeState::Running => Some(Color::Green),
+        NodeState::Starting | NodeState::Stopping => Some(Color::Yellow),
+        NodeState::Stopped => Some(Color::DarkGrey),
+        NodeState::Failed => Some(Color::Red),
+    }
+}
+
+fn health_color(health: &str) -> Option<Color> {
+    match health {
+        "healthy" => Some(Color::Green),
+        "starting" => Some(Color::Yellow),
+        "unhealthy" => Some(Color::Red),
+        _ => None,
+    }
+}
+
+/// "12.3M/64M" with a limit, "12.3M" without, "-" when the node does not run.
+fn memory(node: &NodeStatus) -> String {
+    match (node.memory_bytes, node.memory_limit_bytes) {
+        (Some(used), Some(limit)) => format!("{}/{}", bytes(used), bytes(limit)),
+        (Some(used), None) => bytes(used),
+        (None, _) => "-".into(),
+    }
+}
+
+fn memory_color(node: &NodeStatus) -> Option<Color> {
+    let share = node.memory_bytes? as f64 / node.memory_limit_bytes? as f64;
+    match share {
+        s if s >= MEMORY_ALARM => Some(Color::Red),
+        s if s >= MEMORY_WARN => Some(Color::Yellow),
+        _ => None,
+    }
+}
+
 fn duration(seconds: u64) -> String {
     match seconds {
         s if s < 60 => format!("{s}s"),
@@ -73,10 +110,118 @@ fn duration(seconds: u64) -> String {
     }
 }
 
+/// CPU time: tenths of a second below a minute, then as [`duration`].
+fn duration_fine(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.1}s")
+    } else {
+        duration(seconds as u64)
+    }
+}
+
+/// Powers of 1024 with the config's suffixes; whole numbers without decimals ("64M").
 fn bytes(value: u64) -> String {
-    match value {
-        v if v >= 1 << 30 => format!("{:.1}G", v as f64 / (1u64 << 30) as f64),
-        v if v >= 1 << 20 => format!("{:.1}M", v as f64 / (1u64 << 20) as f64),
-        v => format!("{}K", v / 1024),
+    for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        let unit = 1u64 << shift;
+        if value >= unit {
+            return if value.is_multiple_of(unit) {
+                format!("{}{suffix}", value / unit)
+            } else {
+                format!("{:.1}{suffix}", value as f64 / unit as f64)
+            };
+        }
+    }
+    format!("{value}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use magestack_agent::api::control::HostStatus;
+
+    use super::*;
+
+    fn report() -> StatusReport {
+        let node = NodeStatus {
+            name: "web1".into(),
+            role: "web".into(),
+            state: NodeState::Running,
+            pid: Some(4242),
+            ip: "172.16.0.21".into(),
+            uptime_s: Some(3725),
+            restarts: 0,
+            memory_bytes: Some(12_897_484),
+            memory_limit_bytes: Some(64 << 20),
+            cpu_usec: Some(1_234_567),
+            health: "healthy".into(),
+            processes: Vec::new(),
+            error: None,
+            desired: "running".into(),
+        };
+        StatusReport {
+            host: HostStatus {
+                name: "dh1".into(),
+                version: "0.1.0".into(),
+                uptime_s: 200_000,
+                config: "/etc/magestack/agent.toml".into(),
+                cgroup_version: "v2".into(),
+            },
+            nodes: vec![
+                node.clone(),
+                NodeStatus {
+                    name: "db1".into(),
+                    role: "db".into(),
+                    state: NodeState::Failed,
+                    memory_bytes: Some(63 << 20),
+                    restarts: 3,
+                    health: "unhealthy".into(),
+                    error: Some("process mariadbd: crash loop".into()),
+                    ..node
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn one_screen_with_the_host_line_and_a_row_per_node() {
+        let text = render(&report(), false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "dh1  magestack-agent 0.1.0  up 2d7h  2 nodes: 1 running, 1 failed  cgroup v2  /etc/magestack/agent.toml"
+        );
+        let web1 = lines.iter().find(|l| l.contains("web1")).unwrap();
+        for cell in [
+            "web",
+            "running",
+            "172.16.0.21",
+            "1h2m",
+            "1.2s",
+            "12.3M/64M",
+            "healthy",
+        ] {
+            assert!(web1.contains(cell), "{cell:?} not in {web1}");
+        }
+        assert!(text.contains("63M/64M"), "{text}");
+        assert!(
+            text.ends_with("db1: process mariadbd: crash loop\n"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "colour without a terminal: {text}");
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let text = render(&report(), true);
+        assert!(text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn sizes_use_the_config_suffixes() {
+        assert_eq!(bytes(64 << 20), "64M");
+        assert_eq!(bytes(12_897_484), "12.3M");
+        assert_eq!(bytes(2 << 30), "2G");
+        assert_eq!(bytes(1536), "1.5K");
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(duration_fine(75.0), "1m15s");
     }
 }

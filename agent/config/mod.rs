@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
-    NetworkSettings, NodeNetwork, NodeSpec, PortForward, ProcessSpec, PublicSide, Resources,
-    RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
+    MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec, PortForward, ProcessSpec, PublicSide,
+    Resources, RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;
@@ -67,6 +67,21 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 /// only `[host] run_dir` matters, so `status` and `stop` keep working while an operator is in
 /// the middle of editing a configuration that does not validate yet.
 pub fn run_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    host_dir_leniently(path, "run_dir", "/run/magestack")
+}
+
+/// The log dir (where `logs` reads process output), read as leniently as [`run_dir`], so logs
+/// stay readable while the configuration does not validate and while the daemon is down.
+pub fn log_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    host_dir_leniently(path, "log_dir", "/var/log/magestack")
+}
+
+/// `[host] <key>` as written, or `default`; nothing else in the file is checked.
+fn host_dir_leniently(
+    path: Option<&Path>,
+    key: &str,
+    default: &str,
+) -> Result<PathBuf, ConfigError> {
     let source = match path {
         Some(path) => Source::from_file(path)?,
         None => shipped::default_config(),
@@ -74,12 +89,12 @@ pub fn run_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
     let table: toml::Table = toml::from_str(&source.text).map_err(|error| {
         ConfigError::Invalid(vec![source.at(error.span(), error.message().trim())])
     })?;
-    let run_dir = table
+    let dir = table
         .get("host")
-        .and_then(|host| host.get("run_dir"))
+        .and_then(|host| host.get(key))
         .and_then(|dir| dir.as_str())
-        .unwrap_or("/run/magestack");
-    Ok(PathBuf::from(run_dir))
+        .unwrap_or(default);
+    Ok(PathBuf::from(dir))
 }
 
 /// Reads and checks the configuration at `path`, or the embedded default when `None`.

@@ -1,7 +1,7 @@
 //! The configuration after parsing, merging and checking: what the rest of the agent works from.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +16,14 @@ pub struct Config {
     pub network: NetworkSettings,
     /// Every configured node, by name, with its effective definition.
     pub nodes: BTreeMap<String, NodeSpec>,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served; `None` (the default) serves nothing.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,6 +16,15 @@ pub struct RawConfig {
     pub nodes: Option<BTreeMap<Spanned<String>, RawNode>>,
     #[serde(default)]
     pub roles: BTreeMap<Spanned<String>, RawRole>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// The Prometheus endpoint; off unless `listen` is set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -1,16 +1,18 @@
 //! From the configuration as written to the effective definition of every node.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::duration::parse_duration;
-use super::model::{Cidr, Config, HostSettings, NetworkSettings, NodeNetwork, NodeSpec};
+use super::model::{
+    Cidr, Config, HostSettings, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
+};
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
-use super::raw::{RawConfig, RawHost, RawNode, RawRole};
+use super::raw::{RawConfig, RawHost, RawMetrics, RawNode, RawRole};
 use super::role::{Checker, PartialRole, Role};
 use super::shipped::{role_source, DEFAULT_NODES};
 use super::source::{Diagnostic, Source};
@@ -27,6 +29,7 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
     };
 
     let host = host_settings(&mut checker, raw.host);
+    let metrics = metrics_settings(&mut checker, raw.metrics);
     let network = super::network::network_settings(&mut checker, raw.network);
     let inline_roles: BTreeMap<String, (Spanned<String>, PartialRole)> = raw
         .roles
@@ -52,6 +55,7 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
             host,
             network,
             nodes,
+            metrics,
         }),
         _ => Err(ConfigError::Invalid(diagnostics)),
     }
@@ -132,6 +136,25 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
         cgroup,
         stop_timeout,
     })
+}
+
+fn metrics_settings(checker: &mut Checker, raw: RawMetrics) -> MetricsSettings {
+    let listen = raw
+        .listen
+        .and_then(|listen| match listen.get_ref().parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                checker.error(
+                    &listen,
+                    format!(
+                        "metrics.listen: `{}` is not an address with a port, like 127.0.0.1:9477 or [::1]:9477",
+                        listen.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+    MetricsSettings { listen }
 }
 
 fn check_role_name(checker: &mut Checker, name: &Spanned<String>) {

@@ -254,3 +254,40 @@ fn http_checks_must_name_a_local_address() {
     assert_eq!(health.interval, std::time::Duration::from_millis(200));
     assert_eq!((health.healthy_after, health.unhealthy_after), (1, 3));
 }
+
+#[test]
+fn metrics_are_off_unless_listen_names_an_address_with_a_port() {
+    assert_eq!(parse_text(SLEEPER).unwrap().metrics.listen, None);
+    let config = parse_text(&format!(
+        "{SLEEPER}[metrics]\nlisten = \"127.0.0.1:9477\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.metrics.listen,
+        Some("127.0.0.1:9477".parse().unwrap())
+    );
+    let error = first_error(&format!("{SLEEPER}[metrics]\nlisten = \"localhost\"\n"));
+    assert_eq!(error.line, 12);
+    assert!(error.message.contains("metrics.listen"), "{error}");
+    let unknown = first_error(&format!("{SLEEPER}[metrics]\nport = 9477\n"));
+    assert!(unknown.message.contains("port"), "{unknown}");
+}
+
+#[test]
+fn log_dir_is_read_leniently_like_run_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "[host]\nlog_dir = \"/srv/logs\"\n[nodes.x]\nbroken = 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        log_dir(Some(&path)).unwrap(),
+        std::path::PathBuf::from("/srv/logs")
+    );
+    assert_eq!(
+        log_dir(None).unwrap(),
+        std::path::PathBuf::from("/var/log/magestack")
+    );
+}

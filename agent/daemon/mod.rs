@@ -2,6 +2,8 @@
 //! control socket and drives every node towards its desired state. Nodes outlive it.
 
 mod desired;
+mod metrics;
+mod notify;
 mod server;
 mod status;
 mod world;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -21,6 +23,8 @@ use crate::config::{self, Config, ConfigError};
 use crate::image::ImageStore;
 use crate::runtime::{NodeRecord, Runtime};
 use desired::DesiredState;
+use metrics::Metrics;
+use notify::ServiceManager;
 use server::Server;
 use world::World;
 
@@ -66,10 +70,13 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         crate::runtime::create_dir(dir, 0o755)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    crate::runtime::create_dir(&config.host.run_dir, 0o700)
+    crate::runtime::create_dir(&config.host.run_dir, 0o711)
         .with_context(|| format!("creating {}", config.host.run_dir.display()))?;
     let _lock = lock_run_dir(&config.host.run_dir)?;
     let runtime = Arc::new(Runtime::new(&config).context("detecting cgroups")?);
+    if let Some(leaf) = runtime.cgroups.enter_agent_leaf()? {
+        tracing::info!(leaf = %leaf.display(), "moved into the leaf of the delegated cgroup");
+    }
     runtime
         .network
         .ensure_bridge()
@@ -82,6 +89,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         config = %config.origin,
         nodes = config.nodes.len(),
         cgroup = ?runtime.cgroups.version(),
+        cgroup_root = ?runtime.cgroups.node_roots(),
         "magestack-agent starting"
     );
 
@@ -122,14 +130,25 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
+    let mut service = ServiceManager::from_env();
     let result = tokio.block_on(async {
         let listener = bind_control_socket(&socket)?;
+        let metrics_listener = match config.metrics.listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the metrics listener on {address}"))?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::default());
         let (events, mut inbox) = mpsc::unbounded_channel();
         let server = Arc::new(Server {
             events: events.clone(),
             config_path,
             runtime: runtime.clone(),
             started: Instant::now(),
+            metrics_listen: config.metrics.listen,
         });
         let mut world = World::new(
             config,
@@ -139,20 +158,51 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             dead_restarts,
             events,
         );
+        let began = Instant::now();
         world.tick();
-        tokio::spawn(server.serve(listener));
+        metrics.observe_reconcile(began.elapsed());
+        tokio::spawn(server.clone().serve(listener));
+        if let Some(listener) = metrics_listener {
+            let address = listener.local_addr()?;
+            tokio::spawn(metrics::serve(listener, server.clone(), metrics.clone()));
+            tracing::info!(%address, "serving metrics at /metrics");
+        }
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        // The watchdog is fed from this loop, so a core that hangs stops feeding it and systemd
+        // restarts the daemon (the nodes keep running and are re-adopted).
+        let mut watchdog = service.watchdog_every.map(|every| {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         tracing::info!(socket = %socket.display(), "ready");
+        service.ready(crate::api::control::summary(&world.node_states()));
         loop {
             let wakeup = world.next_wakeup();
             tokio::select! {
-                Some(event) = inbox.recv() => world.handle(event),
-                _ = sleep_until(wakeup) => world.tick(),
+                Some(event) = inbox.recv() => {
+                    let began = Instant::now();
+                    world.handle(event);
+                    metrics.observe_reconcile(began.elapsed());
+                }
+                _ = sleep_until(wakeup) => {
+                    let began = Instant::now();
+                    world.tick();
+                    metrics.observe_reconcile(began.elapsed());
+                }
+                _ = next_tick(&mut watchdog) => service.watchdog(),
+                _ = hangup.recv() => {
+                    let server = server.clone();
+                    tokio::spawn(async move { server.reload_on_signal().await });
+                }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
+            service.status(crate::api::control::summary(&world.node_states()));
         }
+        service.stopping();
         tracing::info!("stopping the agent; nodes keep running");
         anyhow::Ok(())
     });
@@ -164,6 +214,16 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     // Start or stop jobs still in flight are abandoned; the next start sweeps what they leave.
     tokio.shutdown_background();
     result
+}
+
+/// The next tick of `interval`, or never without one.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -1,6 +1,7 @@
 //! The control socket: one task per connection, root callers only. Each request becomes an
 //! event for the core; the answer goes back as one JSON line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::status;
 use super::world::{Command, Event};
-use crate::api::control::{HostStatus, Request, Response};
+use crate::api::control::{HostStatus, Request, Response, StatusReport};
 use crate::api::{decode_line, MAX_MESSAGE};
 use crate::runtime::Runtime;
 
@@ -21,6 +22,8 @@ pub struct Server {
     pub config_path: Option<PathBuf>,
     pub runtime: Arc<Runtime>,
     pub started: Instant,
+    /// Where metrics are served, bound once at start.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Server {
@@ -80,16 +83,23 @@ impl Server {
 
     async fn answer(&self, request: Request) -> Response {
         let command = match request {
-            Request::Status { nodes } => return self.status(nodes).await,
+            Request::Status { nodes } => {
+                return match self.status_report(nodes).await {
+                    Ok(report) => Response::Status(report),
+                    Err(message) => Response::Error { message },
+                }
+            }
             Request::Start { nodes } => Command::Start(nodes),
             Request::Stop { nodes } => Command::Stop(nodes),
             Request::Restart { nodes } => Command::Restart(nodes),
             Request::ExecTarget { node } => Command::ExecTarget(node),
-            Request::Reload => match self.load_config().await {
-                Ok(config) => Command::Reload(Box::new(config)),
-                Err(message) => return Response::Error { message },
-            },
+            Request::Reload => return self.reload().await,
         };
+        self.command(command).await
+    }
+
+    /// Sends `command` to the core and waits for its answer.
+    async fn command(&self, command: Command) -> Response {
         let (reply, answer) = oneshot::channel();
         if self.events.send(Event::Command(command, reply)).is_err() {
             return shutting_down();
@@ -97,24 +107,54 @@ impl Server {
         answer.await.unwrap_or_else(|_| shutting_down())
     }
 
-    async fn status(&self, nodes: Vec<String>) -> Response {
+    /// What `status` and a metrics scrape show: the core's snapshot of `nodes` (every node when
+    /// empty), completed outside the core.
+    pub async fn status_report(&self, nodes: Vec<String>) -> Result<StatusReport, String> {
         let (reply, answer) = oneshot::channel();
-        if self.events.send(Event::Snapshot(nodes, reply)).is_err() {
-            return shutting_down();
+        let gone = || "the agent is shutting down".to_string();
+        self.events
+            .send(Event::Snapshot(nodes, reply))
+            .map_err(|_| gone())?;
+        let snapshot = answer.await.map_err(|_| gone())??;
+        let host = HostStatus {
+            name: snapshot.host,
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config: snapshot.config,
+            cgroup_version: format!("{:?}", self.runtime.cgroups.version()).to_lowercase(),
+        };
+        Ok(status::report(host, snapshot.nodes).await)
+    }
+
+    /// `reload` and SIGHUP: reads the configuration again and hands it to the core, which
+    /// restarts only what changed; an invalid configuration changes nothing.
+    pub async fn reload(&self) -> Response {
+        let config = match self.load_config().await {
+            Ok(config) => config,
+            Err(message) => return Response::Error { message },
+        };
+        if config.metrics.listen != self.metrics_listen {
+            tracing::warn!(
+                "metrics.listen changes only with a restart of the agent; still serving {}",
+                self.metrics_listen
+                    .map_or_else(|| "no metrics".to_string(), |a| a.to_string())
+            );
         }
-        match answer.await {
-            Ok(Ok(snapshot)) => {
-                let host = HostStatus {
-                    name: snapshot.host,
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    uptime_s: self.started.elapsed().as_secs(),
-                    config: snapshot.config,
-                    cgroup_version: format!("{:?}", self.runtime.cgroups.version()).to_lowercase(),
-                };
-                Response::Status(status::report(host, snapshot.nodes).await)
-            }
-            Ok(Err(message)) => Response::Error { message },
-            Err(_) => shutting_down(),
+        self.command(Command::Reload(Box::new(config))).await
+    }
+
+    /// SIGHUP's reload, whose only audience is the log.
+    pub async fn reload_on_signal(&self) {
+        tracing::info!("SIGHUP: reloading the configuration");
+        match self.reload().await {
+            Response::Reloaded(report) => tracing::info!(
+                started = ?report.started,
+                stopped = ?report.stopped,
+                restarted = ?report.restarted,
+                "configuration reloaded"
+            ),
+            Response::Error { message } => tracing::error!("{message}"),
+            other => tracing::error!("unexpected answer to a reload: {other:?}"),
         }
     }
 

@@ -63,6 +63,10 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         uptime_s: snapshot.started_at.map(|at| unix_now().saturating_sub(at)),
         restarts: snapshot.restarts,
         memory_bytes: stats.as_ref().map(|s| s.memory_bytes),
+        memory_limit_bytes: snapshot
+            .handle
+            .as_ref()
+            .and_then(|h| h.record.spec.resources.memory_bytes),
         cpu_usec: stats.as_ref().map(|s| s.cpu_usec),
         health: health.into(),
         processes,

@@ -151,6 +151,14 @@ impl World {
         world
     }
 
+    /// The state of every node the core knows, for the service manager's one-line status.
+    pub fn node_states(&self) -> Vec<NodeState> {
+        self.nodes
+            .values()
+            .map(|entry| entry.phase.state())
+            .collect()
+    }
+
     /// When the core must wake up even without events.
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.nodes.values().filter_map(|entry| entry.retry_at).min()
@@ -338,6 +346,7 @@ impl World {
                     .map(|p| p.display().to_string())
                     .collect(),
                 capabilities: handle.record.spec.capabilities.clone(),
+                user_namespace: handle.record.id_base.is_some(),
             }),
             None if self.nodes.contains_key(node) => Response::Error {
                 message: format!("node {node} is not running"),
@@ -364,13 +373,7 @@ impl World {
                 NodeSnapshot {
                     name: name.clone(),
                     role: spec.map(|s| s.role.clone()).unwrap_or_default(),
-                    state: match entry.phase {
-                        Phase::Stopped => NodeState::Stopped,
-                        Phase::Starting => NodeState::Starting,
-                        Phase::Running => NodeState::Running,
-                        Phase::Stopping => NodeState::Stopping,
-                        Phase::Failed => NodeState::Failed,
-                    },
+                    state: entry.phase.state(),
                     pid: entry.handle.as_ref().map(|h| h.record.pid),
                     ip: spec.map(|s| s.ip.to_string()).unwrap_or_default(),
                     started_at: entry.handle.as_ref().map(|h| h.record.started_at),
@@ -596,6 +599,18 @@ impl World {
         } else {
             Err(failures.join("\n"))
         })
+    }
+}
+
+impl Phase {
+    fn state(self) -> NodeState {
+        match self {
+            Phase::Stopped => NodeState::Stopped,
+            Phase::Starting => NodeState::Starting,
+            Phase::Running => NodeState::Running,
+            Phase::Stopping => NodeState::Stopping,
+            Phase::Failed => NodeState::Failed,
+        }
     }
 }
 

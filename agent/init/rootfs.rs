@@ -65,11 +65,18 @@ pub fn plan(node: &InitPlan) -> Result<Vec<Step>, String> {
             source: "overlay".into(),
             target: root.clone(),
             flags: MsFlags::empty(),
+            // In a user namespace overlay keeps its own metadata in user.* xattrs: trusted.*
+            // needs privileges the node does not have.
             data: format!(
-                "lowerdir={},upperdir={},workdir={}",
+                "lowerdir={},upperdir={},workdir={}{}",
                 node.image_rootfs.display(),
                 node.upper_dir.display(),
-                node.work_dir.display()
+                node.work_dir.display(),
+                if node.user_namespace {
+                    ",userxattr"
+                } else {
+                    ""
+                }
             ),
         },
         Step::Mount {
@@ -311,6 +318,7 @@ mod tests {
         InitPlan {
             spec: crate::config::load(None).unwrap().nodes["web1"].clone(),
             image_rootfs: "/s/images/busybox/abc/rootfs".into(),
+            user_namespace: false,
             upper_dir: "/s/nodes/web1/upper".into(),
             work_dir: "/s/nodes/web1/work".into(),
             root_mount: "/r/nodes/web1/root".into(),

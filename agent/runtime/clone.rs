@@ -26,7 +26,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The namespaces every node is cloned into. The cgroup namespace is added at clone time only
 /// when the init is born in its cgroup (v2); on v1 the init unshares it after joining. The user
-/// namespace joins these with the isolation work.
+/// namespace is added for every node that is not privileged.
 pub const NODE_NAMESPACES: u64 = (libc::CLONE_NEWPID
     | libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
@@ -34,6 +34,7 @@ pub const NODE_NAMESPACES: u64 = (libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
 
 pub const CLONE_NEWCGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
+pub const CLONE_NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
 
 /// What the child gets: `fds[i]` becomes descriptor `3 + i`; stdin, stdout and stderr are `null`.
 pub struct ChildSetup<'a> {
@@ -44,6 +45,10 @@ pub struct ChildSetup<'a> {
     pub fds: Vec<BorrowedFd<'a>>,
     pub cgroup: Option<BorrowedFd<'a>>,
     pub namespaces: u64,
+    /// With a new user namespace: the child waits for a byte here (the parent has written its
+    /// uid and gid maps), then becomes root of the namespace before exec, so the exec keeps
+    /// the namespace's full capabilities.
+    pub maps_written: Option<BorrowedFd<'a>>,
 }
 
 pub struct Child {
@@ -98,9 +103,20 @@ pub fn spawn(setup: &ChildSetup<'_>) -> std::io::Result<Child> {
         return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: in the child: dup2, execve and _exit are async-signal-safe, and every pointer
-        // refers to memory prepared before the clone.
+        // SAFETY: in the child: read, the raw set*id syscalls, dup2, execve and _exit are
+        // async-signal-safe, and every pointer refers to memory prepared before the clone.
         unsafe {
+            if let Some(maps_written) = setup.maps_written {
+                let mut byte = 0u8;
+                if libc::read(maps_written.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) != 1
+                    // Raw syscalls: glibc's wrappers would wait on the parent's other
+                    // threads, which do not exist in this copy of it.
+                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+                {
+                    libc::_exit(125);
+                }
+            }
             if libc::dup2(setup.null.as_raw_fd(), 0) < 0
                 || libc::dup2(setup.null.as_raw_fd(), 1) < 0
                 || libc::dup2(setup.null.as_raw_fd(), 2) < 0

@@ -37,6 +37,7 @@ pub struct ExecRequest {
     pub pid: i32,
     pub cgroup_join: Vec<PathBuf>,
     pub capabilities: Vec<String>,
+    pub user_namespace: bool,
     pub command: Vec<String>,
     pub tty: bool,
 }
@@ -81,16 +82,16 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
         .map(|path| File::options().write(true).open(path))
         .collect::<Result<_, _>>()
         .map_err(fail("open the node's cgroup"))?;
-    setns(
-        &pidfd,
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWCGROUP
-            | CloneFlags::CLONE_NEWPID,
-    )
-    .map_err(|e| fail("enter the node's namespaces")(e.into()))?;
+    let mut namespaces = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWPID;
+    if request.user_namespace {
+        namespaces |= CloneFlags::CLONE_NEWUSER;
+    }
+    setns(&pidfd, namespaces).map_err(|e| fail("enter the node's namespaces")(e.into()))?;
     let pty = if request.tty {
         Some(open_node_pty().map_err(fail("open a pty in the node"))?)
     } else {
@@ -101,7 +102,14 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     // the kernel allows only then), so the child may run ordinary code until exec.
     match unsafe { unistd::fork() }.map_err(|e| fail("fork")(e.into()))? {
         ForkResult::Child => {
-            let error = become_command(&cgroup_join, pty.as_ref(), &confinement, &command, &env);
+            let error = become_command(
+                &cgroup_join,
+                request.user_namespace,
+                pty.as_ref(),
+                &confinement,
+                &command,
+                &env,
+            );
             let _ = writeln!(
                 std::io::stderr(),
                 "magestack-agent exec: {:?}: {error}",
@@ -113,7 +121,8 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
         ForkResult::Parent { child } => {
             drop(cgroup_join);
             if let Some((master, _)) = &pty {
-                relay_terminal(master);
+                let child_exit = pidfd_open(child.as_raw()).map_err(fail("watch the command"))?;
+                relay_terminal(master, child_exit.as_fd());
             }
             loop {
                 match waitpid(child, None) {
@@ -130,6 +139,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
 /// In the child: join the cgroup, take the pty as controlling terminal, exec.
 fn become_command(
     cgroup_join: &[File],
+    user_namespace: bool,
     pty: Option<&(PtyMaster, String)>,
     confinement: &Confinement,
     command: &[CString],
@@ -158,6 +168,13 @@ fn become_command(
             if slave > 2 {
                 unistd::close(slave)?;
             }
+        }
+        if user_namespace {
+            // Host root is no one inside the node's user namespace: become its root. After the
+            // pty: its slave belongs to the host root that made it.
+            unistd::setgroups(&[unistd::Gid::from_raw(0)])?;
+            unistd::setresgid(0.into(), 0.into(), 0.into())?;
+            unistd::setresuid(0.into(), 0.into(), 0.into())?;
         }
         unistd::chdir("/")?;
         let confined = |result: Result<(), crate::confinement::ConfinementError>| {
@@ -192,7 +209,7 @@ fn open_node_pty() -> std::io::Result<(PtyMaster, String)> {
 }
 
 /// Copies between the caller's terminal (in raw mode) and the pty until the command's side closes.
-fn relay_terminal(master: &PtyMaster) {
+fn relay_terminal(master: &PtyMaster, child_exit: BorrowedFd<'_>) {
     let stdin = std::io::stdin();
     let saved = tcgetattr(stdin.as_fd()).ok();
     if let Some(saved) = &saved {
@@ -205,27 +222,35 @@ fn relay_terminal(master: &PtyMaster) {
     let mut stdin_open = true;
     let mut buffer = [0u8; 8192];
     loop {
-        let mut fds = vec![PollFd::new(master_fd, PollFlags::POLLIN)];
+        // The command's exit ends the relay even when it never opened the terminal (a failed
+        // exec), which would leave the master without the hang-up that ends it otherwise.
+        let mut fds = vec![
+            PollFd::new(master_fd, PollFlags::POLLIN),
+            PollFd::new(child_exit, PollFlags::POLLIN),
+        ];
         if stdin_open {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
-        let master_events = fds[0].revents().unwrap_or(PollFlags::empty());
-        let stdin_events = fds
-            .get(1)
-            .and_then(|fd| fd.revents())
-            .unwrap_or(PollFlags::empty());
-        if !master_events.is_empty() {
-            match unistd::read(master.as_raw_fd(), &mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(count) => {
-                    let mut out = std::io::stdout();
-                    let _ = out.write_all(&buffer[..count]);
-                    let _ = out.flush();
-                }
-            }
+        let events = |index: usize| {
+            fds.get(index)
+                .and_then(|fd| fd.revents())
+                .unwrap_or(PollFlags::empty())
+        };
+        let (master_events, exited, stdin_events) = (events(0), events(1), events(2));
+        if !master_events.is_empty() && !copy_master_to_stdout(master_fd, &mut buffer) {
+            break;
+        }
+        if !exited.is_empty() {
+            // Whatever the command wrote before it ended is still in the master.
+            let _ = nix::fcntl::fcntl(
+                master_fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+            );
+            while copy_master_to_stdout(master_fd, &mut buffer) {}
+            break;
         }
         if !stdin_events.is_empty() {
             match unistd::read(0, &mut buffer) {
@@ -238,6 +263,19 @@ fn relay_terminal(master: &PtyMaster) {
     }
     if let Some(saved) = &saved {
         let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, saved);
+    }
+}
+
+/// Copies one read of the master to stdout; false at the end of the command's output.
+fn copy_master_to_stdout(master: BorrowedFd<'_>, buffer: &mut [u8]) -> bool {
+    match unistd::read(master.as_raw_fd(), buffer) {
+        Ok(0) | Err(_) => false,
+        Ok(count) => {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&buffer[..count]);
+            let _ = out.flush();
+            true
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod cgroup;
 mod clone;
 pub mod enter;
+mod idmap;
 mod paths;
 mod record;
 mod undo;
@@ -28,6 +29,7 @@ use crate::image::ImageStore;
 use crate::net::HostNetwork;
 use cgroup::{Cgroups, Limits, NodeCgroup};
 pub use clone::{pidfd_signal, reap, wait_exit};
+use idmap::IdMaps;
 pub use paths::{create_dir, HostDirs, NodePaths};
 pub use record::{process_start_ticks, write_atomic, NodeRecord};
 use undo::Undo;
@@ -37,6 +39,13 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("cgroups: {0}")]
+    Cgroups(cgroup::CgroupError),
+    #[error("{what}: {source}")]
+    Host {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("node {node}: {step}: {source}")]
     Io {
         node: String,
@@ -93,6 +102,8 @@ pub struct Runtime {
     hosts: Mutex<String>,
     /// Every node's /etc/resolv.conf: the host's upstream resolvers.
     resolv: String,
+    /// Which host ids each node's user namespace maps.
+    idmaps: IdMaps,
 }
 
 /// A running node as the daemon holds it.
@@ -107,7 +118,7 @@ pub struct NodeHandle {
 }
 
 impl Runtime {
-    pub fn new(config: &Config) -> Result<Runtime, cgroup::CgroupError> {
+    pub fn new(config: &Config) -> Result<Runtime, RuntimeError> {
         let host = &config.host;
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Ok(Runtime {
@@ -119,11 +130,15 @@ impl Runtime {
                 run_dir: host.run_dir.clone(),
                 log_dir: host.log_dir.clone(),
             },
-            cgroups: Cgroups::detect()?,
+            cgroups: Cgroups::detect().map_err(RuntimeError::Cgroups)?,
             cgroup_parent: host.cgroup.clone(),
             images: ImageStore::new(&host.state_dir),
             stop_timeout: host.stop_timeout,
             init_binary: PathBuf::from("/proc/self/exe"),
+            idmaps: IdMaps::load(&host.state_dir).map_err(|source| RuntimeError::Host {
+                what: "reading the node id ranges".into(),
+                source,
+            })?,
         })
     }
 
@@ -143,17 +158,28 @@ impl Runtime {
                     node: node.into(),
                     source,
                 })?;
+        let id_base = if spec.privileged {
+            None
+        } else {
+            Some(
+                self.idmaps
+                    .base_of(node)
+                    .map_err(io_error(node, "allocate the node's id range"))?,
+            )
+        };
         let mut undo = Undo::new();
 
         if paths.run.exists() {
             self.cleanup(node);
         }
-        paths::create_dir(&paths.run, 0o700).map_err(io_error(node, "create run dir"))?;
+        // 0711 down to here: the init, an unprivileged user on the host once in its user
+        // namespace, must be able to reach its mount point and files by path.
+        paths::create_dir(&paths.run, 0o711).map_err(io_error(node, "create run dir"))?;
         let run_dir = paths.run.clone();
         undo.push("remove run dir", move || {
             let _ = std::fs::remove_dir_all(&run_dir);
         });
-        let volumes = self.prepare_dirs(spec, &paths)?;
+        let volumes = self.prepare_dirs(spec, &paths, id_base)?;
         std::fs::write(paths.hosts_file(), self.hosts_text())
             .map_err(io_error(node, "write hosts file"))?;
         std::fs::write(paths.resolv_file(), &self.resolv)
@@ -205,11 +231,19 @@ impl Runtime {
         // On v2 the init is born in its cgroup and its own cgroup namespace. On v1 it joins the
         // cgroup itself (the cheap way, see `join_files`) and then unshares the namespace.
         let born_in_cgroup = cgroup_fd.is_some();
-        let namespaces = if born_in_cgroup {
-            clone::NODE_NAMESPACES | clone::CLONE_NEWCGROUP
-        } else {
-            clone::NODE_NAMESPACES
-        };
+        let mut namespaces = clone::NODE_NAMESPACES;
+        if born_in_cgroup {
+            namespaces |= clone::CLONE_NEWCGROUP;
+        }
+        if let Some(base) = id_base {
+            namespaces |= clone::CLONE_NEWUSER;
+            for file in cgroup.join_files() {
+                idmap::give_to_node(&file, base)
+                    .map_err(io_error(node, format!("delegate {}", file.display())))?;
+            }
+        }
+        let (maps_read, maps_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io_error(node, "pipe")(e.into()))?;
         let child = clone::spawn(&clone::ChildSetup {
             program: path_cstring(&self.init_binary),
             argv: vec![
@@ -223,9 +257,17 @@ impl Runtime {
             fds: vec![child_handshake.as_fd(), control.as_fd(), log_dir.as_fd()],
             cgroup: cgroup_fd.as_ref().map(AsFd::as_fd),
             namespaces,
+            maps_written: id_base.map(|_| maps_read.as_fd()),
         })
         .map_err(io_error(node, "clone init into new namespaces"))?;
-        drop((child_handshake, control, log_dir, null, cgroup_fd));
+        drop((
+            child_handshake,
+            control,
+            log_dir,
+            null,
+            cgroup_fd,
+            maps_read,
+        ));
         let pidfd = child
             .pidfd
             .try_clone()
@@ -235,6 +277,19 @@ impl Runtime {
             wait_exit(pidfd.as_fd(), Duration::from_secs(5));
         });
 
+        let lower = match id_base {
+            Some(base) => {
+                idmap::write_maps(child.pid, base)
+                    .map_err(io_error(node, "write uid and gid maps"))?;
+                nix::unistd::write(&maps_write, &[1])
+                    .map_err(|e| io_error(node, "release the init")(e.into()))?;
+                idmap::mount_idmapped(child.pid, &image_rootfs, &paths.lower())
+                    .map_err(io_error(node, "idmapped mount of the image"))?;
+                paths.lower()
+            }
+            None => image_rootfs,
+        };
+        drop(maps_write);
         self.network
             .attach(spec, child.pid)
             .map_err(|source| RuntimeError::Network {
@@ -244,7 +299,8 @@ impl Runtime {
         // A failed start needs no link removal: the links go with the init's namespace.
         let plan = InitPlan {
             spec: spec.clone(),
-            image_rootfs,
+            image_rootfs: lower,
+            user_namespace: id_base.is_some(),
             upper_dir: paths.upper(),
             work_dir: paths.work(),
             root_mount: paths.root_mount(),
@@ -302,6 +358,7 @@ impl Runtime {
             started_at: unix_now(),
             spec: spec.clone(),
             restarts,
+            id_base,
         };
         record
             .save(&paths.record())
@@ -322,6 +379,7 @@ impl Runtime {
         &self,
         spec: &NodeSpec,
         paths: &NodePaths,
+        id_base: Option<u32>,
     ) -> Result<Vec<VolumeMount>, RuntimeError> {
         let node = spec.name.as_str();
         for dir in [
@@ -329,9 +387,24 @@ impl Runtime {
             paths.work(),
             paths.logs.clone(),
             paths.root_mount(),
+            paths.lower(),
         ] {
             paths::create_dir(&dir, 0o755)
                 .map_err(io_error(node, format!("create {}", dir.display())))?;
+        }
+        if let Some(base) = id_base {
+            // The node's root owns its writable layer and log files on the host.
+            for path in [paths.upper(), paths.work(), paths.logs.clone()] {
+                idmap::give_to_node(&path, base)
+                    .map_err(io_error(node, format!("chown {}", path.display())))?;
+            }
+            for entry in std::fs::read_dir(&paths.logs)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = idmap::give_to_node(&entry.path(), base);
+            }
         }
         spec.volumes
             .iter()
@@ -342,6 +415,10 @@ impl Runtime {
                         node,
                         format!("create volume {}", source.display()),
                     ))?;
+                    if let Some(base) = id_base {
+                        idmap::give_to_node(&source, base)
+                            .map_err(io_error(node, format!("chown {}", source.display())))?;
+                    }
                 }
                 Ok(VolumeMount {
                     source,

@@ -58,6 +58,11 @@ impl NodePaths {
         self.run.join("root")
     }
 
+    /// Where the node's init sees the image through an idmapped mount (user namespaces).
+    pub fn lower(&self) -> PathBuf {
+        self.layer.join("lower")
+    }
+
     pub fn upper(&self) -> PathBuf {
         self.layer.join("upper")
     }

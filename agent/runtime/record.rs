@@ -22,6 +22,9 @@ pub struct NodeRecord {
     pub spec: NodeSpec,
     /// Times the agent restarted this node after its init died.
     pub restarts: u32,
+    /// The first host id of the node's user namespace; `None` for a privileged node.
+    #[serde(default)]
+    pub id_base: Option<u32>,
 }
 
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {

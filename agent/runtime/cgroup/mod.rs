@@ -2,9 +2,12 @@
 //! machines: one hierarchy per controller) and cgroup v2 (production: one unified hierarchy).
 //!
 //! A node's cgroup is `<hierarchy>/<parent>/<node>` in every hierarchy the agent uses, so the
-//! start-up sweep finds leftovers by listing `<parent>`. Every call blocks (`kill_all` and `remove`
+//! start-up sweep finds leftovers by listing `<parent>`. On v2 inside a subtree systemd delegated
+//! to the daemon, `<hierarchy>` is that subtree and the daemon runs in its `agent` leaf
+//! (`delegation.rs`). Every call blocks (`kill_all` and `remove`
 //! poll for up to seconds), so async callers run them on a blocking thread.
 
+mod delegation;
 mod mountinfo;
 mod v1;
 mod v2;
@@ -23,6 +26,8 @@ use nix::unistd::Pid;
 
 /// Where the kernel describes this process's mounts.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// Where the kernel names this process's cgroups.
+const PROC_SELF_CGROUP: &str = "/proc/self/cgroup";
 /// Where cgroup hierarchies are mounted: cgroup2 itself on v2, a tmpfs of v1 mounts otherwise.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The CFS period every CPU limit is expressed in (the kernel's default, 100 ms).
@@ -141,6 +146,8 @@ pub enum CgroupError {
     },
     #[error("cannot list node cgroups in {}: {source}", path.display())]
     ListNodes { path: PathBuf, source: io::Error },
+    #[error("cannot move the agent into its delegated cgroup leaf {}: {source}", path.display())]
+    EnterLeaf { path: PathBuf, source: io::Error },
 }
 
 /// Which hierarchies nodes are placed in.
@@ -165,16 +172,81 @@ impl Layout {
 #[derive(Clone, Debug)]
 pub struct Cgroups {
     layout: Layout,
+    /// On v2 in a delegated subtree: the leaf the daemon runs in, beside the nodes' parent.
+    agent_leaf: Option<AgentLeaf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct AgentLeaf {
+    dir: PathBuf,
+    /// Whether this process already runs in it.
+    entered: bool,
 }
 
 impl Cgroups {
-    /// Reads this process's mounts, because what `/sys/fs/cgroup` holds differs per machine.
+    /// Reads this process's mounts, because what `/sys/fs/cgroup` holds differs per machine, and
+    /// its own cgroup, because on v2 systemd may have delegated a subtree to it.
     pub fn detect() -> Result<Self, CgroupError> {
         let text = fs::read_to_string(MOUNTINFO).map_err(|source| CgroupError::ReadMountinfo {
             path: MOUNTINFO.into(),
             source,
         })?;
-        Self::from_mountinfo(&text)
+        let own = fs::read_to_string(PROC_SELF_CGROUP).unwrap_or_default();
+        Ok(Self::from_mountinfo(&text)?.within_delegation(&own, delegation::marked_delegated))
+    }
+
+    /// On v2, when `proc_self_cgroup` places this process in (or in the `agent` leaf of) a
+    /// cgroup `delegated` says systemd delegated, roots the nodes there instead of at the top of
+    /// the hierarchy; anything else is left as it is.
+    pub fn within_delegation(
+        self,
+        proc_self_cgroup: &str,
+        delegated: impl Fn(&Path) -> bool,
+    ) -> Self {
+        let Layout::V2 { root } = &self.layout else {
+            return self;
+        };
+        let found = delegation::own_cgroup(proc_self_cgroup).and_then(|own| {
+            delegation::find(own, |path| delegated(&delegation::dir_of(root, path)))
+        });
+        let Some(found) = found else {
+            return self;
+        };
+        let base = delegation::dir_of(root, &found.base);
+        Cgroups {
+            agent_leaf: Some(AgentLeaf {
+                dir: base.join(delegation::AGENT_LEAF),
+                entered: found.in_leaf,
+            }),
+            layout: Layout::V2 { root: base },
+        }
+    }
+
+    /// Moves this whole process into its delegated subtree's `agent` leaf, so the subtree's top
+    /// holds no process and can enable controllers for the nodes beside it. Returns the leaf when
+    /// it moved; nothing to do outside a delegated subtree or when already there.
+    pub fn enter_agent_leaf(&self) -> Result<Option<&Path>, CgroupError> {
+        let Some(leaf) = self.agent_leaf.as_ref().filter(|leaf| !leaf.entered) else {
+            return Ok(None);
+        };
+        let failed = |source| CgroupError::EnterLeaf {
+            path: leaf.dir.clone(),
+            source,
+        };
+        match fs::create_dir(&leaf.dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(failed(source)),
+        }
+        // "0" is the writer itself; cgroup.procs moves every thread of the process.
+        fs::write(leaf.dir.join("cgroup.procs"), "0").map_err(failed)?;
+        Ok(Some(&leaf.dir))
+    }
+
+    /// Where node parents are made: the delegated subtree on v2 under systemd, else the root of
+    /// each hierarchy.
+    pub fn node_roots(&self) -> Vec<&Path> {
+        self.layout.mounts()
     }
 
     /// Chooses v2 when the last mount on `/sys/fs/cgroup` is cgroup2, else the v1 controller
@@ -189,6 +261,7 @@ impl Cgroups {
             let root = PathBuf::from(CGROUP_ROOT);
             return Ok(Cgroups {
                 layout: Layout::V2 { root },
+                agent_leaf: None,
             });
         }
         let hierarchies = v1::hierarchies(&mounts);
@@ -197,6 +270,7 @@ impl Cgroups {
         }
         Ok(Cgroups {
             layout: Layout::V1(hierarchies),
+            agent_leaf: None,
         })
     }
 
@@ -217,7 +291,11 @@ impl Cgroups {
                 root: reroot(&root),
             },
         };
-        Cgroups { layout }
+        let agent_leaf = self.agent_leaf.map(|leaf| AgentLeaf {
+            dir: reroot(&leaf.dir),
+            ..leaf
+        });
+        Cgroups { layout, agent_leaf }
     }
 
     pub fn version(&self) -> CgroupVersion {

@@ -499,3 +499,72 @@ fn real_node_cgroup_limits_holds_and_removes_a_process() {
         assert!(!parent_dir.exists(), "{} is left", parent_dir.display());
     }
 }
+
+/// A fake v2 hierarchy in which systemd delegated `/system.slice/ms.service` to the agent.
+fn fake_delegated_v2(own: &str) -> (TempDir, Cgroups, PathBuf) {
+    let temp = TempDir::new().unwrap();
+    let root = temp.path().join("sys/fs/cgroup");
+    let service = root.join("system.slice/ms.service");
+    fs::create_dir_all(&service).unwrap();
+    fs::write(service.join("cgroup.controllers"), "cpu memory pids").unwrap();
+    fs::write(service.join("cgroup.subtree_control"), "").unwrap();
+    let delegated = Path::new("/sys/fs/cgroup/system.slice/ms.service");
+    let cgroups = Cgroups::from_mountinfo(V2)
+        .unwrap()
+        .within_delegation(own, |dir| dir == delegated)
+        .with_prefix(temp.path());
+    (temp, cgroups, service)
+}
+
+#[test]
+fn v2_delegated_agent_moves_into_its_leaf_and_nodes_go_beside_it() {
+    let (_temp, cgroups, service) = fake_delegated_v2("0::/system.slice/ms.service\n");
+    assert_eq!(cgroups.node_roots(), [service.as_path()]);
+    let leaf = service.join("agent");
+    assert_eq!(cgroups.enter_agent_leaf().unwrap(), Some(leaf.as_path()));
+    assert_eq!(fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), "0");
+
+    let node = cgroups.node("magestack", "db1");
+    assert_eq!(
+        node.procs_files(),
+        [service.join("magestack/db1/cgroup.procs")]
+    );
+    let parent = service.join("magestack");
+    fs::create_dir(&parent).unwrap();
+    fs::write(parent.join("cgroup.controllers"), "cpu memory pids").unwrap();
+    fs::write(parent.join("cgroup.subtree_control"), "").unwrap();
+    // The controllers are enabled from the delegated cgroup down, never above it.
+    let error = node.create(&MEMORY_ONLY).unwrap_err();
+    assert!(matches!(&error, CgroupError::Write { .. }), "{error}");
+    let read = |path: &Path| fs::read_to_string(path.join("cgroup.subtree_control")).unwrap();
+    assert_eq!(read(&service), "+memory +pids +cpu");
+    assert_eq!(read(&parent), "+memory +pids +cpu");
+    assert_eq!(
+        cgroups.list_nodes("magestack").unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn v2_delegated_agent_already_in_its_leaf_stays() {
+    let (_temp, cgroups, service) = fake_delegated_v2("0::/system.slice/ms.service/agent\n");
+    assert_eq!(cgroups.node_roots(), [service.as_path()]);
+    assert_eq!(cgroups.enter_agent_leaf().unwrap(), None);
+    assert!(!service.join("agent").exists());
+}
+
+#[test]
+fn undelegated_or_v1_cgroups_keep_the_hierarchy_root() {
+    let (_temp, cgroups, _) = fake_delegated_v2("0::/user.slice/session-2.scope\n");
+    assert!(cgroups.node_roots()[0].ends_with("sys/fs/cgroup"));
+    assert_eq!(cgroups.enter_agent_leaf().unwrap(), None);
+    let v1 = Cgroups::from_mountinfo(HYBRID)
+        .unwrap()
+        .within_delegation("0::/system.slice/ms.service\n", |_| true);
+    assert_eq!(v1.node_roots().len(), V1_MOUNTS.len());
+    assert!(v1
+        .node_roots()
+        .iter()
+        .all(|r| r.starts_with("/sys/fs/cgroup") && !r.to_string_lossy().contains("ms.service")));
+    assert_eq!(v1.enter_agent_leaf().unwrap(), None);
+}

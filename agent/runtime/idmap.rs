@@ -1,0 +1,213 @@
+//! User namespaces: each node's range of 65536 host ids, allocated once and recorded, so a
+//! node's files keep their owner across restarts; the uid and gid maps; and the idmapped mount
+//! through which the node sees the image (owned by host root) as its own root's.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::write_atomic;
+
+/// Ids a node maps: 0..65536 inside.
+pub const RANGE: u32 = 65536;
+/// The first host id given to nodes: above the host's system and login ids and the usual
+/// subordinate id ranges (100000-165535 for a first user).
+pub const FIRST_HOST_ID: u32 = 1 << 20;
+
+/// The recorded allocation, `state_dir/idmaps.json`: node name to slot.
+pub struct IdMaps {
+    path: PathBuf,
+    slots: Mutex<BTreeMap<String, u32>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Recorded {
+    slots: BTreeMap<String, u32>,
+}
+
+impl IdMaps {
+    pub fn load(state_dir: &Path) -> std::io::Result<IdMaps> {
+        let path = state_dir.join("idmaps.json");
+        let slots = match std::fs::read(&path) {
+            Ok(data) => {
+                serde_json::from_slice::<Recorded>(&data)
+                    .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?
+                    .slots
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => return Err(error),
+        };
+        Ok(IdMaps {
+            path,
+            slots: Mutex::new(slots),
+        })
+    }
+
+    /// The first host id of `node`'s range, allocating (lowest free slot) and recording it on
+    /// first use. A range is never given to another node, even after this one is removed: its
+    /// volumes keep files owned by it.
+    pub fn base_of(&self, node: &str) -> std::io::Result<u32> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(node) {
+            return Ok(host_base(*slot));
+        }
+        let slot = first_free(slots.values().copied());
+        slots.insert(node.to_string(), slot);
+        let recorded = Recorded {
+            slots: slots.clone(),
+        };
+        let data = serde_json::to_vec_pretty(&recorded).map_err(std::io::Error::other)?;
+        if let Err(error) = write_atomic(&self.path, &data) {
+            slots.remove(node);
+            return Err(error);
+        }
+        Ok(host_base(slot))
+    }
+}
+
+fn host_base(slot: u32) -> u32 {
+    FIRST_HOST_ID + slot * RANGE
+}
+
+fn first_free(taken: impl Iterator<Item = u32>) -> u32 {
+    let taken: std::collections::BTreeSet<u32> = taken.collect();
+    (0..)
+        .find(|slot| !taken.contains(slot))
+        .expect("a free slot")
+}
+
+/// Writes the uid and gid maps of a freshly cloned process: root inside is `base` outside.
+pub fn write_maps(pid: i32, base: u32) -> std::io::Result<()> {
+    let map = format!("0 {base} {RANGE}\n");
+    std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), &map)
+}
+
+/// Gives a host path to the node's root (`base`) without following symlinks.
+pub fn give_to_node(path: &Path, base: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(base), Some(base))
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Mounts `source` read-only at `target` inside the mount namespace of process `pid`, idmapped
+/// with its user namespace, so host root's files appear as the node root's. Runs on a thread of
+/// its own that joins that mount namespace (a thread must unshare its filesystem attributes
+/// first); mounts there are made private first, so nothing propagates back to the host.
+pub fn mount_idmapped(pid: i32, source: &Path, target: &Path) -> std::io::Result<()> {
+    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+    let mntns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+    let source = path_cstring(source)?;
+    let target = path_cstring(target)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> std::io::Result<()> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+                nix::sched::setns(&mntns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+                nix::mount::mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )?;
+                // SAFETY: open_tree with a NUL-terminated path; returns a new fd or -1.
+                let tree = unsafe {
+                    libc::syscall(
+                        libc::SYS_open_tree,
+                        libc::AT_FDCWD,
+                        source.as_ptr(),
+                        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+                    )
+                };
+                if tree < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: the descriptor was just created and is owned by nobody else.
+                let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+                let attr = MountAttr {
+                    attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: userns.as_raw_fd() as u64,
+                };
+                let empty = c"";
+                // SAFETY: mount_setattr on our detached tree with a valid mount_attr of the size
+                // passed.
+                let set = unsafe {
+                    libc::syscall(
+                        libc::SYS_mount_setattr,
+                        tree.as_raw_fd(),
+                        empty.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                        &attr as *const MountAttr,
+                        std::mem::size_of::<MountAttr>(),
+                    )
+                };
+                if set < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: move_mount of our detached tree onto a NUL-terminated target path.
+                let moved = unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        empty.as_ptr(),
+                        libc::AT_FDCWD,
+                        target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                if moved < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("idmapped mount thread panicked")))
+    })
+}
+
+fn path_cstring(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_allocated_once_recorded_and_never_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = IdMaps::load(dir.path()).unwrap();
+        let web1 = maps.base_of("web1").unwrap();
+        let db1 = maps.base_of("db1").unwrap();
+        assert_eq!(web1, FIRST_HOST_ID);
+        assert_eq!(db1, FIRST_HOST_ID + RANGE);
+        assert_eq!(maps.base_of("web1").unwrap(), web1);
+        let reloaded = IdMaps::load(dir.path()).unwrap();
+        assert_eq!(reloaded.base_of("db1").unwrap(), db1);
+        assert_eq!(reloaded.base_of("acc1").unwrap(), FIRST_HOST_ID + 2 * RANGE);
+    }
+
+    #[test]
+    fn the_lowest_free_slot_is_taken() {
+        assert_eq!(first_free([0, 1, 3].into_iter()), 2);
+        assert_eq!(first_free(std::iter::empty()), 0);
+    }
+}
