@@ -68,7 +68,7 @@ fn main() {
         &bench.path.join("run"),
         Some("tmpfs"),
         nix::mount::MsFlags::empty(),
-        Some("mode=700"),
+        Some("mode=711"),
     )
     .expect("tmpfs run dir");
 
@@ -81,20 +81,29 @@ fn main() {
     runtime.network.apply_policy(&config).expect("policy");
 
     let crun = which("crun");
+    // The same node without its user namespace (and so without the idmapped lower layer), run
+    // interleaved with the isolated one so both see the same machine.
+    let mut shared_ids = spec.clone();
+    shared_ids.privileged = true;
     let mut agent_life = Vec::new();
     let mut agent_start = Vec::new();
     let mut agent_stop = Vec::new();
+    let mut shared_ids_life = Vec::new();
+    let mut shared_ids_start = Vec::new();
     let mut crun_life = Vec::new();
     for round in 0..ROUNDS {
         let (start, stop) = agent_node_life(&runtime, &spec);
         agent_start.push(start);
         agent_stop.push(stop);
         agent_life.push(start + stop);
+        let (start, stop) = agent_node_life(&runtime, &shared_ids);
+        shared_ids_start.push(start);
+        shared_ids_life.push(start + stop);
         if let Some(crun) = &crun {
             crun_life.push(crun_node_life(crun, &bench, &rootfs, round));
         }
     }
-    println!("node life, {ROUNDS} rounds, busybox rootfs, pid+mnt+uts+ipc+net+cgroup namespaces, memory 64M, cgroup {:?}, run dir on tmpfs", runtime.cgroups.version());
+    println!("node life, {ROUNDS} rounds, busybox rootfs, user+pid+mnt+uts+ipc+net+cgroup namespaces, idmapped lower, seccomp, memory 64M, cgroup {:?}, run dir on tmpfs", runtime.cgroups.version());
     println!(
         "  agent start (clone to first process running): median {}",
         ms(median(&mut agent_start))
@@ -107,6 +116,13 @@ fn main() {
     println!(
         "  agent node life:                              median {}",
         ms(agent)
+    );
+    let shared = median(&mut shared_ids_life);
+    println!(
+        "  same node, no user namespace (privileged):    median {} (start {}; user namespace + idmap add {})",
+        ms(shared),
+        ms(median(&mut shared_ids_start)),
+        signed_ms(agent.as_secs_f64() - shared.as_secs_f64())
     );
     if crun.is_some() {
         let crun = median(&mut crun_life);
@@ -121,6 +137,7 @@ fn main() {
     } else {
         println!("  crun not installed: no comparison");
     }
+    seccomp_cost(&spec);
 
     network_costs(&runtime, &spec, &bench);
     daemon_with_eight_nodes(&bench);
@@ -148,6 +165,9 @@ fn network_costs(runtime: &Runtime, spec: &NodeSpec, bench: &BenchDir) {
         let _ = holder.kill();
         let _ = holder.wait();
         result.expect("attach");
+        // The kernel tears the namespace down in a worker after the holder exits; let it finish
+        // so the next round does not measure that contention.
+        std::thread::sleep(Duration::from_millis(100));
     }
     let config = fifty_node_config(bench);
     let mut policy: Vec<Duration> = (0..10)
@@ -364,6 +384,10 @@ fn median(values: &mut [Duration]) -> Duration {
     values[values.len() / 2]
 }
 
+fn signed_ms(seconds: f64) -> String {
+    format!("{:+.2} ms", seconds * 1000.0)
+}
+
 fn ms(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }
@@ -374,4 +398,52 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(program))
         .find(|path| path.is_file())
+}
+
+/// What confining one process costs: compiling the seccomp filter and capability sets, then
+/// narrowing and sealing a forked child, against a child that only exits.
+fn seccomp_cost(spec: &NodeSpec) {
+    use magestack_agent::confinement::Confinement;
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, ForkResult};
+
+    let child_life = |confine: bool| {
+        let started = Instant::now();
+        // SAFETY: the bench is single-threaded here; the child only builds and applies the
+        // confinement (no locks are held across the fork) and leaves with _exit.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let code = if confine {
+                    let applied = Confinement::new(&spec.capabilities)
+                        .and_then(|c| c.narrow().and_then(|_| c.seal()));
+                    i32::from(applied.is_err())
+                } else {
+                    0
+                };
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                let status = waitpid(child, None).expect("wait");
+                assert!(
+                    matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                    "confinement failed in the child: {status:?}"
+                );
+            }
+        }
+        started.elapsed()
+    };
+    let mut confined: Vec<Duration> = Vec::new();
+    let mut bare: Vec<Duration> = Vec::new();
+    for _ in 0..ROUNDS {
+        confined.push(child_life(true));
+        bare.push(child_life(false));
+    }
+    let (confined, bare) = (median(&mut confined), median(&mut bare));
+    println!(
+        "  confinement of one process (caps + no_new_privs + seccomp): {} (fork+exit {} vs {})",
+        signed_ms(confined.as_secs_f64() - bare.as_secs_f64()),
+        ms(confined),
+        ms(bare)
+    );
 }

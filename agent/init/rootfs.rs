@@ -16,6 +16,23 @@ use crate::api::init::InitPlan;
 /// Device nodes bind-mounted from the host into the node's /dev.
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// Kernel files and directories that tell about or act on the host rather than the node: hidden
+/// behind /dev/null (files) or an empty read-only tmpfs (directories), where the kernel has them.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/sysrq-trigger",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Stop mount events from propagating back to the host.
@@ -37,6 +54,8 @@ pub enum Step {
         target: &'static str,
         link: PathBuf,
     },
+    /// Hide a kernel path (see [`MASKED_PATHS`]); nothing to do where it does not exist.
+    Mask(PathBuf),
     PivotRoot(PathBuf),
 }
 
@@ -101,6 +120,7 @@ pub fn plan(node: &InitPlan) -> Result<Vec<Step>, String> {
             data: "mode=755,size=65536k".into(),
         },
     ];
+    steps.extend(MASKED_PATHS.iter().map(|path| Step::Mask(at(path))));
     for device in DEVICES {
         steps.push(Step::Bind {
             source: Path::new("/dev").join(device),
@@ -214,8 +234,35 @@ fn apply_step(step: &Step, root: &Path) -> std::io::Result<()> {
             Ok(())
         }
         Step::Symlink { target, link } => std::os::unix::fs::symlink(target, link),
+        Step::Mask(path) => mask(path),
         Step::PivotRoot(new_root) => enter_root(new_root),
     }
+}
+
+fn mask(path: &Path) -> std::io::Result<()> {
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if metadata.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=555"),
+        )?;
+    } else {
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
 }
 
 /// pivot_root with the new root as both arguments, then detach the old root stacked beneath:
@@ -235,6 +282,7 @@ fn describe(step: &Step) -> String {
             format!("bind {} on {}", source.display(), target.display())
         }
         Step::Symlink { link, .. } => format!("symlink {}", link.display()),
+        Step::Mask(path) => format!("mask {}", path.display()),
         Step::PivotRoot(root) => format!("pivot_root into {}", root.display()),
     }
 }
@@ -329,6 +377,7 @@ mod tests {
             hosts_file: "/r/nodes/web1/hosts".into(),
             resolv_file: "/r/nodes/web1/resolv.conf".into(),
             stop_timeout: Duration::from_secs(10),
+            log_rotation: Default::default(),
             join_cgroup: vec![],
         }
     }
@@ -367,6 +416,35 @@ mod tests {
                 })
                 .unwrap();
             assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        }
+    }
+
+    #[test]
+    fn host_facing_kernel_paths_are_masked_after_proc_and_sys_are_mounted() {
+        let steps = plan(&node_plan()).unwrap();
+        let position = |wanted: &Step| steps.iter().position(|step| step == wanted).unwrap();
+        let mounted = |fstype: &str| {
+            steps
+                .iter()
+                .position(|step| matches!(step, Step::Mount { fstype: f, .. } if *f == fstype))
+                .unwrap()
+        };
+        let pivot = position(&Step::PivotRoot("/r/nodes/web1/root".into()));
+        for path in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/sysrq-trigger",
+            "/sys/firmware",
+        ] {
+            let mask = position(&Step::Mask(
+                Path::new("/r/nodes/web1/root").join(&path[1..]),
+            ));
+            let filesystem = if path.starts_with("/proc") {
+                "proc"
+            } else {
+                "sysfs"
+            };
+            assert!(mounted(filesystem) < mask && mask < pivot, "{path}");
         }
     }
 

@@ -1,0 +1,339 @@
+//! Root in a node is not root on the host: an escape battery run as root inside a node, and the
+//! id mapping, confinement and socket checks behind it.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{process_alive, wait_for, TestHost, AGENT, SLEEPER_ROLE};
+
+/// Two nodes: `s1`, the attacker, with small limits, and `s2`, its neighbour.
+fn two_nodes(name: &str) -> TestHost {
+    let mut host = TestHost::new(
+        name,
+        &format!(
+            r#"
+[nodes.s1]
+role = "sleeper"
+[nodes.s1.resources]
+memory = "64M"
+pids = 40
+[nodes.s2]
+role = "sleeper"
+{SLEEPER_ROLE}
+[[roles.sleeper.volume]]
+name = "data"
+path = "/srv/data"
+"#
+        ),
+    );
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    host.wait_node_state("s2", "running");
+    host
+}
+
+/// Runs a shell line in a node as its root; returns (success, stdout + stderr).
+fn attempt(host: &TestHost, node: &str, line: &str) -> (bool, String) {
+    let output = host.exec(node, &["sh", "-c", line]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn refused(host: &TestHost, line: &str) -> String {
+    let (succeeded, text) = attempt(host, "s1", line);
+    assert!(!succeeded, "`{line}` succeeded in the node: {text}");
+    text
+}
+
+/// Host pids of every process in a node's cgroup (the first v1 hierarchy or the v2 one).
+fn node_processes(host: &TestHost, node: &str) -> Vec<i32> {
+    let dir = host.cgroup_dirs()[0].join(node);
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+/// The node's role process (`sleep`): in its cgroup, not its init.
+fn role_process(host: &TestHost, node: &str) -> i32 {
+    let init = host.node_pid(node);
+    let mut found = 0;
+    wait_for("the role process", Duration::from_secs(10), || {
+        found = node_processes(host, node)
+            .into_iter()
+            .find(|pid| {
+                *pid != init
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default()
+                        == "sleep\n"
+            })
+            .unwrap_or(0);
+        found != 0
+    });
+    found
+}
+
+/// The host's id range of a node, from its init's uid_map: (inside, outside, count).
+fn uid_map(pid: i32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|field| field.parse().unwrap())
+        .collect();
+    assert_eq!(fields.len(), 3, "one mapping expected: {text}");
+    (fields[0], fields[1], fields[2])
+}
+
+fn first_block_device() -> (String, String) {
+    let entry = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find(|entry| entry.path().join("dev").exists())
+        .expect("a block device on the host");
+    let numbers = std::fs::read_to_string(entry.path().join("dev")).unwrap();
+    let (major, minor) = numbers.trim().split_once(':').unwrap();
+    (major.to_string(), minor.to_string())
+}
+
+#[test]
+fn root_in_a_node_cannot_reach_the_host_or_its_neighbour() {
+    let host = two_nodes("escape");
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let neighbour_init = host.node_pid("s2");
+    let neighbour_sleep = role_process(&host, "s2");
+
+    refused(&host, "echo owned > /proc/sys/kernel/hostname");
+    // Every host-facing kernel path this kernel has reads empty in the node.
+    let masked: Vec<&str> = [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+        "/proc/acpi",
+        "/sys/firmware",
+    ]
+    .into_iter()
+    .filter(|path| std::path::Path::new(path).exists())
+    .collect();
+    assert!(
+        !masked.is_empty(),
+        "this kernel has none of the masked paths"
+    );
+    for path in masked {
+        let seen = attempt(
+            &host,
+            "s1",
+            &format!("if [ -d {path} ]; then ls -A {path}; else cat {path}; fi"),
+        )
+        .1;
+        assert_eq!(seen, "", "{path} shows in the node");
+    }
+    refused(&host, "echo b > /proc/sysrq-trigger");
+    let (major, minor) = first_block_device();
+    refused(
+        &host,
+        &format!("mknod /tmp/disk b {major} {minor} && head -c 512 /tmp/disk | wc -c"),
+    );
+    // A module file that the kernel would reject as malformed: only a refusal before it is
+    // looked at says "not permitted".
+    let insmod = refused(
+        &host,
+        "head -c 4096 /dev/zero > /tmp/m.ko && insmod /tmp/m.ko",
+    );
+    assert!(insmod.contains("not permitted"), "{insmod}");
+    let pids: Vec<u32> = attempt(&host, "s1", "ls /proc")
+        .1
+        .split_whitespace()
+        .filter_map(|entry| entry.parse().ok())
+        .collect();
+    assert!(
+        pids.len() < 10 && !pids.contains(&(neighbour_init as u32)),
+        "host processes visible in the node: {pids:?}"
+    );
+    refused(
+        &host,
+        &format!("kill -9 {neighbour_init} || kill -9 {neighbour_sleep}"),
+    );
+    refused(
+        &host,
+        &format!("mknod /tmp/root b {major} {minor}; mount /tmp/root /mnt"),
+    );
+    refused(
+        &host,
+        "mount --bind /proc/1/root/.. /mnt && ls /mnt/proc/1/root",
+    );
+    let marker = host.state_dir().join("host-only-marker");
+    std::fs::write(&marker, "host").unwrap();
+    refused(
+        &host,
+        &format!(
+            "for root in /proc/*/root; do cat $root{} && exit 0; done; exit 1",
+            marker.display()
+        ),
+    );
+
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name
+    );
+    assert!(process_alive(neighbour_init) && process_alive(neighbour_sleep));
+    assert_eq!(host.node("s2")["state"], "running");
+}
+
+#[test]
+fn a_fork_bomb_and_an_oom_stay_inside_their_node() {
+    let host = two_nodes("bomb");
+    let neighbour = role_process(&host, "s2");
+    let daemon = host.daemon_pid() as i32;
+
+    // Far more processes than pids = 40 allows, bounded so it ends by itself.
+    let (_, bomb) = attempt(
+        &host,
+        "s1",
+        "i=0; while [ $i -lt 120 ]; do sleep 30 & i=$((i+1)); done; echo started",
+    );
+    assert!(bomb.contains("can't fork"), "no fork was refused: {bomb}");
+    let pids = host
+        .cgroup_dirs()
+        .into_iter()
+        .find(|dir| dir.join("s1/pids.max").exists())
+        .map(|dir| dir.join("s1"));
+    if let Some(dir) = pids {
+        let current: u32 = std::fs::read_to_string(dir.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(current <= 40, "pids.current {current} over the limit");
+    }
+    host.exec(
+        "s1",
+        &[
+            "sh",
+            "-c",
+            "kill $(pidof sleep | tr ' ' '\\n' | tail -n +2) 2>/dev/null; true",
+        ],
+    );
+
+    // 150 MB held by one process in a node limited to 64 MiB.
+    let oom = host.exec(
+        "s1",
+        &[
+            "sh",
+            "-c",
+            "head -c 150000000 /dev/zero | tail -c 150000000 | wc -c",
+        ],
+    );
+    let counted = String::from_utf8_lossy(&oom.stdout).trim().to_string();
+    assert_ne!(counted, "150000000", "150 MB fitted in a 64 MiB node");
+
+    assert!(process_alive(neighbour), "the neighbour's process died");
+    assert!(process_alive(daemon), "the daemon died");
+    assert_eq!(host.node("s2")["state"], "running");
+    assert_eq!(host.node("s1")["state"], "running");
+    assert_eq!(
+        host.exec_stdout("s1", &["echo", "alive"]),
+        "alive\n",
+        "the node itself no longer answers"
+    );
+}
+
+#[test]
+fn each_node_maps_root_to_its_own_unprivileged_range() {
+    let host = two_nodes("ids");
+    let (inside_1, outside_1, count_1) = uid_map(host.node_pid("s1"));
+    let (inside_2, outside_2, count_2) = uid_map(host.node_pid("s2"));
+    assert_eq!((inside_1, count_1), (0, 65536));
+    assert_eq!((inside_2, count_2), (0, 65536));
+    assert!(
+        outside_1 >= 1 << 20 && outside_2 >= 1 << 20,
+        "overlaps system ids"
+    );
+    assert!(
+        outside_1.abs_diff(outside_2) >= 65536,
+        "ranges overlap: {outside_1} and {outside_2}"
+    );
+    let gid_map =
+        std::fs::read_to_string(format!("/proc/{}/gid_map", host.node_pid("s1"))).unwrap();
+    assert_eq!(
+        gid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &outside_1.to_string(), "65536"]
+    );
+
+    // Inside, root and the image's files belong to root (the idmapped lower layer).
+    assert_eq!(host.exec_stdout("s1", &["id", "-u"]), "0\n");
+    assert_eq!(
+        host.exec_stdout("s1", &["stat", "-c", "%u:%g", "/bin/busybox"]),
+        "0:0\n"
+    );
+    // A file root creates in a volume is the node's shifted root on the host.
+    host.exec_stdout("s1", &["sh", "-c", "echo x > /srv/data/made-by-root"]);
+    let on_host = host.state_dir().join("volumes/s1/data/made-by-root");
+    let metadata = std::fs::metadata(&on_host).unwrap();
+    assert_eq!(
+        (metadata.uid() as u64, metadata.gid() as u64),
+        (outside_1, outside_1)
+    );
+
+    // The ranges are recorded and stay the node's across a restart of the node and the agent.
+    let before = outside_1;
+    host.cli(&["restart", "s1"]);
+    assert_eq!(uid_map(host.node_pid("s1")).1, before);
+}
+
+#[test]
+fn role_processes_run_with_seccomp_and_no_new_privileges() {
+    let host = two_nodes("seccomp");
+    let pid = role_process(&host, "s1");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in status"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(field("NoNewPrivs"), "1");
+    // Host root's capabilities are not in the bounding set (CAP_SYS_ADMIN is bit 21).
+    let bounding = u64::from_str_radix(&field("CapBnd"), 16).unwrap();
+    assert_eq!(bounding & (1 << 21), 0, "CAP_SYS_ADMIN kept: {bounding:x}");
+    // The same holds for a command started by exec.
+    let exec_status = host.exec_stdout("s1", &["cat", "/proc/self/status"]);
+    assert!(exec_status.contains("Seccomp:\t2"), "{exec_status}");
+    assert!(exec_status.contains("NoNewPrivs:\t1"), "{exec_status}");
+}
+
+#[test]
+fn a_caller_that_is_not_root_is_refused_and_logged() {
+    let host = two_nodes("socket");
+    // DAC override lets the caller open the socket; the daemon still refuses it by credentials.
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+            AGENT,
+            "--config",
+        ])
+        .arg(&host.config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a non-root caller was served");
+    assert!(stderr.contains("root"), "no reason given: {stderr}");
+    wait_for("the refusal in the log", Duration::from_secs(5), || {
+        host.daemon_log().contains("non-root caller")
+    });
+}
