@@ -83,7 +83,7 @@ fn main() {
     let crun = which("crun");
     // The same node without its user namespace (and so without the idmapped lower layer), run
     // interleaved with the isolated one so both see the same machine.
-    let mut shared_ids = spec.clone();
+    let mut shared_ids = config.nodes["b2"].clone();
     shared_ids.privileged = true;
     let mut agent_life = Vec::new();
     let mut agent_start = Vec::new();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeSpec;
+use crate::config::{LogRotation, NodeSpec};
 
 /// The fd numbers the init finds its inherited descriptors at.
 pub const HANDSHAKE_FD: i32 = 3;
@@ -46,6 +46,9 @@ pub struct InitPlan {
     /// Host file bind-mounted over the node's /etc/resolv.conf.
     pub resolv_file: PathBuf,
     pub stop_timeout: Duration,
+    /// When the processes' log files are rotated and how many rotated ones are kept.
+    #[serde(default)]
+    pub log_rotation: LogRotation,
     /// Files the init writes "0" into to move itself into the node's cgroup before anything
     /// else, then unsharing its cgroup namespace there (cgroup v1). Empty when it was cloned
     /// straight into its cgroup and namespace (v2).

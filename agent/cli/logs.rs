@@ -144,8 +144,8 @@ impl Follower {
         }
     }
 
-    /// Prints the last `count` lines (taking the rotated file's end when the current one has
-    /// fewer) and leaves the file open at its end for [`Follower::poll`].
+    /// Prints the last `count` lines (taking the ends of the rotated files, newest first, when
+    /// the current one has fewer) and leaves the file open at its end for [`Follower::poll`].
     fn print_last(&mut self, count: usize, out: &mut impl Write) -> Result<()> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
@@ -156,17 +156,26 @@ impl Follower {
         };
         let current = last_lines(&mut file, count)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        let missing = count.saturating_sub(line_count(&current));
-        if missing > 0 {
-            let rotated = self.path.with_extension("log.1");
-            if let Ok(mut old) = File::open(&rotated) {
-                let mut earlier = last_lines(&mut old, missing)
-                    .with_context(|| format!("reading {}", rotated.display()))?;
-                if !earlier.is_empty() && !earlier.ends_with(b"\n") {
-                    earlier.push(b'\n');
-                }
-                self.emit(&earlier, out)?;
+        let mut missing = count.saturating_sub(line_count(&current));
+        let mut earlier: Vec<Vec<u8>> = Vec::new();
+        for generation in 1.. {
+            if missing == 0 {
+                break;
             }
+            let rotated = self.path.with_extension(format!("log.{generation}"));
+            let Ok(mut old) = File::open(&rotated) else {
+                break;
+            };
+            let mut lines = last_lines(&mut old, missing)
+                .with_context(|| format!("reading {}", rotated.display()))?;
+            if !lines.is_empty() && !lines.ends_with(b"\n") {
+                lines.push(b'\n');
+            }
+            missing -= line_count(&lines).min(missing);
+            earlier.push(lines);
+        }
+        for lines in earlier.iter().rev() {
+            self.emit(lines, out)?;
         }
         self.emit(&current, out)?;
         file.seek(SeekFrom::End(0))?;
@@ -338,13 +347,19 @@ mod tests {
     }
 
     #[test]
-    fn too_few_lines_are_completed_from_the_rotated_file() {
+    fn too_few_lines_are_completed_from_the_rotated_files() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("sh.log.1"), "r1\nr2\nr3\n").unwrap();
+        fs::write(dir.path().join("sh.log.2"), "s1\ns2\n").unwrap();
+        fs::write(dir.path().join("sh.log.1"), "r1\nr2\n").unwrap();
         fs::write(dir.path().join("sh.log"), "c1\n").unwrap();
-        let mut follower = Follower::new(String::new(), dir.path().join("sh.log"));
-        let mut out = Vec::new();
-        follower.print_last(3, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "r2\nr3\nc1\n");
+        let print = |count: usize| {
+            let mut follower = Follower::new(String::new(), dir.path().join("sh.log"));
+            let mut out = Vec::new();
+            follower.print_last(count, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(print(3), "r1\nr2\nc1\n");
+        assert_eq!(print(4), "s2\nr1\nr2\nc1\n");
+        assert_eq!(print(9), "s1\ns2\nr1\nr2\nc1\n");
     }
 }

@@ -68,8 +68,12 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
-    /// Run a command inside a node, as its root.
+    /// Run a command inside a node, as its root or as another user of the node (a pty when stdin
+    /// is a terminal); exits with the command's exit code.
     Exec {
+        /// A user name or uid from the node's /etc/passwd.
+        #[arg(short, long)]
+        user: Option<String>,
         node: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -110,8 +114,8 @@ pub fn main() -> ExitCode {
 }
 
 /// The daemon logs to the journal when systemd connected its stderr there (JOURNAL_STREAM names
-/// that stream), with event fields such as `node` as journal fields (`NODE=web1`); everything
-/// else logs to stderr.
+/// that stream), with event fields such as `node`, `role` and `process` as journal fields
+/// (`journalctl NODE=web1`); everything else logs to stderr.
 fn init_tracing(daemon: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -123,7 +127,11 @@ fn init_tracing(daemon: bool) {
     let journal = (daemon && stderr_is_journal())
         .then(|| tracing_journald::layer().ok())
         .flatten()
-        .map(|layer| layer.with_syslog_identifier("magestack-agent".into()));
+        .map(|layer| {
+            layer
+                .with_syslog_identifier("magestack-agent".into())
+                .with_field_prefix(None)
+        });
     let stderr = journal
         .is_none()
         .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
@@ -220,7 +228,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { node, command } => {
+        Command::Exec {
+            user,
+            node,
+            command,
+        } => {
             let target = match request(&config_path, &Request::ExecTarget { node: node.clone() })? {
                 Response::ExecTarget(target) => target,
                 other => return unexpected(other),
@@ -231,6 +243,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 cgroup_join: target.cgroup_join.into_iter().map(PathBuf::from).collect(),
                 capabilities: target.capabilities,
                 user_namespace: target.user_namespace,
+                user,
                 command,
                 tty: std::io::stdin().is_terminal(),
             })?;

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
-    MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec, PortForward, ProcessSpec, PublicSide,
-    Resources, RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
+    LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec, PortForward, ProcessSpec,
+    PublicSide, Resources, RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;

@@ -17,6 +17,24 @@ pub struct Config {
     /// Every configured node, by name, with its effective definition.
     pub nodes: BTreeMap<String, NodeSpec>,
     pub metrics: MetricsSettings,
+    pub logs: LogRotation,
+}
+
+/// How a node's `log_dir/<node>/<process>.log` is rotated: renamed to `<process>.log.1` once it
+/// reaches `max_size` (older ones shift to `.2`, `.3`, ...), with at most `keep` rotated files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRotation {
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation {
+            max_size: 10 << 20,
+            keep: 5,
+        }
+    }
 }
 
 /// The Prometheus endpoint.

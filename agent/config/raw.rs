@@ -18,6 +18,16 @@ pub struct RawConfig {
     pub roles: BTreeMap<Spanned<String>, RawRole>,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub logs: RawLogs,
+}
+
+/// Rotation of the nodes' process output files.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogs {
+    pub max_size: Option<Spanned<String>>,
+    pub keep: Option<Spanned<i64>>,
 }
 
 /// The Prometheus endpoint; off unless `listen` is set.

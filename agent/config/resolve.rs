@@ -9,10 +9,11 @@ use toml::Spanned;
 
 use super::duration::parse_duration;
 use super::model::{
-    Cidr, Config, HostSettings, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
+    Cidr, Config, HostSettings, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork,
+    NodeSpec,
 };
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
-use super::raw::{RawConfig, RawHost, RawMetrics, RawNode, RawRole};
+use super::raw::{RawConfig, RawHost, RawLogs, RawMetrics, RawNode, RawRole};
 use super::role::{Checker, PartialRole, Role};
 use super::shipped::{role_source, DEFAULT_NODES};
 use super::source::{Diagnostic, Source};
@@ -30,6 +31,7 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
 
     let host = host_settings(&mut checker, raw.host);
     let metrics = metrics_settings(&mut checker, raw.metrics);
+    let logs = log_rotation(&mut checker, raw.logs);
     let network = super::network::network_settings(&mut checker, raw.network);
     let inline_roles: BTreeMap<String, (Spanned<String>, PartialRole)> = raw
         .roles
@@ -56,6 +58,7 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
             network,
             nodes,
             metrics,
+            logs,
         }),
         _ => Err(ConfigError::Invalid(diagnostics)),
     }
@@ -155,6 +158,38 @@ fn metrics_settings(checker: &mut Checker, raw: RawMetrics) -> MetricsSettings {
             }
         });
     MetricsSettings { listen }
+}
+
+fn log_rotation(checker: &mut Checker, raw: RawLogs) -> LogRotation {
+    let default = LogRotation::default();
+    let max_size = match raw.max_size {
+        Some(value) => match super::size::parse_size(value.get_ref()) {
+            Ok(size) if size >= 4096 => size,
+            Ok(_) => {
+                checker.error(&value, "logs.max_size: at least 4K");
+                default.max_size
+            }
+            Err(message) => {
+                checker.error(&value, format!("logs.max_size: {message}"));
+                default.max_size
+            }
+        },
+        None => default.max_size,
+    };
+    let keep = match raw.keep {
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(keep) if keep <= 1000 => keep,
+            _ => {
+                checker.error(
+                    &value,
+                    "logs.keep: a number of rotated files from 0 to 1000",
+                );
+                default.keep
+            }
+        },
+        None => default.keep,
+    };
+    LogRotation { max_size, keep }
 }
 
 fn check_role_name(checker: &mut Checker, name: &Spanned<String>) {

@@ -274,6 +274,21 @@ fn metrics_are_off_unless_listen_names_an_address_with_a_port() {
 }
 
 #[test]
+fn log_rotation_defaults_and_limits() {
+    assert_eq!(
+        parse_text(SLEEPER).unwrap().logs,
+        crate::config::LogRotation::default()
+    );
+    let config = parse_text(&format!("{SLEEPER}[logs]\nmax_size = \"64K\"\nkeep = 2\n")).unwrap();
+    assert_eq!((config.logs.max_size, config.logs.keep), (64 << 10, 2));
+    let small = first_error(&format!("{SLEEPER}[logs]\nmax_size = \"12\"\n"));
+    assert_eq!(small.line, 12);
+    assert!(small.message.contains("logs.max_size"), "{small}");
+    let negative = first_error(&format!("{SLEEPER}[logs]\nkeep = -1\n"));
+    assert!(negative.message.contains("logs.keep"), "{negative}");
+}
+
+#[test]
 fn log_dir_is_read_leniently_like_run_dir() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");

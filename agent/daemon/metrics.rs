@@ -67,10 +67,11 @@ impl Metrics {
             Unit::Seconds,
             uptime,
         );
-        registry.register_with_unit(
-            "reconcile_duration",
+        // The unit is in the name but not declared: some OpenMetrics parsers refuse a UNIT on a
+        // histogram, which the specification allows.
+        registry.register(
+            "reconcile_duration_seconds",
             "Time the core took to handle one event or timer tick and reconcile every node",
-            Unit::Seconds,
             self.reconcile.clone(),
         );
         register_nodes(&mut registry, report);

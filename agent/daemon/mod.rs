@@ -99,7 +99,12 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     for node in runtime.leftover_nodes() {
         match runtime.adopt(&node) {
             Some(handle) => {
-                tracing::info!(node, pid = handle.record.pid, "re-adopted running node");
+                tracing::info!(
+                    node,
+                    role = handle.record.spec.role,
+                    pid = handle.record.pid,
+                    "re-adopted running node"
+                );
                 adopted.push(handle);
             }
             None => {

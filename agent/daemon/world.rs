@@ -397,7 +397,18 @@ impl World {
         };
         match result {
             Ok(handle) => {
-                tracing::info!(node, pid = handle.record.pid, "node running");
+                let role = &handle.record.spec.role;
+                tracing::info!(node, role, pid = handle.record.pid, "node running");
+                for process in &handle.processes {
+                    tracing::info!(
+                        node,
+                        role,
+                        process = process.name,
+                        pid = process.pid,
+                        state = ?process.state,
+                        "process started"
+                    );
+                }
                 let handle = Arc::new(*handle);
                 entry.phase = Phase::Running;
                 entry.error = None;
@@ -405,7 +416,8 @@ impl World {
                 self.watch(node, &handle);
             }
             Err(error) => {
-                tracing::error!(node, "start failed: {error}");
+                let role = entry.spec.as_ref().map(|s| s.role.as_str());
+                tracing::error!(node, role, "start failed: {error}");
                 entry.phase = Phase::Failed;
                 entry.error = Some(error);
             }
@@ -427,8 +439,10 @@ impl World {
         if !current || !matches!(entry.phase, Phase::Running | Phase::Failed) {
             return;
         }
+        let role = entry.spec.as_ref().map(|s| s.role.as_str());
         tracing::warn!(
             node,
+            role,
             pid,
             "init exited; cleaning up and restarting the node"
         );
@@ -501,7 +515,7 @@ impl World {
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let name = node.to_string();
-        tracing::info!(node, "starting");
+        tracing::info!(node, role = spec.role, "starting");
         tokio::task::spawn_blocking(move || {
             let result = runtime
                 .start(&spec, restarts)
@@ -520,7 +534,7 @@ impl World {
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let name = node.to_string();
-        tracing::info!(node, "stopping");
+        tracing::info!(node, role = handle.record.spec.role, "stopping");
         tokio::task::spawn_blocking(move || {
             runtime.stop(&handle);
             let _ = events.send(Event::Stopped(name));

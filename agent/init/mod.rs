@@ -12,6 +12,9 @@ mod process;
 pub mod rootfs;
 pub mod supervisor;
 
+/// `exec` looks users up and builds the environment the way role processes get them.
+pub(crate) use process::{find_account, Account, DEFAULT_PATH};
+
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,6 +30,7 @@ use crate::api::init::{
     Handshake, InitPlan, InitReply, InitRequest, CONTROL_FD, HANDSHAKE_FD, LOG_DIR_FD,
 };
 use crate::api::{read_message, write_message};
+use crate::config::LogRotation;
 use crate::confinement::Confinement;
 use logs::LogFile;
 use probe::Prober;
@@ -46,7 +50,7 @@ pub fn main() -> i32 {
     let mut own_log = LogFile::new(
         log_dir.try_clone().expect("dup log dir"),
         "init",
-        logs::ROTATE_AT,
+        LogRotation::default(),
     );
     match Init::start(handshake, control, log_dir, &mut own_log) {
         Ok(mut init) => {
@@ -118,6 +122,7 @@ impl Init {
             Ok(other) => return Err(format!("expected go from the daemon, got {other:?}")),
             Err(error) => return Err(format!("no go from the daemon: {error}")),
         };
+        own_log.set_rotation(plan.log_rotation);
         let fail = |step: &str, error: String| {
             let _ = write_message(
                 &handshake,
@@ -151,7 +156,11 @@ impl Init {
             let dir = log_dir
                 .try_clone()
                 .map_err(|e| fail("open log directory", e.to_string()))?;
-            outputs.push((read, write, LogFile::new(dir, &spec.name, logs::ROTATE_AT)));
+            outputs.push((
+                read,
+                write,
+                LogFile::new(dir, &spec.name, plan.log_rotation),
+            ));
         }
         control
             .set_nonblocking(true)

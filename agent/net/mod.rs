@@ -113,9 +113,10 @@ impl HostNetwork {
         let bridge = self.bridge_index(host)?;
         let link = self.node_link(&spec.name);
         if let Err(error) = host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns) {
-            // A link of the node's previous life still goes away with its old namespace:
-            // remove it now and try once more.
-            host.link_index(&link)?.ok_or(error)?;
+            tracing::debug!(node = %spec.name, "creating {link} again: {error}");
+            // A link of the node's previous life still goes away with its old namespace, and
+            // may be gone by the time we look (churn hits that window): remove it if it is
+            // still there and try once more.
             host.delete_link(&link)?;
             host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns)?;
         }

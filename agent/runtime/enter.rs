@@ -1,5 +1,5 @@
 //! `exec`: run a command inside a running node: its namespaces, its cgroup, its root, as its
-//! root user, with the caller's stdio (or a pty from the node's own devpts when stdin is a
+//! root user or as a user of the node's /etc/passwd, with the caller's stdio (or a pty from the node's own devpts when stdin is a
 //! terminal, so no host terminal is handed into the node).
 //!
 //! Must run in a single-threaded process: joining a mount namespace requires it.
@@ -20,6 +20,7 @@ use nix::unistd::{self, ForkResult};
 
 use super::clone::pidfd_open;
 use crate::confinement::Confinement;
+use crate::init::{find_account, Account, DEFAULT_PATH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnterError {
@@ -29,6 +30,8 @@ pub enum EnterError {
         step: &'static str,
         source: std::io::Error,
     },
+    #[error("node {node}: user `{user}` is not in the node's /etc/passwd")]
+    UnknownUser { node: String, user: String },
 }
 
 pub struct ExecRequest {
@@ -38,6 +41,8 @@ pub struct ExecRequest {
     pub cgroup_join: Vec<PathBuf>,
     pub capabilities: Vec<String>,
     pub user_namespace: bool,
+    /// A name or uid from the node's /etc/passwd; the node's root when `None`.
+    pub user: Option<String>,
     pub command: Vec<String>,
     pub tty: bool,
 }
@@ -58,20 +63,6 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     if command.is_empty() {
         return Err(fail("command")(std::io::Error::other("no command given")));
     }
-    let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        "HOME=/root".to_string(),
-        "USER=root".to_string(),
-        "container=magestack".to_string(),
-    ];
-    if let Ok(term) = std::env::var("TERM") {
-        env.push(format!("TERM={term}"));
-    }
-    let env: Vec<CString> = env
-        .into_iter()
-        .map(|e| CString::new(e).expect("no NUL in env"))
-        .collect();
-
     let confinement = Confinement::new(&request.capabilities)
         .map_err(|e| fail("prepare confinement")(std::io::Error::other(e)))?;
     let pidfd = pidfd_open(request.pid).map_err(fail("open the node's init"))?;
@@ -92,6 +83,23 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
         namespaces |= CloneFlags::CLONE_NEWUSER;
     }
     setns(&pidfd, namespaces).map_err(|e| fail("enter the node's namespaces")(e.into()))?;
+    // Our root is the node's now: its /etc/passwd names its users.
+    let account = match &request.user {
+        None => root_account(),
+        Some(user) => {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            find_account(&passwd, user).ok_or_else(|| EnterError::UnknownUser {
+                node: request.node.clone(),
+                user: user.clone(),
+            })?
+        }
+    };
+    let env = environment(
+        request.user.as_deref().unwrap_or("root"),
+        &account,
+        std::env::var("TERM").ok(),
+    );
+    let home = CString::new(account.home.as_str()).unwrap_or_else(|_| c"/".into());
     let pty = if request.tty {
         Some(open_node_pty().map_err(fail("open a pty in the node"))?)
     } else {
@@ -107,8 +115,8 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
                 request.user_namespace,
                 pty.as_ref(),
                 &confinement,
-                &command,
-                &env,
+                (&account, &home),
+                (&command, &env),
             );
             let _ = writeln!(
                 std::io::stderr(),
@@ -136,14 +144,37 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     }
 }
 
-/// In the child: join the cgroup, take the pty as controlling terminal, exec.
+/// The node's root, also when its image has no /etc/passwd.
+fn root_account() -> Account {
+    Account {
+        uid: 0,
+        gid: 0,
+        home: "/root".into(),
+    }
+}
+
+/// The command's environment: the caller's TERM and nothing else of the caller's.
+fn environment(user: &str, account: &Account, term: Option<String>) -> Vec<CString> {
+    let mut env = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        format!("HOME={}", account.home),
+        format!("USER={user}"),
+        "container=magestack".to_string(),
+    ];
+    env.extend(term.map(|term| format!("TERM={term}")));
+    env.into_iter()
+        .filter_map(|e| CString::new(e).ok())
+        .collect()
+}
+
+/// In the child: join the cgroup, take the pty as controlling terminal, become the user, exec.
 fn become_command(
     cgroup_join: &[File],
     user_namespace: bool,
     pty: Option<&(PtyMaster, String)>,
     confinement: &Confinement,
-    command: &[CString],
-    env: &[CString],
+    (account, home): (&Account, &CString),
+    (command, env): (&[CString], &[CString]),
 ) -> nix::errno::Errno {
     let result = (|| -> nix::Result<std::convert::Infallible> {
         for mut procs in cgroup_join {
@@ -176,11 +207,21 @@ fn become_command(
             unistd::setresgid(0.into(), 0.into(), 0.into())?;
             unistd::setresuid(0.into(), 0.into(), 0.into())?;
         }
-        unistd::chdir("/")?;
         let confined = |result: Result<(), crate::confinement::ConfinementError>| {
             result.map_err(|_| nix::errno::Errno::EPERM)
         };
+        // Capabilities leave the bounding set while we are still root; then the user change.
         confined(confinement.narrow())?;
+        if account.uid != 0 || account.gid != 0 {
+            let gid = unistd::Gid::from_raw(account.gid);
+            unistd::setgroups(&[gid])?;
+            unistd::setresgid(gid, gid, gid)?;
+            let uid = unistd::Uid::from_raw(account.uid);
+            unistd::setresuid(uid, uid, uid)?;
+        }
+        if unistd::chdir(home.as_c_str()).is_err() {
+            unistd::chdir("/")?;
+        }
         confined(confinement.seal())?;
         unistd::execvpe(&command[0], command, env)
     })();

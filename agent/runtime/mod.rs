@@ -24,7 +24,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::api::init::{Handshake, InitPlan, InitReply, InitRequest, ProcessStatus, VolumeMount};
 use crate::api::{read_message, write_message};
-use crate::config::{Config, NodeSpec};
+use crate::config::{Config, LogRotation, NodeSpec};
 use crate::image::ImageStore;
 use crate::net::HostNetwork;
 use cgroup::{Cgroups, Limits, NodeCgroup};
@@ -95,6 +95,7 @@ pub struct Runtime {
     pub cgroup_parent: String,
     pub images: ImageStore,
     pub stop_timeout: Duration,
+    pub log_rotation: LogRotation,
     /// The binary re-executed as each node's init.
     pub init_binary: PathBuf,
     pub network: HostNetwork,
@@ -134,6 +135,7 @@ impl Runtime {
             cgroup_parent: host.cgroup.clone(),
             images: ImageStore::new(&host.state_dir),
             stop_timeout: host.stop_timeout,
+            log_rotation: config.logs,
             init_binary: PathBuf::from("/proc/self/exe"),
             idmaps: IdMaps::load(&host.state_dir).map_err(|source| RuntimeError::Host {
                 what: "reading the node id ranges".into(),
@@ -308,6 +310,7 @@ impl Runtime {
             hosts_file: paths.hosts_file(),
             resolv_file: paths.resolv_file(),
             stop_timeout: self.stop_timeout,
+            log_rotation: self.log_rotation,
             join_cgroup: if born_in_cgroup {
                 Vec::new()
             } else {

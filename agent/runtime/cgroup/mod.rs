@@ -6,8 +6,12 @@
 //! to the daemon, `<hierarchy>` is that subtree and the daemon runs in its `agent` leaf
 //! (`delegation.rs`). Every call blocks (`kill_all` and `remove`
 //! poll for up to seconds), so async callers run them on a blocking thread.
+//!
+//! `create` also limits which devices the node may use (`devices/`): through the v1 `devices`
+//! controller, or a BPF device program attached to the node's cgroup on v2.
 
 mod delegation;
+mod devices;
 mod mountinfo;
 mod v1;
 mod v2;
@@ -72,7 +76,7 @@ pub enum CgroupError {
     Mountinfo { line: usize, text: String },
     #[error(
         "no usable cgroup hierarchy in the mountinfo: {CGROUP_ROOT} is not cgroup2 and no cgroup v1 \
-         memory, pids, cpu, cpuacct or freezer controller is mounted"
+         memory, pids, cpu, cpuacct, freezer or devices controller is mounted"
     )]
     NoHierarchy,
     #[error("cgroup parent {parent:?} is not a relative cgroup path: {reason}")]
@@ -120,6 +124,23 @@ pub enum CgroupError {
     },
     #[error("node {node}: cannot remove cgroup {}: {source}", path.display())]
     Remove {
+        node: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "node {node}: the kernel refused the device program for cgroup {}: {source}{}",
+        path.display(),
+        verifier_log(log)
+    )]
+    LoadDeviceProgram {
+        node: String,
+        path: PathBuf,
+        source: io::Error,
+        log: String,
+    },
+    #[error("node {node}: cannot attach the device program to cgroup {}: {source}", path.display())]
+    AttachDeviceProgram {
         node: String,
         path: PathBuf,
         source: io::Error,
@@ -405,12 +426,13 @@ pub struct NodeCgroup {
 }
 
 impl NodeCgroup {
-    /// Makes the node's cgroup with its limits, or nothing: on failure every directory this call
-    /// made is removed again.
+    /// Makes the node's cgroup with its limits and device rules, or nothing: on failure every
+    /// directory this call made is removed again (and with it a device program attached to it).
     ///
-    /// On v2 the memory, pids and cpu controllers are enabled from the root down to the parent;
-    /// on v1 cpuset is not used, except that new directories of a hierarchy it shares get their
-    /// parent's cpus and mems (the kernel refuses tasks in a cpuset without them).
+    /// On v2 the memory, pids and cpu controllers are enabled from the root down to the parent,
+    /// and the device program is attached last; on v1 the device rules are control writes among
+    /// the limits. On v1 cpuset is not used, except that new directories of a hierarchy it shares
+    /// get their parent's cpus and mems (the kernel refuses tasks in a cpuset without them).
     pub fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
         self.check_names()?;
         let writes = self.limit_writes(limits)?;
@@ -419,7 +441,12 @@ impl NodeCgroup {
             Layout::V1(hierarchies) => v1::make_dirs(self, hierarchies, &mut created),
             Layout::V2 { root } => v2::make_dirs(self, root, limits, &mut created),
         };
-        let result = made.and_then(|()| self.apply(&writes));
+        let result = made
+            .and_then(|()| self.apply(&writes))
+            .and_then(|()| match &self.layout {
+                Layout::V1(_) => Ok(()),
+                Layout::V2 { root } => v2::limit_devices(self, root),
+            });
         if result.is_err() {
             for dir in created.iter().rev() {
                 if let Err(error) = fs::remove_dir(dir) {
@@ -558,8 +585,8 @@ impl NodeCgroup {
         })
     }
 
-    /// The control-file writes that set `limits`, planned before anything is made so a bad
-    /// limit fails without side effects.
+    /// The control-file writes that set `limits` (and on v1 the device rules), planned before
+    /// anything is made so a bad limit fails without side effects.
     fn limit_writes(&self, limits: &Limits) -> Result<Vec<ControlWrite>, CgroupError> {
         match &self.layout {
             Layout::V1(hierarchies) => v1::limit_writes(self, hierarchies, limits),
@@ -725,6 +752,15 @@ impl NodeCgroup {
                 sleep(POLL);
             }
         }
+    }
+}
+
+/// The verifier's log on lines of its own after an error, when there is one.
+fn verifier_log(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!("; verifier log:\n{log}")
     }
 }
 

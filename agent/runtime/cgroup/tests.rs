@@ -27,7 +27,7 @@ pub(super) const V2: &str = "\
 30 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
 
-const V1_MOUNTS: [&str; 5] = ["cpu", "cpuacct", "memory", "freezer", "pids"];
+const V1_MOUNTS: [&str; 6] = ["cpu", "cpuacct", "memory", "devices", "freezer", "pids"];
 
 /// A plain directory standing in for this machine's v1 cgroupfs.
 fn fake_v1() -> (TempDir, Cgroups) {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::mountinfo::Mount;
 use super::{
-    read_number, CgroupError, CgroupStats, ControlWrite, Limits, NodeCgroup, CGROUP_ROOT,
+    devices, read_number, CgroupError, CgroupStats, ControlWrite, Limits, NodeCgroup, CGROUP_ROOT,
     CPU_PERIOD_USEC, MOUNTINFO, POLL,
 };
 
@@ -20,6 +20,7 @@ pub(super) enum Controller {
     Cpu,
     Cpuacct,
     Freezer,
+    Devices,
     /// Never used itself, but a hierarchy it shares needs its cpus and mems set up.
     Cpuset,
 }
@@ -32,6 +33,7 @@ impl Controller {
             "cpu" => Controller::Cpu,
             "cpuacct" => Controller::Cpuacct,
             "freezer" => Controller::Freezer,
+            "devices" => Controller::Devices,
             "cpuset" => Controller::Cpuset,
             _ => return None,
         })
@@ -44,6 +46,7 @@ impl Controller {
             Controller::Cpu => "cpu",
             Controller::Cpuacct => "cpuacct",
             Controller::Freezer => "freezer",
+            Controller::Devices => "devices",
             Controller::Cpuset => "cpuset",
         }
     }
@@ -115,6 +118,7 @@ pub(super) fn limit_writes(
             path: MOUNTINFO.into(),
         })
     };
+    let devices_dir = required(Controller::Devices)?;
     let mut writes = Vec::new();
     if let Some(bytes) = limits.memory_bytes {
         let dir = required(Controller::Memory)?;
@@ -133,6 +137,7 @@ pub(super) fn limit_writes(
         let dir = required(Controller::Pids)?;
         writes.push(ControlWrite::new(dir.join("pids.max"), pids));
     }
+    writes.extend(devices::v1_writes(&devices_dir));
     Ok(writes)
 }
 
@@ -240,6 +245,7 @@ mod tests {
                 ("/sys/fs/cgroup/cpu".to_string(), vec![Cpu]),
                 ("/sys/fs/cgroup/cpuacct".to_string(), vec![Cpuacct]),
                 ("/sys/fs/cgroup/memory".to_string(), vec![Memory]),
+                ("/sys/fs/cgroup/devices".to_string(), vec![Devices]),
                 ("/sys/fs/cgroup/freezer".to_string(), vec![Freezer]),
                 ("/sys/fs/cgroup/pids".to_string(), vec![Pids]),
             ]
@@ -278,7 +284,7 @@ mod tests {
         let writes = limit_writes(&node, &hierarchies, &limits).unwrap();
         let base = Path::new("/sys/fs/cgroup");
         assert_eq!(
-            writes,
+            writes[..4],
             [
                 ControlWrite::new(
                     base.join("memory/magestack/web1/memory.limit_in_bytes"),
@@ -289,9 +295,11 @@ mod tests {
                 ControlWrite::new(base.join("pids/magestack/web1/pids.max"), "32"),
             ]
         );
+        let device_writes = devices::v1_writes(&base.join("devices/magestack/web1"));
+        assert_eq!(writes[4..], device_writes);
         assert_eq!(
             limit_writes(&node, &hierarchies, &Limits::default()).unwrap(),
-            []
+            device_writes
         );
     }
 

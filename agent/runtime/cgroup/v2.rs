@@ -2,12 +2,13 @@
 //! ancestor lists it in cgroup.subtree_control.
 
 use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    read_number, CgroupError, CgroupStats, ControlWrite, Limits, NodeCgroup, CPU_PERIOD_USEC,
+    devices, read_number, CgroupError, CgroupStats, ControlWrite, Limits, NodeCgroup,
+    CPU_PERIOD_USEC,
 };
 
 /// Controllers enabled down to the node's parent: the limits' controllers plus memory for
@@ -115,6 +116,12 @@ pub(super) fn open_dir(node: &NodeCgroup, root: &Path) -> Result<OwnedFd, Cgroup
             path: dir,
             source,
         })
+}
+
+/// Attaches the device program to the node's new cgroup, before any process is in it.
+pub(super) fn limit_devices(node: &NodeCgroup, root: &Path) -> Result<(), CgroupError> {
+    let cgroup = open_dir(node, root)?;
+    devices::attach_program(node, cgroup.as_fd(), &node.dir_in(root))
 }
 
 /// Writes cgroup.kill, which signals the whole subtree at once (Linux 5.14+); older kernels get
