@@ -169,6 +169,20 @@ impl Runtime {
                     .map_err(io_error(node, "allocate the node's id range"))?,
             )
         };
+        if id_base.is_some() {
+            for dir in [&paths.run, &paths.layer, &paths.volumes] {
+                if let Some((closed, mode)) = paths::first_unsearchable(dir) {
+                    return Err(RuntimeError::Host {
+                        what: format!(
+                            "node {node}: {} has mode {mode:04o}: the node's user namespace needs search permission (o+x) on every directory down to {}",
+                            closed.display(),
+                            dir.display()
+                        ),
+                        source: std::io::ErrorKind::PermissionDenied.into(),
+                    });
+                }
+            }
+        }
         let mut undo = Undo::new();
 
         if paths.run.exists() {

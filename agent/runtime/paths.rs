@@ -85,3 +85,39 @@ pub fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
         .create(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
+
+/// The first directory from `/` down to `path` (included, where it exists) that users other
+/// than its owner cannot search: a node's init, an unprivileged id on the host, reaches its mount
+/// point, layers and volumes by path and needs `o+x` on each of them.
+pub fn first_unsearchable(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .filter_map(|dir| Some((dir, std::fs::metadata(dir).ok()?)))
+        .find(|(_, metadata)| metadata.is_dir() && metadata.permissions().mode() & 0o001 == 0)
+        .map(|(dir, metadata)| (dir.to_path_buf(), metadata.permissions().mode() & 0o7777))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_first_closed_directory_on_the_way_down_is_named() {
+        let base = tempfile::tempdir().unwrap();
+        let open = base.path().join("open");
+        let closed = open.join("closed");
+        let inner = closed.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        for dir in [base.path(), &open, &inner] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(first_unsearchable(&inner), Some((closed.clone(), 0o700)));
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(first_unsearchable(&inner.join("not-yet-made")), None);
+    }
+}
