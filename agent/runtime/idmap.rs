@@ -30,14 +30,26 @@ struct Recorded {
 }
 
 impl IdMaps {
+    /// Reads the recorded ranges. A file that does not decode (a torn write, a bad edit) is
+    /// reported and rebuilt from the owners of the nodes' writable layers and volumes, which
+    /// carry each node's root id on the host.
     pub fn load(state_dir: &Path) -> std::io::Result<IdMaps> {
         let path = state_dir.join("idmaps.json");
         let slots = match std::fs::read(&path) {
-            Ok(data) => {
-                serde_json::from_slice::<Recorded>(&data)
-                    .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?
-                    .slots
-            }
+            Ok(data) => match decode(&data) {
+                Ok(slots) => slots,
+                Err(error) => {
+                    let slots = recover_from_owners(state_dir);
+                    tracing::error!(
+                        file = %path.display(),
+                        %error,
+                        recovered = slots.len(),
+                        "unreadable id ranges: rebuilt from the owners of node layers and volumes"
+                    );
+                    write_atomic(&path, &encode(&slots)?)?;
+                    slots
+                }
+            },
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(error),
         };
@@ -56,17 +68,79 @@ impl IdMaps {
             return Ok(host_base(*slot));
         }
         let slot = first_free(slots.values().copied());
+        if slot >= SLOTS {
+            return Err(std::io::Error::other(format!(
+                "all {SLOTS} id ranges are taken (see {})",
+                self.path.display()
+            )));
+        }
         slots.insert(node.to_string(), slot);
-        let recorded = Recorded {
-            slots: slots.clone(),
-        };
-        let data = serde_json::to_vec_pretty(&recorded).map_err(std::io::Error::other)?;
+        let data = encode(&slots)?;
         if let Err(error) = write_atomic(&self.path, &data) {
             slots.remove(node);
             return Err(error);
         }
         Ok(host_base(slot))
     }
+}
+
+/// How many ranges fit above [`FIRST_HOST_ID`] in 32-bit ids (the last id, -1, is not an id).
+const SLOTS: u32 = ((u32::MAX - FIRST_HOST_ID) / RANGE) - 1;
+
+fn decode(data: &[u8]) -> Result<BTreeMap<String, u32>, String> {
+    let recorded: Recorded = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (node, slot) in &recorded.slots {
+        if *slot >= SLOTS || !seen.insert(*slot) {
+            return Err(format!(
+                "node {node}: slot {slot} is out of range or given twice"
+            ));
+        }
+    }
+    Ok(recorded.slots)
+}
+
+fn encode(slots: &BTreeMap<String, u32>) -> std::io::Result<Vec<u8>> {
+    let recorded = Recorded {
+        slots: slots.clone(),
+    };
+    serde_json::to_vec_pretty(&recorded).map_err(std::io::Error::other)
+}
+
+/// Each node's slot from the host owner of `state_dir/nodes/<node>/upper` or, for a node whose
+/// layer is gone, of one of its volumes; directories not owned by a range's root are skipped.
+fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut slots = BTreeMap::new();
+    let owners = |dir: PathBuf, inner: &'static str| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(move |entry| {
+                let node = entry.file_name().to_str()?.to_string();
+                let probe = if inner.is_empty() {
+                    std::fs::read_dir(entry.path())
+                        .ok()?
+                        .flatten()
+                        .next()?
+                        .path()
+                } else {
+                    entry.path().join(inner)
+                };
+                let uid = std::fs::symlink_metadata(probe).ok()?.uid();
+                let offset = uid.checked_sub(FIRST_HOST_ID)?;
+                (offset % RANGE == 0 && offset / RANGE < SLOTS).then_some((node, offset / RANGE))
+            })
+    };
+    let found =
+        owners(state_dir.join("nodes"), "upper").chain(owners(state_dir.join("volumes"), ""));
+    for (node, slot) in found {
+        if !slots.values().any(|taken| *taken == slot) {
+            slots.entry(node).or_insert(slot);
+        }
+    }
+    slots
 }
 
 fn host_base(slot: u32) -> u32 {
@@ -203,6 +277,49 @@ mod tests {
         let reloaded = IdMaps::load(dir.path()).unwrap();
         assert_eq!(reloaded.base_of("db1").unwrap(), db1);
         assert_eq!(reloaded.base_of("acc1").unwrap(), FIRST_HOST_ID + 2 * RANGE);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_rebuilt_from_the_owners_of_node_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = IdMaps::load(dir.path()).unwrap();
+        for node in ["web1", "db1", "acc1"] {
+            let base = maps.base_of(node).unwrap();
+            let upper = dir.path().join("nodes").join(node).join("upper");
+            std::fs::create_dir_all(&upper).unwrap();
+            give_to_node(&upper, base).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("idmaps.json"),
+            b"{\"slots\": {\"web1\": 0, \"db",
+        )
+        .unwrap();
+        let recovered = IdMaps::load(dir.path()).unwrap();
+        assert_eq!(recovered.base_of("db1").unwrap(), FIRST_HOST_ID + RANGE);
+        assert_eq!(
+            recovered.base_of("acc1").unwrap(),
+            FIRST_HOST_ID + 2 * RANGE
+        );
+        assert_eq!(
+            recovered.base_of("mail1").unwrap(),
+            FIRST_HOST_ID + 3 * RANGE
+        );
+        // The rebuilt record was written back.
+        assert!(decode(&std::fs::read(dir.path().join("idmaps.json")).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn slots_out_of_range_or_shared_are_refused() {
+        assert!(decode(br#"{"slots": {"a": 4000000000}}"#).is_err());
+        assert!(decode(br#"{"slots": {"a": 1, "b": 1}}"#).is_err());
+        assert_eq!(decode(br#"{"slots": {"a": 1}}"#).unwrap()["a"], 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode(&data);
+        }
     }
 
     #[test]
