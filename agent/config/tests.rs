@@ -306,3 +306,23 @@ fn log_dir_is_read_leniently_like_run_dir() {
         std::path::PathBuf::from("/var/log/magestack")
     );
 }
+
+#[test]
+fn a_privileged_role_must_state_its_reason_and_no_shipped_role_is_privileged() {
+    let privileged = |extra: &str| {
+        SLEEPER.replace(
+            "image = \"busybox\"\n",
+            &format!("image = \"busybox\"\nprivileged = true\n{extra}"),
+        )
+    };
+    let error = first_error(&privileged(""));
+    assert!(error.message.contains("privileged_reason"), "{error}");
+    assert_eq!(error.line, 8);
+    let config = parse_text(&privileged(
+        "privileged_reason = \"loads a kernel module\"\n",
+    ))
+    .unwrap();
+    assert!(config.nodes["s1"].privileged);
+    let shipped = load(None).unwrap();
+    assert!(shipped.nodes.values().all(|node| !node.privileged));
+}
