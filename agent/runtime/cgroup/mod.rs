@@ -75,8 +75,8 @@ pub enum CgroupError {
     #[error("mountinfo line {line} is malformed: {text:?}")]
     Mountinfo { line: usize, text: String },
     #[error(
-        "no usable cgroup hierarchy in the mountinfo: {CGROUP_ROOT} is not cgroup2 and no cgroup v1 \
-         memory, pids, cpu, cpuacct, freezer or devices controller is mounted"
+        "no usable cgroup hierarchy in the mountinfo: {CGROUP_ROOT} is not cgroup2 and no \
+         cgroup v1 memory, pids, cpu, cpuacct, freezer or devices controller is mounted"
     )]
     NoHierarchy,
     #[error("cgroup parent {parent:?} is not a relative cgroup path: {reason}")]

@@ -328,4 +328,25 @@ mod tests {
         );
         assert!(error.to_string().contains("web1"), "{error}");
     }
+
+    #[test]
+    fn a_host_without_the_devices_controller_runs_no_node() {
+        let without_devices: String = HYBRID
+            .lines()
+            .filter(|l| !l.ends_with(",devices"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let (node, hierarchies) = v1_node(&without_devices);
+        let error = limit_writes(&node, &hierarchies, &Limits::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CgroupError::ControllerMissing {
+                    controller: "devices",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
 }
