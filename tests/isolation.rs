@@ -337,3 +337,34 @@ fn a_caller_that_is_not_root_is_refused_and_logged() {
         host.daemon_log().contains("non-root caller")
     });
 }
+
+#[test]
+fn even_a_privileged_node_reaches_only_its_minimal_devices() {
+    let mut host = TestHost::new(
+        "devices",
+        &format!(
+            "[nodes.s1]\nrole = \"sleeper\"\n{SLEEPER_ROLE}"
+        )
+        .replace(
+            "[[roles.sleeper.process]]\nname = \"sleep\"",
+            "privileged = true\nprivileged_reason = \"device cgroup test\"\n[[roles.sleeper.process]]\nname = \"sleep\"",
+        ),
+    );
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    // Without a user namespace root may make device nodes; the device controller decides
+    // which it may create and open. The root is not mounted nodev, /tmp is.
+    let (allowed, text) = attempt(
+        &host,
+        "s1",
+        "mknod /null-again c 1 3 && echo fine > /null-again && rm /null-again",
+    );
+    assert!(allowed, "an allowed device was refused: {text}");
+    let kmsg = refused(&host, "mknod /kmsg c 1 11");
+    assert!(kmsg.contains("not permitted"), "{kmsg}");
+    let (major, minor) = first_block_device();
+    refused(
+        &host,
+        &format!("mknod /disk b {major} {minor} || head -c 512 /dev/block/{major}:{minor}"),
+    );
+}
