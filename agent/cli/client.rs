@@ -15,6 +15,14 @@ pub fn send(socket: &Path, request: &Request) -> Result<Response> {
             socket.display()
         )
     })?;
-    write_message(&stream, request).context("sending the request")?;
-    read_message(&stream).context("reading the agent's answer")
+    // The agent may answer and close before reading (a refused caller): its answer is still
+    // there to read even when sending failed, and says more than the broken pipe.
+    let sent = write_message(&stream, request);
+    match read_message(&stream) {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            sent.context("sending the request")?;
+            Err(error).context("reading the agent's answer")
+        }
+    }
 }

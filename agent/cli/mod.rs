@@ -1,6 +1,7 @@
 //! Command-line parsing and the client side of every subcommand.
 
 mod client;
+mod image;
 mod logs;
 mod table;
 
@@ -86,8 +87,19 @@ enum Command {
     /// Print a shell completion script (e.g. `magestack-agent completions bash >
     /// /etc/bash_completion.d/magestack-agent`).
     Completions { shell: clap_complete::Shell },
-    /// Print the manual page (roff), e.g. `magestack-agent man | man -l -`.
-    Man,
+    /// The image store: build images from their recipes, list them, remove them.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
+    /// Print the manual page (roff), e.g. `magestack-agent man | man -l -`; with `--dir`, write it
+    /// and one page per subcommand there instead.
+    Man {
+        /// Where to write magestack-agent.1 and magestack-agent-<command>.1, e.g.
+        /// /usr/local/share/man/man1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +227,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image { command } => image::run(config_path.as_deref(), command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -224,8 +237,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing manual pages into {}", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
@@ -253,15 +271,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn config_check(path: Option<PathBuf>) -> Result<ExitCode> {
-    let state_dir = config::load(path.as_deref())
-        .map(|c| c.host.state_dir)
+    let images = config::load(path.as_deref())
+        .map(|c| magestack_agent::image::ImageStore::for_config(&c))
         .map_err(|error| anyhow::anyhow!("{error}"));
-    let result = state_dir.and_then(|dir| {
-        magestack_agent::daemon::load_checked(
-            path.as_deref(),
-            &magestack_agent::image::ImageStore::new(&dir),
-        )
-        .map_err(|error| anyhow::anyhow!("{error}"))
+    let result = images.and_then(|images| {
+        magestack_agent::daemon::load_checked(path.as_deref(), &images)
+            .map_err(|error| anyhow::anyhow!("{error}"))
     });
     match result {
         Ok(config) => {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::write_atomic;
+use crate::runtime::{remove_stale_temps, write_atomic};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DesiredState {
@@ -17,16 +17,45 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// Reads the operator's wishes. A corrupt file (a disk that lied about a write) does not
+    /// keep the daemon down: it is reported, kept aside as `desired.json.corrupt` for the
+    /// operator, and every configured node is wanted, as on a fresh host.
     pub fn load(state_dir: &Path) -> std::io::Result<DesiredState> {
         let path = state_dir.join("desired.json");
+        remove_stale_temps(&path);
         let mut state = match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?,
+            Ok(data) => match DesiredState::decode(&data) {
+                Ok(state) => state,
+                Err(error) => {
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(
+                        "{}: corrupt desired state ({error}); moved to {}; every configured node will run",
+                        path.display(),
+                        aside.display()
+                    );
+                    std::fs::rename(&path, &aside).map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("moving corrupt {} aside: {e}", path.display()),
+                        )
+                    })?;
+                    DesiredState::default()
+                }
+            },
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => DesiredState::default(),
-            Err(error) => return Err(error),
+            Err(error) => {
+                return Err(std::io::Error::new(
+                    error.kind(),
+                    format!("{}: {error}", path.display()),
+                ))
+            }
         };
         state.path = path;
         Ok(state)
+    }
+
+    fn decode(data: &[u8]) -> Result<DesiredState, serde_json::Error> {
+        serde_json::from_slice(data)
     }
 
     pub fn wants_running(&self, node: &str) -> bool {
@@ -34,20 +63,28 @@ impl DesiredState {
     }
 
     /// Records the wish for every named node and persists it, in one atomic write, before
-    /// anything acts on it.
+    /// anything acts on it. When the write fails (a full disk) nothing changes, in memory
+    /// either, so the daemon never acts on a wish it could not keep.
     pub fn set_running(&mut self, nodes: &[String], running: bool) -> std::io::Result<()> {
-        let mut changed = false;
+        let mut stopped = self.stopped.clone();
         for node in nodes {
-            changed |= if running {
-                self.stopped.remove(node)
+            if running {
+                stopped.remove(node);
             } else {
-                self.stopped.insert(node.clone())
-            };
+                stopped.insert(node.clone());
+            }
         }
-        if changed {
-            let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-            write_atomic(&self.path, &data)?;
+        if stopped == self.stopped {
+            return Ok(());
         }
+        let wished = DesiredState {
+            stopped,
+            path: self.path.clone(),
+        };
+        let data = serde_json::to_vec_pretty(&wished).map_err(std::io::Error::other)?;
+        write_atomic(&self.path, &data)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))?;
+        *self = wished;
         Ok(())
     }
 }
@@ -55,6 +92,7 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn stopped_nodes_persist() {
@@ -68,5 +106,49 @@ mod tests {
         assert!(DesiredState::load(dir.path())
             .unwrap()
             .wants_running("web1"));
+    }
+
+    #[test]
+    fn a_wish_that_cannot_be_written_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = DesiredState::load(&dir.path().join("gone")).unwrap();
+        let error = state.set_running(&["web1".into()], false).unwrap_err();
+        assert!(error.to_string().contains("desired.json"), "{error}");
+        assert!(state.wants_running("web1"));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_set_aside_and_every_node_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("desired.json");
+        std::fs::write(&path, b"{\"stopped\": [\"web").unwrap();
+        std::fs::write(dir.path().join("desired.tmp-4000000"), b"{").unwrap();
+        let mut state = DesiredState::load(dir.path()).unwrap();
+        assert!(state.wants_running("web"));
+        assert!(dir.path().join("desired.json.corrupt").exists());
+        assert!(!dir.path().join("desired.tmp-4000000").exists());
+        state.set_running(&["db1".into()], false).unwrap();
+        assert!(!DesiredState::load(dir.path()).unwrap().wants_running("db1"));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = DesiredState::decode(&bytes);
+        }
+
+        #[test]
+        fn a_torn_file_never_keeps_the_daemon_down(
+            nodes in proptest::collection::btree_set("[a-z]{1,6}[0-9]", 0..6),
+            cut in 0usize..200,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let whole = serde_json::to_vec_pretty(&DesiredState { stopped: nodes.clone(), path: PathBuf::new() }).unwrap();
+            std::fs::write(dir.path().join("desired.json"), &whole[..cut.min(whole.len())]).unwrap();
+            let state = DesiredState::load(dir.path()).unwrap();
+            if cut >= whole.len() {
+                prop_assert_eq!(state.stopped, nodes);
+            }
+        }
     }
 }

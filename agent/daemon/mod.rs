@@ -33,7 +33,8 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("agent.sock")
 }
 
-/// Loads the configuration and checks what parsing alone cannot: that every image exists.
+/// Loads the configuration and checks what parsing alone cannot: that every image exists, and
+/// that the recipes of those built from one are valid.
 pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, ConfigError> {
     let config = config::load(path)?;
     let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -42,7 +43,12 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
             missing.entry(&node.image).or_default().push(&node.name);
         }
     }
-    if missing.is_empty() {
+    let used: BTreeSet<&str> = config.nodes.values().map(|n| n.image.as_str()).collect();
+    let recipe_problems: Vec<config::Diagnostic> = used
+        .into_iter()
+        .flat_map(|image| images.recipe_problems(image))
+        .collect();
+    if missing.is_empty() && recipe_problems.is_empty() {
         return Ok(config);
     }
     Err(ConfigError::Invalid(
@@ -58,12 +64,13 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
                     crate::image::BUILT_IN.join(", ")
                 ),
             })
+            .chain(recipe_problems)
             .collect(),
     ))
 }
 
 pub fn run(config_path: Option<PathBuf>) -> Result<()> {
-    let host_images = |config: &Config| ImageStore::new(&config.host.state_dir);
+    let host_images = ImageStore::for_config;
     let config = config::load(config_path.as_deref())?;
     let config = load_checked(config_path.as_deref(), &host_images(&config))?;
     for dir in [&config.host.state_dir, &config.host.log_dir] {
@@ -118,10 +125,13 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     let configured: BTreeSet<String> = config.nodes.keys().cloned().collect();
     runtime.sweep(&adopted_names, &configured);
     dead_restarts.retain(|node, _| configured.contains(node));
+    // Built-in images take milliseconds: ready before the first start. Images from recipes take
+    // minutes: each is built by the first start of a node that needs it, off the event loop.
     for image in config
         .nodes
         .values()
         .map(|n| n.image.as_str())
+        .filter(|image| crate::image::BUILT_IN.contains(image))
         .collect::<BTreeSet<_>>()
     {
         if let Err(error) = runtime.images.rootfs(image) {

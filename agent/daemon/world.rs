@@ -447,9 +447,19 @@ impl World {
             "init exited; cleaning up and restarting the node"
         );
         entry.restarts += 1;
+        // A node that ran for a while before its init died starts its backoff afresh.
+        let ran_for = entry.handle.as_ref().map_or(0, |h| {
+            crate::runtime::unix_now().saturating_sub(h.record.started_at)
+        });
+        if ran_for >= RETRY_CAP.as_secs() {
+            entry.deaths_in_row = 0;
+        }
         entry.deaths_in_row += 1;
-        entry.error = Some(format!("init (pid {pid}) exited unexpectedly"));
         let delay = (RETRY_BASE * (1 << (entry.deaths_in_row - 1).min(6))).min(RETRY_CAP);
+        entry.error = Some(format!(
+            "init (pid {pid}) exited unexpectedly; next start in {}s",
+            delay.as_secs()
+        ));
         entry.retry_at = Some(Instant::now() + delay);
         entry.phase = Phase::Stopping;
         entry.handle = None;

@@ -171,8 +171,15 @@ fn become_process(
 }
 
 /// A pipe whose read end the init keeps and whose write end every run of one process inherits.
+/// Only the read end is non-blocking: a process that outruns the init must wait for it, not
+/// lose its lines to EAGAIN.
 pub fn output_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
-    unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+    let (read, write) = unistd::pipe2(OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+    )?;
+    Ok((read, write))
 }
 
 #[cfg(test)]
@@ -209,6 +216,18 @@ mod tests {
         assert!(!env.contains(&format!("PATH={DEFAULT_PATH}").as_str()));
         assert!(env.contains(&"HOME=/var/www"));
         assert_eq!(launch.uid.as_raw(), 33);
+    }
+
+    #[test]
+    fn only_the_read_end_of_an_output_pipe_is_non_blocking() {
+        let (read, write) = output_pipe().unwrap();
+        let flags = |fd: &OwnedFd| {
+            OFlag::from_bits_truncate(
+                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+            )
+        };
+        assert!(flags(&read).contains(OFlag::O_NONBLOCK));
+        assert!(!flags(&write).contains(OFlag::O_NONBLOCK));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use cgroup::{Cgroups, Limits, NodeCgroup};
 pub use clone::{pidfd_signal, reap, wait_exit};
 use idmap::IdMaps;
 pub use paths::{create_dir, HostDirs, NodePaths};
-pub use record::{process_start_ticks, write_atomic, NodeRecord};
+pub use record::{process_start_ticks, remove_stale_temps, write_atomic, NodeRecord};
 use undo::Undo;
 
 /// How long a node may take from clone to "ready".
@@ -133,7 +133,7 @@ impl Runtime {
             },
             cgroups: Cgroups::detect().map_err(RuntimeError::Cgroups)?,
             cgroup_parent: host.cgroup.clone(),
-            images: ImageStore::new(&host.state_dir),
+            images: ImageStore::for_config(config),
             stop_timeout: host.stop_timeout,
             log_rotation: config.logs,
             init_binary: PathBuf::from("/proc/self/exe"),
@@ -449,7 +449,18 @@ impl Runtime {
     /// is gone (the caller cleans up and restarts it).
     pub fn adopt(&self, node: &str) -> Option<NodeHandle> {
         let paths = self.dirs.node(node);
-        let record = NodeRecord::load(&paths.record()).ok()?;
+        let record = match NodeRecord::load(&paths.record()) {
+            Ok(record) => record,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                tracing::error!(
+                    node,
+                    "{error}; the node is cleaned up and started again from its configuration"
+                );
+                return None;
+            }
+        };
+        remove_stale_temps(&paths.record());
         if record.name != node || process_start_ticks(record.pid) != Some(record.start_ticks) {
             return None;
         }

@@ -1,5 +1,7 @@
 //! `run_dir/nodes/<node>/state.json`: what re-adopting a running node needs. Written atomically
-//! (temp file, fsync, rename) so a crash leaves the old record or the new one, never a torn one.
+//! (temp file, fsync, rename, fsync of the directory) so a crash or power cut leaves the old
+//! record or the new one, never a torn one; a record torn anyway (a disk that lied) fails to
+//! decode, and the daemon then cleans the node up and starts it again from its configuration.
 
 use std::io::Write;
 use std::path::Path;
@@ -27,8 +29,12 @@ pub struct NodeRecord {
     pub id_base: Option<u32>,
 }
 
+/// Replaces `path` with `data` so that a crash at any instant leaves the old or the new file:
+/// a temp file beside it is written and fsynced, renamed over it, and the directory fsynced so
+/// the rename itself survives a power cut. On failure (a full disk) the old file is untouched
+/// and the temp file removed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let temp = temp_path(path, std::process::id());
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(data)?;
@@ -45,15 +51,50 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// `<stem>.tmp-<pid>`: where [`write_atomic`] of process `pid` writes before the rename.
+fn temp_path(path: &Path, pid: u32) -> std::path::PathBuf {
+    path.with_extension(format!("tmp-{pid}"))
+}
+
+/// Removes the temp files a crashed [`write_atomic`] of `path` left beside it.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem()) else {
+        return;
+    };
+    let prefix = format!("{}.tmp-", stem.to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let pid = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| pid != std::process::id()) {
+            tracing::info!("removing {}, left by a crash", entry.path().display());
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl NodeRecord {
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         write_atomic(path, &data)
     }
 
+    /// Reads a record; a missing file is `NotFound`, a torn or corrupt one `InvalidData`
+    /// naming the file.
     pub fn load(path: &Path) -> std::io::Result<NodeRecord> {
         let data = std::fs::read(path)?;
-        serde_json::from_slice(&data).map_err(std::io::Error::other)
+        NodeRecord::decode(&data).map_err(|error| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: corrupt node state: {error}", path.display()),
+            )
+        })
+    }
+
+    pub fn decode(data: &[u8]) -> Result<NodeRecord, serde_json::Error> {
+        serde_json::from_slice(data)
     }
 }
 
@@ -96,10 +137,88 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
+    fn sample_record() -> NodeRecord {
+        let config = crate::config::load(None).unwrap();
+        NodeRecord {
+            name: "web1".into(),
+            pid: 4242,
+            start_ticks: 123_456,
+            started_at: 1_700_000_000,
+            spec: config.nodes["web1"].clone(),
+            restarts: 3,
+            id_base: Some(1 << 20),
+        }
+    }
+
+    #[test]
+    fn a_torn_record_is_invalid_data_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let record = sample_record();
+        record.save(&path).unwrap();
+        assert_eq!(NodeRecord::load(&path).unwrap(), record);
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let error = NodeRecord::load(&path).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains(path.to_str().unwrap()), "{error}");
+        let missing = NodeRecord::load(&dir.path().join("none.json")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_failed_atomic_write_keeps_the_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old").unwrap();
+        // A directory where the temp file would go makes the write fail like a full disk.
+        std::fs::create_dir(temp_path(&path, std::process::id())).unwrap();
+        assert!(write_atomic(&path, b"new").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn stale_temps_of_other_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let stale = temp_path(&path, 4_000_000);
+        let unrelated = dir.path().join("state.tmp-notapid");
+        std::fs::write(&stale, b"{").unwrap();
+        std::fs::write(&unrelated, b"").unwrap();
+        remove_stale_temps(&path);
+        assert!(!stale.exists());
+        assert!(unrelated.exists());
+    }
+
     proptest! {
         #[test]
         fn parsing_arbitrary_stat_never_panics(text in "\\PC{0,200}") {
             let _ = parse_start_ticks(&text);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = NodeRecord::decode(&bytes);
+        }
+
+        /// A record cut short anywhere (a torn write) is refused, never read as another record.
+        #[test]
+        fn a_truncated_record_is_refused(cut in 0usize..4096) {
+            let record = sample_record();
+            let whole = serde_json::to_vec_pretty(&record).unwrap();
+            match NodeRecord::decode(&whole[..cut.min(whole.len())]) {
+                Ok(decoded) => prop_assert_eq!(decoded, record),
+                Err(_) => prop_assert!(cut < whole.len()),
+            }
+        }
+
+        /// One flipped byte either breaks the record or changes only what it says; never a panic.
+        #[test]
+        fn a_corrupted_record_never_panics(at in 0usize..4096, byte in any::<u8>()) {
+            let mut whole = serde_json::to_vec_pretty(&sample_record()).unwrap();
+            let at = at % whole.len();
+            whole[at] = byte;
+            let _ = NodeRecord::decode(&whole);
         }
     }
 }

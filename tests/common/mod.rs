@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -21,6 +20,8 @@ pub struct TestHost {
     pub config: PathBuf,
     pub cgroup: String,
     daemon: Option<Child>,
+    /// Holds this host's network number; released after `drop` removed the network.
+    _net_claim: std::fs::File,
 }
 
 /// The network of one test host.
@@ -33,14 +34,41 @@ pub struct TestNet {
 }
 
 impl TestNet {
-    fn next() -> TestNet {
-        static NEXT: AtomicU32 = AtomicU32::new(1);
-        let k = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(k < 36, "more test hosts than link prefixes");
-        TestNet {
-            bridge: format!("msb{}x{k}", std::process::id() % 100_000),
-            link_prefix: format!("t{}", char::from_digit(k, 36).unwrap()),
-            k,
+    /// A network no other live test host on this machine uses, in this test binary or in
+    /// another one running at the same time (a shared link prefix lets one host's clean-up and
+    /// sweep delete another's links). The number is held by a lock on
+    /// `/tmp/magestack-test-nets/<k>` until the host is dropped (or its process dies).
+    fn claim() -> (TestNet, std::fs::File) {
+        let dir = Path::new("/tmp/magestack-test-nets");
+        std::fs::create_dir_all(dir).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for k in 1..36u32 {
+                let lock = std::fs::File::create(dir.join(k.to_string())).unwrap();
+                // SAFETY: flock on a descriptor this function owns.
+                let locked = unsafe {
+                    libc::flock(
+                        std::os::fd::AsRawFd::as_raw_fd(&lock),
+                        libc::LOCK_EX | libc::LOCK_NB,
+                    )
+                } == 0;
+                if locked {
+                    let net = TestNet {
+                        bridge: format!("msb{}x{k}", std::process::id() % 100_000),
+                        link_prefix: format!("t{}", char::from_digit(k, 36).unwrap()),
+                        k,
+                    };
+                    // A host that died without cleaning up may have left this network behind.
+                    net.remove();
+                    return (net, lock);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no free test network in {}",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -128,13 +156,15 @@ impl TestHost {
         let dir = PathBuf::from(format!("/tmp/{cgroup}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let (net, net_claim) = TestNet::claim();
         let host = TestHost {
             name: name.into(),
-            net: TestNet::next(),
+            net,
             config: dir.join("agent.toml"),
             dir,
             cgroup,
             daemon: None,
+            _net_claim: net_claim,
         };
         host.write_config(body);
         host
@@ -377,7 +407,7 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
         return vec![PathBuf::from("/sys/fs/cgroup")];
     }
     // The v1 controllers the agent uses.
-    ["memory", "pids", "cpu", "cpuacct", "freezer"]
+    ["memory", "pids", "cpu", "cpuacct", "freezer", "devices"]
         .iter()
         .map(|c| Path::new("/sys/fs/cgroup").join(c))
         .filter(|p| p.exists())
