@@ -73,7 +73,38 @@ mod tests {
         assert!(matches!(result, Err(WireError::Closed)));
     }
 
+    /// A message cut anywhere decodes to itself or is refused, never read as another.
+    fn cut_message<T>(message: &T, cut: usize) -> Result<(), TestCaseError>
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let mut line = Vec::new();
+        write_message(&mut line, message).unwrap();
+        match decode_line::<T>(&line[..cut.min(line.len())]) {
+            Ok(decoded) => prop_assert_eq!(&decoded, message),
+            Err(_) => prop_assert!(cut < line.len()),
+        }
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn truncated_messages_are_refused(cut in 0usize..600) {
+            let processes = vec![init::ProcessStatus {
+                name: "nginx".into(),
+                pid: Some(7),
+                state: init::ProcessState::Crashloop,
+                restarts: 4,
+                last_error: Some("crash loop: 3 quick exits".into()),
+            }];
+            cut_message(&init::Handshake::Ready { processes: processes.clone() }, cut)?;
+            cut_message(&init::Handshake::Failed { step: "pivot_root".into(), error: "EINVAL".into() }, cut)?;
+            cut_message(&init::InitReply::Status { processes, health: init::HealthStatus::default() }, cut)?;
+            cut_message(&control::Request::Start { nodes: vec!["web1".into(), "db1".into()] }, cut)?;
+            cut_message(&control::Response::Done { nodes: vec!["web1".into()] }, cut)?;
+            cut_message(&control::Response::Error { message: "no node named x".into() }, cut)?;
+        }
+
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_line::<control::Request>(&bytes);

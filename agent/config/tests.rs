@@ -190,10 +190,50 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+
     proptest! {
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
             let _ = parse_text(&text);
+        }
+
+        /// A real configuration (the shipped default) mangled the way an editor or a torn
+        /// write would: a span cut out and arbitrary text put in its place. It parses or fails
+        /// with diagnostics inside the text, never panics.
+        #[test]
+        fn mangled_configs_never_panic_and_errors_point_inside_the_text(
+            start in 0usize..4000,
+            len in 0usize..64,
+            insert in "\\PC{0,16}",
+        ) {
+            let shipped = super::shipped::default_config().text;
+            let text = format!("{}{}", shipped, SLEEPER);
+            let start = floor_char_boundary(&text, start.min(text.len()));
+            let end = floor_char_boundary(&text, (start + len).min(text.len()));
+            let mangled = format!("{}{}{}", &text[..start], insert, &text[end..]);
+            if let Err(error) = parse_text(&mangled) {
+                let lines = mangled.lines().count().max(1);
+                for diagnostic in error.diagnostics() {
+                    prop_assert!(diagnostic.line >= 1 && diagnostic.line <= lines + 1, "{}", diagnostic);
+                }
+            }
+        }
+
+        /// The CLI's lenient reading of `[host] run_dir` never panics either.
+        #[test]
+        fn lenient_reading_of_arbitrary_files_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent.toml");
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = run_dir(Some(&path));
+            let _ = log_dir(Some(&path));
+            let _ = load(Some(&path));
         }
 
         #[test]

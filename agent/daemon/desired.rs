@@ -82,8 +82,7 @@ impl DesiredState {
             path: self.path.clone(),
         };
         let data = serde_json::to_vec_pretty(&wished).map_err(std::io::Error::other)?;
-        write_atomic(&self.path, &data)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))?;
+        write_atomic(&self.path, &data)?;
         *self = wished;
         Ok(())
     }

@@ -214,6 +214,7 @@ pub fn backoff(quick_exits: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn spec(name: &str, restart: RestartPolicy) -> ProcessSpec {
@@ -348,5 +349,89 @@ mod tests {
         let now = Instant::now();
         let mut supervisor = Supervisor::new(vec![spec("a", RestartPolicy::Always)], now);
         assert!(!supervisor.exited(99, Exit::Code(0), now));
+    }
+
+    /// One thing that can happen to a supervised process.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Time passes, then every due process is started.
+        StartDue {
+            after_ms: u64,
+        },
+        /// A running process exits after running this long.
+        Exit {
+            index: usize,
+            ran_ms: u64,
+            code: i32,
+        },
+        ExecFailed {
+            index: usize,
+        },
+        Stop,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u64..40_000).prop_map(|after_ms| Step::StartDue { after_ms }),
+            (0usize..3, 0u64..20_000, -1i32..3).prop_map(|(index, ran_ms, code)| Step::Exit {
+                index,
+                ran_ms,
+                code
+            }),
+            (0usize..3).prop_map(|index| Step::ExecFailed { index }),
+            Just(Step::Stop),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the processes do, the next restart is never sooner than the base delay
+        /// after an exit nor later than the cap (no busy loop, no process given up for good
+        /// unless exec failed or it is stopping), and nothing starts while stopping.
+        #[test]
+        fn restarts_are_always_backed_off_within_bounds(
+            steps in proptest::collection::vec(step(), 0..60),
+        ) {
+            let mut now = Instant::now();
+            let policies = [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never];
+            let specs = policies.iter().enumerate().map(|(i, p)| spec(&format!("p{i}"), *p)).collect();
+            let mut supervisor = Supervisor::new(specs, now);
+            let mut next_pid = 2;
+            for step in steps {
+                match step {
+                    Step::StartDue { after_ms } => {
+                        now += Duration::from_millis(after_ms);
+                        for index in supervisor.due(now) {
+                            prop_assert!(!supervisor.is_stopping());
+                            supervisor.started(index, next_pid, now);
+                            next_pid += 1;
+                        }
+                    }
+                    Step::Exit { index, ran_ms, code } => {
+                        let Some(pid) = supervisor.process(index).pid else { continue };
+                        now += Duration::from_millis(ran_ms);
+                        let exit = if code < 0 { Exit::Signal(9) } else { Exit::Code(code) };
+                        prop_assert!(supervisor.exited(pid, exit, now));
+                        let process = supervisor.process(index);
+                        prop_assert!(process.pid.is_none());
+                        if let Some(at) = process.next_start {
+                            let delay = at - now;
+                            prop_assert!(delay >= BACKOFF_BASE && delay <= BACKOFF_CAP, "{delay:?}");
+                        }
+                    }
+                    Step::ExecFailed { index } => {
+                        if supervisor.process(index).pid.is_none() && !supervisor.is_stopping() {
+                            supervisor.exec_failed(index, "gone".into());
+                        }
+                    }
+                    Step::Stop => supervisor.begin_stop(),
+                }
+                if let Some(deadline) = supervisor.next_deadline() {
+                    prop_assert!(deadline <= now + BACKOFF_CAP);
+                }
+                for status in supervisor.statuses() {
+                    prop_assert_eq!(status.pid.is_some(), status.state == ProcessState::Running);
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,11 @@
 //! clone3 of the init straight into its new namespaces (and, on cgroup v2, its cgroup), then an
 //! immediate exec. The daemon is multi-threaded, so between clone and exec the child does only
-//! async-signal-safe work: dup2 and execve on memory prepared before the clone.
+//! async-signal-safe work: dup2, close_range and execve on memory prepared before the clone.
+//!
+//! Until its exec the child holds a copy of every descriptor the daemon had, close-on-exec or
+//! not. So it closes all but its own at once: a child waiting for its uid maps would otherwise
+//! keep the daemon's lock, its listening socket and the other children's pipes open after a
+//! crash of the daemon, and two such children would wait on each other for ever.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -66,6 +71,14 @@ pub fn spawn(setup: &ChildSetup<'_>) -> std::io::Result<Child> {
         .map(|fd| fd.try_clone_to_owned().and_then(|fd| lift(fd.as_raw_fd())))
         .collect::<Result<_, _>>()?;
     let lifted_raw: Vec<RawFd> = lifted.iter().map(AsRawFd::as_raw_fd).collect();
+    let maps_lifted = setup
+        .maps_written
+        .map(|fd| fd.try_clone_to_owned().and_then(|fd| lift(fd.as_raw_fd())))
+        .transpose()?;
+    let maps_raw = maps_lifted.as_ref().map(AsRawFd::as_raw_fd);
+    // The maps pipe goes right after the child's own descriptors; everything above is closed.
+    let maps_fd = 3 + lifted_raw.len() as RawFd;
+    let first_closed = maps_fd + RawFd::from(maps_raw.is_some());
     let argv: Vec<*const libc::c_char> = setup
         .argv
         .iter()
@@ -103,20 +116,10 @@ pub fn spawn(setup: &ChildSetup<'_>) -> std::io::Result<Child> {
         return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: in the child: read, the raw set*id syscalls, dup2, execve and _exit are
-        // async-signal-safe, and every pointer refers to memory prepared before the clone.
+        // SAFETY: in the child: read, close, close_range, the raw set*id syscalls, dup2,
+        // execve and _exit are async-signal-safe, and every pointer refers to memory prepared
+        // before the clone.
         unsafe {
-            if let Some(maps_written) = setup.maps_written {
-                let mut byte = 0u8;
-                if libc::read(maps_written.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) != 1
-                    // Raw syscalls: glibc's wrappers would wait on the parent's other
-                    // threads, which do not exist in this copy of it.
-                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
-                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
-                {
-                    libc::_exit(125);
-                }
-            }
             if libc::dup2(setup.null.as_raw_fd(), 0) < 0
                 || libc::dup2(setup.null.as_raw_fd(), 1) < 0
                 || libc::dup2(setup.null.as_raw_fd(), 2) < 0
@@ -128,11 +131,31 @@ pub fn spawn(setup: &ChildSetup<'_>) -> std::io::Result<Child> {
                     libc::_exit(126);
                 }
             }
+            if let Some(maps) = maps_raw {
+                if libc::dup2(maps, maps_fd) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0) != 0 {
+                libc::_exit(126);
+            }
+            if maps_raw.is_some() {
+                let mut byte = 0u8;
+                if libc::read(maps_fd, (&mut byte as *mut u8).cast(), 1) != 1
+                    // Raw syscalls: glibc's wrappers would wait on the parent's other
+                    // threads, which do not exist in this copy of it.
+                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+                {
+                    libc::_exit(125);
+                }
+                libc::close(maps_fd);
+            }
             libc::execve(setup.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127);
         }
     }
-    drop(lifted);
+    drop((lifted, maps_lifted));
     // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that only we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Child {

@@ -32,7 +32,7 @@ pub struct NodeRecord {
 /// Replaces `path` with `data` so that a crash at any instant leaves the old or the new file:
 /// a temp file beside it is written and fsynced, renamed over it, and the directory fsynced so
 /// the rename itself survives a power cut. On failure (a full disk) the old file is untouched
-/// and the temp file removed.
+/// and the temp file removed; the error names `path`.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let temp = temp_path(path, std::process::id());
     let result = (|| {
@@ -45,10 +45,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         }
         Ok(())
     })();
-    if result.is_err() {
+    result.map_err(|error: std::io::Error| {
         let _ = std::fs::remove_file(&temp);
-    }
-    result
+        std::io::Error::new(error.kind(), format!("writing {}: {error}", path.display()))
+    })
 }
 
 /// `<stem>.tmp-<pid>`: where [`write_atomic`] of process `pid` writes before the rename.
@@ -161,19 +161,26 @@ mod tests {
         std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
         let error = NodeRecord::load(&path).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
-        assert!(error.to_string().contains(path.to_str().unwrap()), "{error}");
+        assert!(
+            error.to_string().contains(path.to_str().unwrap()),
+            "{error}"
+        );
         let missing = NodeRecord::load(&dir.path().join("none.json")).unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]
-    fn a_failed_atomic_write_keeps_the_old_file_and_no_temp() {
+    fn a_failed_atomic_write_keeps_the_old_file_and_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         write_atomic(&path, b"old").unwrap();
         // A directory where the temp file would go makes the write fail like a full disk.
         std::fs::create_dir(temp_path(&path, std::process::id())).unwrap();
-        assert!(write_atomic(&path, b"new").is_err());
+        let error = write_atomic(&path, b"new").unwrap_err();
+        assert!(
+            error.to_string().contains(path.to_str().unwrap()),
+            "{error}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
     }
 

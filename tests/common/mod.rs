@@ -58,8 +58,16 @@ impl TestNet {
                         link_prefix: format!("t{}", char::from_digit(k, 36).unwrap()),
                         k,
                     };
-                    // A host that died without cleaning up may have left this network behind.
+                    // A host that died without cleaning up may have left this network behind,
+                    // its bridge named after its own process.
                     net.remove();
+                    for stale in net.stale_bridges() {
+                        TestNet {
+                            bridge: stale,
+                            ..net.clone()
+                        }
+                        .remove();
+                    }
                     return (net, lock);
                 }
             }
@@ -120,6 +128,26 @@ impl TestNet {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// Bridges of earlier test hosts with this network number: `msb<pid>x<k>`, not ours.
+    fn stale_bridges(&self) -> Vec<String> {
+        let output = Command::new("ip")
+            .args(["-o", "link", "show", "type", "bridge"])
+            .output()
+            .unwrap();
+        let suffix = format!("x{}", self.k);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter(|name| {
+                name.strip_prefix("msb")
+                    .and_then(|rest| rest.strip_suffix(&suffix))
+                    .is_some_and(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+            })
+            .filter(|name| *name != self.bridge)
+            .map(str::to_string)
+            .collect()
     }
 
     /// Host links of this test host's nodes.
