@@ -11,3 +11,4 @@ pub mod image;
 pub mod init;
 pub mod net;
 pub mod runtime;
+pub mod template;

@@ -45,6 +45,11 @@ pub struct InitPlan {
     pub hosts_file: PathBuf,
     /// Host file bind-mounted over the node's /etc/resolv.conf.
     pub resolv_file: PathBuf,
+    /// Host directory of the node's rendered templates, bind-mounted read-only at
+    /// `template::IN_NODE`, each template's `dest` a symlink into it; `None` when the role has
+    /// no templates.
+    #[serde(default)]
+    pub templates_dir: Option<PathBuf>,
     pub stop_timeout: Duration,
     /// When the processes' log files are rotated and how many rotated ones are kept.
     #[serde(default)]
@@ -67,6 +72,12 @@ pub enum InitRequest {
     Status,
     /// Stop every process (SIGTERM, SIGKILL after the stop timeout) and exit.
     Stop,
+    /// Send `signal` (`SIGHUP`) to the main pid of the named process: a template it reads
+    /// changed.
+    Signal {
+        process: String,
+        signal: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +90,11 @@ pub enum InitReply {
         health: HealthStatus,
     },
     Stopping,
+    /// The pid signalled (in the node's pid namespace); `None` when the process was not
+    /// running, so it reads the new file when it next starts.
+    Signalled {
+        pid: Option<i32>,
+    },
 }
 
 /// The node's health as its init's checks see it.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use magestack_agent::config;
 use magestack_agent::image::{BuildProgress, BuildStep, ImageError, ImageInfo, ImageStore};
-use magestack_agent::runtime::{process_start_ticks, HostDirs, NodeRecord};
+use magestack_agent::runtime::{live_records, HostDirs};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -229,22 +229,11 @@ fn list(store: &ImageStore, dirs: &HostDirs, json: bool) -> Result<ExitCode> {
 /// Image name -> nodes whose init is alive and whose record names that image.
 fn nodes_using(dirs: &HostDirs) -> BTreeMap<String, Vec<String>> {
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dirs.nodes_run_dir()) else {
-        return users;
-    };
-    for entry in entries.flatten() {
-        let Some(node) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let Ok(record) = NodeRecord::load(&dirs.node(&node).record()) else {
-            continue;
-        };
-        if process_start_ticks(record.pid) == Some(record.start_ticks) {
-            users.entry(record.spec.image).or_default().push(node);
-        }
-    }
-    for nodes in users.values_mut() {
-        nodes.sort();
+    for record in live_records(&dirs.nodes_run_dir()) {
+        users
+            .entry(record.spec.image)
+            .or_default()
+            .push(record.name);
     }
     users
 }
@@ -253,7 +242,7 @@ fn short(digest: &str) -> &str {
     &digest[..16.min(digest.len())]
 }
 
-fn size(bytes: u64) -> String {
+pub(super) fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = "B";

@@ -4,6 +4,7 @@ mod client;
 mod image;
 mod logs;
 mod table;
+mod volume;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -91,6 +92,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: image::ImageCommand,
+    },
+    /// The nodes' persistent volumes: list them, remove one (never done otherwise).
+    Volume {
+        #[command(subcommand)]
+        command: volume::VolumeCommand,
     },
     /// Print the manual page (roff), e.g. `magestack-agent man | man -l -`; with `--dir`, write it
     /// and one page per subcommand there instead.
@@ -228,6 +234,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image { command } => image::run(config_path.as_deref(), command),
+        Command::Volume { command } => volume::run(config_path.as_deref(), command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

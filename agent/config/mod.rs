@@ -19,12 +19,13 @@ use std::path::{Path, PathBuf};
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
     LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec, PortForward, ProcessSpec,
-    PublicSide, Resources, RestartPolicy, Subnet, TemplateSpec, VolumeSpec,
+    PublicSide, Resources, RestartPolicy, Subnet, TemplateReload, TemplateSpec, TemplateText,
+    VolumeSpec,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;
 pub use size::parse_size;
-pub use source::{Diagnostic, Source};
+pub use source::{line_column, Diagnostic, Source};
 
 /// Where the agent looks for its configuration when neither `--config` nor `MAGESTACK_CONFIG`
 /// names one.

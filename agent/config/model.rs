@@ -18,6 +18,16 @@ pub struct Config {
     pub nodes: BTreeMap<String, NodeSpec>,
     pub metrics: MetricsSettings,
     pub logs: LogRotation,
+    /// The text of every template a node's role names, by its `source` as written.
+    pub templates: BTreeMap<String, TemplateText>,
+}
+
+/// One template's text and the file it was read from (for error messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateText {
+    /// `<config dir>/templates/<source>`, or `roles/templates/<source>` when shipped.
+    pub file: String,
+    pub text: String,
 }
 
 /// How a node's `log_dir/<node>/<process>.log` is rotated: renamed to `<process>.log.1` once it
@@ -344,8 +354,22 @@ pub struct AllowRule {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateSpec {
+    /// Path below `templates/` next to the configuration file, else below the shipped
+    /// `roles/templates/`.
     pub source: String,
+    /// Absolute path inside the node where the rendered file appears.
     pub dest: String,
+    /// What is told to re-read the file when its rendering changes; `None` for software that
+    /// reads it afresh on every use.
+    pub reload: Option<TemplateReload>,
+}
+
+/// A signal to one of the role's processes (its main pid, not its group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateReload {
+    pub process: String,
+    /// Signal name with its `SIG` prefix, as `SIGHUP`.
+    pub signal: String,
 }
 
 #[cfg(test)]

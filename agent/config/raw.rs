@@ -164,4 +164,8 @@ pub struct RawAllow {
 pub struct RawTemplate {
     pub source: Spanned<String>,
     pub dest: Spanned<String>,
+    /// The role process told to re-read its configuration when the rendered file changes.
+    pub reload_process: Option<Spanned<String>>,
+    /// The signal it is sent; HUP unless given.
+    pub reload_signal: Option<Spanned<String>>,
 }

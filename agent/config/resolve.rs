@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::duration::parse_duration;
 use super::model::{
     Cidr, Config, HostSettings, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork,
-    NodeSpec,
+    NodeSpec, TemplateText,
 };
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
 use super::raw::{RawConfig, RawHost, RawLogs, RawMetrics, RawNode, RawRole};
@@ -42,7 +42,8 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
             (name.get_ref().clone(), (name, partial))
         })
         .collect();
-    let roles = complete_roles(&mut checker, inline_roles);
+    let mut templates = BTreeMap::new();
+    let roles = complete_roles(&mut checker, inline_roles, &mut templates);
 
     let raw_nodes = raw.nodes.unwrap_or_else(default_nodes);
     let network = network.map(|(mut network, pending)| {
@@ -52,14 +53,24 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
     });
 
     match (host, network) {
-        (Some(host), Some((network, nodes))) if diagnostics.is_empty() => Ok(Config {
-            origin: source.name.clone(),
-            host,
-            network,
-            nodes,
-            metrics,
-            logs,
-        }),
+        (Some(host), Some((network, nodes))) if diagnostics.is_empty() => {
+            let config = Config {
+                origin: source.name.clone(),
+                host,
+                network,
+                nodes,
+                metrics,
+                logs,
+                templates,
+            };
+            // Every template renders for every node that uses it, or nothing runs.
+            let problems = crate::template::check(&config);
+            if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(ConfigError::Invalid(problems))
+            }
+        }
         _ => Err(ConfigError::Invalid(diagnostics)),
     }
 }
@@ -208,9 +219,11 @@ fn check_role_name(checker: &mut Checker, name: &Spanned<String>) {
 }
 
 /// Every role a node may use: the shipped ones with their inline overrides, and inline-only ones.
+/// The text of each template a role names is read into `templates`.
 fn complete_roles(
     checker: &mut Checker,
     inline: BTreeMap<String, (Spanned<String>, PartialRole)>,
+    templates: &mut BTreeMap<String, TemplateText>,
 ) -> BTreeMap<String, Role> {
     let mut names: Vec<String> = super::shipped::ROLES
         .iter()
@@ -233,6 +246,21 @@ fn complete_roles(
         };
         match partial.complete() {
             Ok(role) => {
+                for template in &role.templates {
+                    if templates.contains_key(&template.source) {
+                        continue;
+                    }
+                    match super::shipped::template(checker.source.dir.as_deref(), &template.source)
+                    {
+                        Ok(text) => {
+                            templates.insert(template.source.clone(), text);
+                        }
+                        Err(message) => {
+                            let span = key.as_ref().map(Spanned::span);
+                            checker.error_at(span, format!("roles.{name}.template: {message}"));
+                        }
+                    }
+                }
                 roles.insert(name, role);
             }
             Err(message) => {

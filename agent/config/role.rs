@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::duration::parse_duration;
 use super::model::{
     AllowRule, HealthCheck, HealthSpec, HttpTarget, ProcessSpec, Resources, RestartPolicy,
-    TemplateSpec, VolumeSpec,
+    TemplateReload, TemplateSpec, VolumeSpec,
 };
 use super::raw::{RawAllow, RawHealth, RawProcess, RawResources, RawRole, RawTemplate, RawVolume};
 use super::size::parse_size;
@@ -304,17 +304,104 @@ impl Checker<'_> {
     }
 
     fn templates(&mut self, role: &str, list: Vec<RawTemplate>) -> Vec<TemplateSpec> {
-        list.into_iter()
-            .map(|raw| {
-                if let Err(message) = check_node_path(raw.dest.get_ref()) {
-                    self.error(&raw.dest, format!("roles.{role}.template.dest: {message}"));
+        let field = format!("roles.{role}.template");
+        let mut dests = BTreeSet::new();
+        let mut templates = Vec::new();
+        for raw in list {
+            if let Err(message) = check_template_source(raw.source.get_ref()) {
+                self.error(&raw.source, format!("{field}.source: {message}"));
+            }
+            if let Err(message) = check_node_path(raw.dest.get_ref())
+                .and_then(|()| check_template_dest(raw.dest.get_ref()))
+            {
+                self.error(&raw.dest, format!("{field}.dest: {message}"));
+            }
+            if !dests.insert(raw.dest.get_ref().clone()) {
+                self.error(
+                    &raw.dest,
+                    format!("{field}.dest: a second template renders to this path"),
+                );
+            }
+            let signal = raw.reload_signal.as_ref().and_then(|signal| {
+                parse_signal(signal.get_ref())
+                    .map_err(|message| {
+                        self.error(signal, format!("{field}.reload_signal: {message}"))
+                    })
+                    .ok()
+            });
+            let reload = match raw.reload_process {
+                Some(process) => Some(TemplateReload {
+                    process: process.into_inner(),
+                    signal: signal.unwrap_or_else(|| "SIGHUP".into()),
+                }),
+                None => {
+                    if let Some(signal) = &raw.reload_signal {
+                        self.error(
+                            signal,
+                            format!("{field}.reload_signal: name the process to signal in `reload_process`"),
+                        );
+                    }
+                    None
                 }
-                TemplateSpec {
-                    source: raw.source.into_inner(),
-                    dest: raw.dest.into_inner(),
-                }
-            })
-            .collect()
+            };
+            templates.push(TemplateSpec {
+                source: raw.source.into_inner(),
+                dest: raw.dest.into_inner(),
+                reload,
+            });
+        }
+        templates
+    }
+}
+
+/// A signal name as a role writes it (`HUP` or `SIGHUP`), normalised to `SIGHUP`.
+pub fn parse_signal(text: &str) -> Result<String, String> {
+    let name = if text.starts_with("SIG") {
+        text.to_string()
+    } else {
+        format!("SIG{text}")
+    };
+    match name.parse::<nix::sys::signal::Signal>() {
+        Ok(nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP) => Err(format!(
+            "`{text}` cannot be caught, so it cannot ask for a reload"
+        )),
+        Ok(_) => Ok(name),
+        Err(_) => Err(format!("`{text}` is not a signal name like HUP or USR2")),
+    }
+}
+
+/// A template's `dest`: not a file the init mounts itself, nor inside the rendered files.
+fn check_template_dest(dest: &str) -> Result<(), String> {
+    let inside = crate::template::IN_NODE;
+    if ["/etc/hosts", "/etc/resolv.conf"].contains(&dest) {
+        Err(format!("`{dest}` is written by the agent"))
+    } else if dest == inside
+        || dest.starts_with(&format!("{inside}/"))
+        || inside.starts_with(&format!("{dest}/"))
+    {
+        Err(format!(
+            "`{dest}` overlaps {inside}, where the rendered files are mounted"
+        ))
+    } else if dest.ends_with('/') {
+        Err(format!("`{dest}` must name a file"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A template's `source`: a relative path of plain names below a `templates/` directory.
+fn check_template_source(source: &str) -> Result<(), String> {
+    let plain = !source.is_empty()
+        && !source.starts_with('/')
+        && source
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{source}` must be a relative path below templates/, like `haproxy.cfg` or `lb/haproxy.cfg`"
+        ))
     }
 }
 
@@ -343,6 +430,18 @@ impl PartialRole {
     /// The finished role, or what it still lacks.
     pub fn complete(self) -> Result<Role, String> {
         let image = self.image.ok_or("has no `image`")?;
+        let templates = self.templates.unwrap_or_default();
+        let processes = self.processes.unwrap_or_default();
+        for template in &templates {
+            if let Some(reload) = &template.reload {
+                if !processes.iter().any(|p| p.name == reload.process) {
+                    return Err(format!(
+                        "template `{}`: reload_process `{}` is not one of the role's processes",
+                        template.source, reload.process
+                    ));
+                }
+            }
+        }
         let health = match self.health.check {
             Some(check) => Some(HealthSpec {
                 check,
@@ -365,12 +464,12 @@ impl PartialRole {
                     .collect()
             }),
             privileged: self.privileged.unwrap_or(false),
-            processes: self.processes.unwrap_or_default(),
+            processes,
             resources: self.resources,
             volumes: self.volumes.unwrap_or_default(),
             health,
             allow: self.allow.unwrap_or_default(),
-            templates: self.templates.unwrap_or_default(),
+            templates,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! What ships inside the binary: the role definitions of `roles/` and the default configuration.
 
+use super::model::TemplateText;
 use super::source::Source;
 
 /// The shipped role definitions, by role name.
@@ -12,6 +13,12 @@ pub const ROLES: &[(&str, &str)] = &[
     ("acc", include_str!("../../roles/acc.toml")),
     ("monitor", include_str!("../../roles/monitor.toml")),
 ];
+
+/// The shipped templates (`roles/templates/<source>`), by the `source` roles name them with.
+pub const TEMPLATES: &[(&str, &str)] = &[(
+    "monitor/index.html",
+    include_str!("../../roles/templates/monitor/index.html"),
+)];
 
 /// The nodes a host runs when its configuration has no `[nodes]` table.
 pub const DEFAULT_NODES: &[(&str, &str)] = &[
@@ -36,4 +43,37 @@ pub fn role_source(role: &str) -> Option<Source> {
         .iter()
         .find(|(name, _)| *name == role)
         .map(|(name, text)| Source::new(format!("roles/{name}.toml"), *text))
+}
+
+/// The text of template `source`: `templates/<source>` beside the configuration file when it
+/// exists there, else the shipped one; `Err` says where it was looked for.
+pub fn template(dir: Option<&std::path::Path>, source: &str) -> Result<TemplateText, String> {
+    let beside = dir.map(|dir| dir.join("templates").join(source));
+    if let Some(path) = &beside {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                return Ok(TemplateText {
+                    file: path.display().to_string(),
+                    text,
+                })
+            }
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot read {}: {error}", path.display()))
+            }
+            Err(_) => {}
+        }
+    }
+    match TEMPLATES.iter().find(|(name, _)| *name == source) {
+        Some((name, text)) => Ok(TemplateText {
+            file: format!("roles/templates/{name}"),
+            text: text.to_string(),
+        }),
+        None => Err(match beside {
+            Some(path) => format!(
+                "no template `{source}`: neither {} nor a shipped roles/templates/{source} exists",
+                path.display()
+            ),
+            None => format!("no shipped template roles/templates/{source}"),
+        }),
+    }
 }

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 pub struct Source {
     pub name: String,
     pub text: String,
+    /// The directory of the file it was read from, where `templates/` is looked for; `None` for
+    /// embedded texts.
+    pub dir: Option<PathBuf>,
 }
 
 impl Source {
@@ -16,6 +19,7 @@ impl Source {
         Source {
             name: name.into(),
             text: text.into(),
+            dir: None,
         }
     }
 
@@ -24,7 +28,14 @@ impl Source {
             path: PathBuf::from(path),
             source,
         })?;
-        Ok(Source::new(path.display().to_string(), text))
+        let dir = path.parent().map(|dir| match dir.as_os_str().is_empty() {
+            true => PathBuf::from("."),
+            false => dir.to_path_buf(),
+        });
+        Ok(Source {
+            dir,
+            ..Source::new(path.display().to_string(), text)
+        })
     }
 
     /// A diagnostic pointing at a byte span of this source.

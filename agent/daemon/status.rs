@@ -110,7 +110,7 @@ async fn ask_init(socket: &std::path::Path) -> Option<InitAnswer> {
             .ok()?;
         match crate::api::decode_line::<InitReply>(&reply).ok()? {
             InitReply::Status { processes, health } => Some(InitAnswer { processes, health }),
-            InitReply::Stopping => None,
+            InitReply::Stopping | InitReply::Signalled { .. } => None,
         }
     };
     tokio::time::timeout(INIT_TIMEOUT, exchange)

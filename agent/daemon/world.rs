@@ -2,7 +2,7 @@
 //! socket, node watchers, finished start and stop jobs) sends it events; it decides, persists
 //! the operator's wishes, and launches the blocking runtime work off its own task.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::desired::DesiredState;
 use crate::api::control::{ExecTarget, NodeState, ReloadReport, Response};
+use crate::api::init::{InitReply, InitRequest};
 use crate::config::{Config, NodeSpec};
 use crate::runtime::{NodeHandle, Runtime};
+use crate::template::Rendered;
 
 /// First delay before restarting a node whose init died; doubles up to [`RETRY_CAP`].
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// How a node's `error` starts when its templates failed to re-render (cleared once they do).
+const TEMPLATES_FAILED: &str = "templates not re-rendered: ";
 
 pub enum Event {
     Command(Command, oneshot::Sender<Response>),
@@ -57,6 +62,9 @@ struct NodeEntry {
     /// A node whose init died waits until then before it is started again.
     retry_at: Option<Instant>,
     deaths_in_row: u32,
+    /// What is installed of each template (by dest) for the running node; `None` when not
+    /// known yet (an adopted node: read from its files on the first render).
+    rendered: Option<BTreeMap<String, String>>,
 }
 
 /// What `status` shows, taken in the core and completed outside it.
@@ -99,6 +107,9 @@ pub struct World {
     nodes: BTreeMap<String, NodeEntry>,
     waiters: Vec<Waiter>,
     events: mpsc::UnboundedSender<Event>,
+    /// The running nodes the templates were last rendered with; `None` forces a render (a new
+    /// configuration may bring new template texts).
+    templates_rendered_for: Option<BTreeSet<String>>,
 }
 
 impl World {
@@ -117,6 +128,7 @@ impl World {
             nodes: BTreeMap::new(),
             waiters: Vec::new(),
             events,
+            templates_rendered_for: None,
         };
         for spec in world.config.nodes.values() {
             world
@@ -175,12 +187,14 @@ impl World {
             Event::InitExited(node, pid) => self.init_exited(&node, pid),
         }
         self.reconcile();
+        self.refresh_templates();
         self.answer_waiters();
     }
 
     /// Called when a retry time passes.
     pub fn tick(&mut self) {
         self.reconcile();
+        self.refresh_templates();
         self.answer_waiters();
     }
 
@@ -321,6 +335,7 @@ impl World {
             }
         }
         self.config = config;
+        self.templates_rendered_for = None;
         let (reply, _) = oneshot::channel();
         Ok(Waiter {
             targets,
@@ -428,6 +443,7 @@ impl World {
         if let Some(entry) = self.nodes.get_mut(node) {
             entry.phase = Phase::Stopped;
             entry.handle = None;
+            entry.rendered = None;
         }
     }
 
@@ -518,8 +534,26 @@ impl World {
     }
 
     fn begin_start(&mut self, node: &str) {
+        // Its own files are read once it runs: it renders them as one of the running nodes.
+        let mut running = self.running_nodes();
+        running.insert(node.to_string());
         let entry = self.nodes.get_mut(node).expect("known node");
         let spec = entry.spec.clone().expect("configured node");
+        let templates = match crate::template::render_node(&self.config, &spec, &running) {
+            Ok(templates) => templates,
+            Err(error) => {
+                tracing::error!(node, role = spec.role, "start failed: {error}");
+                entry.phase = Phase::Failed;
+                entry.error = Some(error.to_string());
+                return;
+            }
+        };
+        entry.rendered = Some(
+            templates
+                .iter()
+                .map(|file| (file.dest.clone(), file.text.clone()))
+                .collect(),
+        );
         entry.phase = Phase::Starting;
         let restarts = entry.restarts;
         let runtime = self.runtime.clone();
@@ -528,7 +562,7 @@ impl World {
         tracing::info!(node, role = spec.role, "starting");
         tokio::task::spawn_blocking(move || {
             let result = runtime
-                .start(&spec, restarts)
+                .start(&spec, restarts, &templates)
                 .map(Box::new)
                 .map_err(|e| e.to_string());
             let _ = events.send(Event::Started(name, result));
@@ -548,6 +582,116 @@ impl World {
         tokio::task::spawn_blocking(move || {
             runtime.stop(&handle);
             let _ = events.send(Event::Stopped(name));
+        });
+    }
+
+    /// The configured nodes that are up: what templates list as `nodes`.
+    fn running_nodes(&self) -> BTreeSet<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, entry)| {
+                entry.phase == Phase::Running && entry.handle.is_some() && entry.spec.is_some()
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Re-renders the templates of every running node once the set of running nodes (or the
+    /// configuration) changed; only files whose text changed are replaced, and only their
+    /// nodes are told to reload.
+    fn refresh_templates(&mut self) {
+        let running = self.running_nodes();
+        if self.templates_rendered_for.as_ref() == Some(&running) {
+            return;
+        }
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            self.refresh_node_templates(&name, &running);
+        }
+        self.templates_rendered_for = Some(running);
+    }
+
+    fn refresh_node_templates(&mut self, node: &str, running: &BTreeSet<String>) {
+        let entry = self.nodes.get_mut(node).expect("listed");
+        let (Some(spec), Some(handle)) = (&entry.spec, &entry.handle) else {
+            return;
+        };
+        // A node about to restart for a changed definition renders at its next start.
+        if entry.phase != Phase::Running || spec.templates.is_empty() || *spec != handle.record.spec
+        {
+            return;
+        }
+        let role = spec.role.as_str();
+        let files = match crate::template::render_node(&self.config, spec, running) {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::error!(node, role, "templates not re-rendered: {error}");
+                entry.error = Some(format!("{TEMPLATES_FAILED}{error}"));
+                return;
+            }
+        };
+        if entry
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(TEMPLATES_FAILED))
+        {
+            entry.error = None;
+        }
+        let dir = self.runtime.templates_dir(node);
+        let installed = entry.rendered.get_or_insert_with(|| {
+            let dests: Vec<String> = files.iter().map(|file| file.dest.clone()).collect();
+            crate::template::installed(&dir, &dests)
+        });
+        let changed: Vec<Rendered> = files
+            .into_iter()
+            .filter(|file| installed.get(&file.dest) != Some(&file.text))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        if let Err(error) = crate::template::install(&dir, &changed, handle.record.id_base) {
+            tracing::error!(node, role, "writing re-rendered templates: {error}");
+            entry.rendered = None;
+            return;
+        }
+        for file in &changed {
+            installed.insert(file.dest.clone(), file.text.clone());
+        }
+        let dests: Vec<&str> = changed.iter().map(|file| file.dest.as_str()).collect();
+        tracing::info!(node, role, "templates re-rendered: {}", dests.join(", "));
+        // One signal per process, however many of its files changed.
+        let reloads: BTreeSet<(String, String)> = changed
+            .into_iter()
+            .filter_map(|file| file.reload)
+            .map(|reload| (reload.process, reload.signal))
+            .collect();
+        if reloads.is_empty() {
+            return;
+        }
+        let socket = handle.paths.control_socket();
+        let (node, role) = (node.to_string(), role.to_string());
+        tokio::task::spawn_blocking(move || {
+            for (process, signal) in reloads {
+                let request = InitRequest::Signal {
+                    process: process.clone(),
+                    signal: signal.clone(),
+                };
+                match crate::runtime::init_request(&socket, &request) {
+                    Ok(InitReply::Signalled { pid: Some(pid) }) => {
+                        tracing::info!(node, role, process, pid, "sent {signal} to reload")
+                    }
+                    Ok(InitReply::Signalled { pid: None }) => tracing::info!(
+                        node,
+                        role,
+                        process,
+                        "not running: it reads the new files when it starts"
+                    ),
+                    Ok(other) => {
+                        tracing::warn!(node, role, process, "reload: unexpected reply {other:?}")
+                    }
+                    Err(error) => tracing::warn!(node, role, process, "reload: {error}"),
+                }
+            }
         });
     }
 
@@ -649,6 +793,7 @@ impl NodeEntry {
             restart_pending: false,
             retry_at: None,
             deaths_in_row: 0,
+            rendered: None,
         }
     }
 }

@@ -131,6 +131,17 @@ pub enum ImageError {
     Store { path: PathBuf, source: io::Error },
 }
 
+/// The error of one file operation on image `name`, for `map_err`.
+fn io_error(name: &str, action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ImageError {
+    let (name, path) = (name.to_owned(), path.to_path_buf());
+    move |source| ImageError::Io {
+        name,
+        action,
+        path,
+        source,
+    }
+}
+
 /// What one built image is, kept beside its rootfs as `image.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -382,15 +393,7 @@ impl ImageStore {
                 name: name.to_owned(),
             });
         }
-        let io_error = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ImageError::Io {
-                name: name.to_owned(),
-                action,
-                path,
-                source,
-            }
-        };
+        let failed = |action, path: &Path| io_error(name, action, path);
         for build in &builds {
             let dir = build.rootfs.parent().expect("digest dir");
             let doomed = image_dir.join(format!(
@@ -398,8 +401,8 @@ impl ImageStore {
                 short(&build.digest),
                 std::process::id()
             ));
-            fs::rename(dir, &doomed).map_err(io_error("rename for removal", dir))?;
-            remove_tree(&doomed).map_err(io_error("remove", &doomed))?;
+            fs::rename(dir, &doomed).map_err(failed("rename for removal", dir))?;
+            remove_tree(&doomed).map_err(failed("remove", &doomed))?;
         }
         if let Err(e) = fs::remove_dir(&image_dir) {
             tracing::debug!(image = name, error = %e, "image dir kept");
@@ -694,53 +697,45 @@ impl ImageStore {
         partial: &Path,
         assemble: impl FnOnce(&Path, &Path) -> Result<ImageInfo, ImageError>,
     ) -> Result<PathBuf, ImageError> {
-        let io_error = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ImageError::Io {
-                name: name.to_owned(),
-                action,
-                path,
-                source,
-            }
-        };
-        fs::create_dir_all(image_dir).map_err(io_error("create", image_dir))?;
+        let failed = |action, path: &Path| io_error(name, action, path);
+        fs::create_dir_all(image_dir).map_err(failed("create", image_dir))?;
         // Left by an earlier build of this process that could not clean up; never in progress,
         // since the caller holds the build lock.
         match remove_tree(partial) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_error("remove stale partial build", partial)(e))
+                return Err(failed("remove stale partial build", partial)(e))
             }
             _ => {}
         }
-        fs::create_dir(partial).map_err(io_error("create", partial))?;
+        fs::create_dir(partial).map_err(failed("create", partial))?;
         let rootfs = partial.join("rootfs");
-        fs::create_dir(&rootfs).map_err(io_error("create", &rootfs))?;
+        fs::create_dir(&rootfs).map_err(failed("create", &rootfs))?;
         let mut info = assemble(partial, &rootfs)?;
         info.built_at = unix_time(SystemTime::now());
-        info.size_bytes = disk_usage(&rootfs).map_err(io_error("measure", &rootfs))?;
+        info.size_bytes = disk_usage(&rootfs).map_err(failed("measure", &rootfs))?;
         let info_path = partial.join(INFO_FILE);
         let json = serde_json::to_vec_pretty(&info)
-            .map_err(|e| io_error("encode", &info_path)(io::Error::other(e)))?;
-        fs::write(&info_path, json).map_err(io_error("write", &info_path))?;
+            .map_err(|e| failed("encode", &info_path)(io::Error::other(e)))?;
+        fs::write(&info_path, json).map_err(failed("write", &info_path))?;
         let marker = partial.join(COMPLETE_MARKER);
-        fs::write(&marker, format!("{}\n", info.digest)).map_err(io_error("write", &marker))?;
+        fs::write(&marker, format!("{}\n", info.digest)).map_err(failed("write", &marker))?;
         // One syncfs instead of an fsync per file: the image must be on disk before its name is.
-        let partial_dir = File::open(partial).map_err(io_error("open", partial))?;
+        let partial_dir = File::open(partial).map_err(failed("open", partial))?;
         nix::unistd::syncfs(partial_dir.as_raw_fd())
-            .map_err(|e| io_error("sync", partial)(e.into()))?;
+            .map_err(|e| failed("sync", partial)(e.into()))?;
         let done = image_dir.join(short(&info.digest));
         if let Err(e) = fs::rename(partial, &done) {
             // Another process (or an earlier build with the same packages) finished the same
             // image first; its copy is as good as ours.
             if done.join(COMPLETE_MARKER).exists() {
-                remove_tree(partial).map_err(io_error("remove", partial))?;
+                remove_tree(partial).map_err(failed("remove", partial))?;
                 return Ok(done.join("rootfs"));
             }
-            return Err(io_error("rename into place", &done)(e));
+            return Err(failed("rename into place", &done)(e));
         }
         File::open(image_dir)
             .and_then(|dir| dir.sync_all())
-            .map_err(io_error("sync", image_dir))?;
+            .map_err(failed("sync", image_dir))?;
         tracing::info!(image = name, path = %done.display(), "built image");
         Ok(done.join("rootfs"))
     }

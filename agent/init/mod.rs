@@ -371,6 +371,19 @@ impl Init {
         }
     }
 
+    /// Sends `signal` to the main pid of the named process, if it runs; the pid signalled.
+    fn signal_process(&self, process: &str, signal: &str) -> Option<i32> {
+        let signal: Signal = signal.parse().ok()?;
+        let pid = self
+            .supervisor
+            .statuses()
+            .into_iter()
+            .find(|status| status.name == process)?
+            .pid?;
+        kill(Pid::from_raw(pid), signal).ok()?;
+        Some(pid)
+    }
+
     fn answer(&mut self, stream: UnixStream) -> Result<(), crate::api::WireError> {
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -387,6 +400,9 @@ impl Init {
                 self.begin_stop();
                 InitReply::Stopping
             }
+            InitRequest::Signal { process, signal } => InitReply::Signalled {
+                pid: self.signal_process(&process, &signal),
+            },
         };
         write_message(&stream, &reply)
     }

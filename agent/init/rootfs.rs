@@ -54,6 +54,15 @@ pub enum Step {
         target: &'static str,
         link: PathBuf,
     },
+    /// Make a bind mount read-only, keeping the flags it has (a user namespace may not clear
+    /// them).
+    RemountReadOnly(PathBuf),
+    /// A symlink at `link` (replacing a file or link there, never a directory) to `target`:
+    /// a template's `dest` pointing into the rendered files.
+    TemplateLink {
+        target: String,
+        link: PathBuf,
+    },
     /// Hide a kernel path (see [`MASKED_PATHS`]); nothing to do where it does not exist.
     Mask(PathBuf),
     PivotRoot(PathBuf),
@@ -174,6 +183,21 @@ pub fn plan(node: &InitPlan) -> Result<Vec<Step>, String> {
         target: at("/etc/resolv.conf"),
         file: true,
     });
+    if let Some(dir) = &node.templates_dir {
+        let mounted = at(crate::template::IN_NODE);
+        steps.push(Step::Bind {
+            source: dir.clone(),
+            target: mounted.clone(),
+            file: false,
+        });
+        steps.push(Step::RemountReadOnly(mounted));
+        for template in &node.spec.templates {
+            steps.push(Step::TemplateLink {
+                target: format!("{}{}", crate::template::IN_NODE, template.dest),
+                link: at(&template.dest),
+            });
+        }
+    }
     steps.push(Step::PivotRoot(root));
     Ok(steps)
 }
@@ -234,9 +258,55 @@ fn apply_step(step: &Step, root: &Path) -> std::io::Result<()> {
             Ok(())
         }
         Step::Symlink { target, link } => std::os::unix::fs::symlink(target, link),
+        Step::RemountReadOnly(target) => remount_read_only(target),
+        Step::TemplateLink { target, link } => template_link(root, target, link),
         Step::Mask(path) => mask(path),
         Step::PivotRoot(new_root) => enter_root(new_root),
     }
+}
+
+fn remount_read_only(target: &Path) -> std::io::Result<()> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let current = statvfs(target)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (has, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(has) {
+            flags |= keep;
+        }
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)?;
+    Ok(())
+}
+
+/// Points `link` at `target`, replacing whatever file or link the image or an earlier start
+/// left there; a directory in the way is an error.
+fn template_link(root: &Path, target: &str, link: &Path) -> std::io::Result<()> {
+    ensure_dir_in_root(root, link.parent().unwrap_or(root))?;
+    match fs::symlink_metadata(link) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if fs::read_link(link)? == Path::new(target) {
+                return Ok(());
+            }
+            fs::remove_file(link)?;
+        }
+        Ok(meta) if meta.is_dir() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} is a directory", link.display()),
+            ))
+        }
+        Ok(_) => fs::remove_file(link)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    std::os::unix::fs::symlink(target, link)
 }
 
 fn mask(path: &Path) -> std::io::Result<()> {
@@ -282,6 +352,10 @@ fn describe(step: &Step) -> String {
             format!("bind {} on {}", source.display(), target.display())
         }
         Step::Symlink { link, .. } => format!("symlink {}", link.display()),
+        Step::RemountReadOnly(target) => format!("remount {} read-only", target.display()),
+        Step::TemplateLink { target, link } => {
+            format!("link template {} to {target}", link.display())
+        }
         Step::Mask(path) => format!("mask {}", path.display()),
         Step::PivotRoot(root) => format!("pivot_root into {}", root.display()),
     }
@@ -376,6 +450,7 @@ mod tests {
             }],
             hosts_file: "/r/nodes/web1/hosts".into(),
             resolv_file: "/r/nodes/web1/resolv.conf".into(),
+            templates_dir: None,
             stop_timeout: Duration::from_secs(10),
             log_rotation: Default::default(),
             join_cgroup: vec![],
@@ -471,6 +546,63 @@ mod tests {
             .position(|step| matches!(step, Step::Bind { target, .. } if target == Path::new("/r/nodes/web1/root/var/www")))
             .unwrap();
         assert!(position < steps.len() - 1);
+    }
+
+    #[test]
+    fn templates_are_a_read_only_bind_under_run_with_each_dest_linked_into_it() {
+        let mut node = node_plan();
+        assert!(!plan(&node)
+            .unwrap()
+            .iter()
+            .any(|step| matches!(step, Step::TemplateLink { .. })));
+        node.templates_dir = Some("/r/nodes/web1/templates".into());
+        node.spec.templates = vec![crate::config::TemplateSpec {
+            source: "web.conf".into(),
+            dest: "/etc/web/web.conf".into(),
+            reload: None,
+        }];
+        let steps = plan(&node).unwrap();
+        let position = |wanted: &Step| steps.iter().position(|step| step == wanted).unwrap();
+        let mounted = PathBuf::from("/r/nodes/web1/root/run/magestack/templates");
+        let run = steps
+            .iter()
+            .position(|step| matches!(step, Step::Mount { target, .. } if target == Path::new("/r/nodes/web1/root/run")))
+            .unwrap();
+        let bind = position(&Step::Bind {
+            source: "/r/nodes/web1/templates".into(),
+            target: mounted.clone(),
+            file: false,
+        });
+        let read_only = position(&Step::RemountReadOnly(mounted));
+        let link = position(&Step::TemplateLink {
+            target: "/run/magestack/templates/etc/web/web.conf".into(),
+            link: "/r/nodes/web1/root/etc/web/web.conf".into(),
+        });
+        assert!(run < bind && bind < read_only && read_only < link);
+        assert!(matches!(steps.last(), Some(Step::PivotRoot(_))));
+    }
+
+    #[test]
+    fn a_template_link_replaces_a_file_or_link_but_not_a_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let link = root.path().join("etc/web/web.conf");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::fs::write(&link, "from the image").unwrap();
+        template_link(
+            root.path(),
+            "/run/magestack/templates/etc/web/web.conf",
+            &link,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("/run/magestack/templates/etc/web/web.conf")
+        );
+        template_link(root.path(), "/elsewhere", &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/elsewhere"));
+        let dir = root.path().join("etc/web/conf.d");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(template_link(root.path(), "/x", &dir).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct HostNetwork {
     pub settings: NetworkSettings,
     /// One netlink connection in the host's namespace, shared by every start and stop.
     host: std::sync::Mutex<Option<Netlink>>,
+    /// The bridge's interface index once looked up (0: not yet). Looking it up by name costs
+    /// more than creating the veth; it is looked up again when a creation fails.
+    bridge_index: std::sync::atomic::AtomicU32,
 }
 
 impl HostNetwork {
@@ -58,6 +61,7 @@ impl HostNetwork {
         HostNetwork {
             settings,
             host: std::sync::Mutex::new(None),
+            bridge_index: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -74,6 +78,8 @@ impl HostNetwork {
     /// The bridge with the host's address, created if missing (idempotent); bridged traffic is
     /// sent through the host's netfilter hooks so the inter-node policy applies to it.
     pub fn ensure_bridge(&self) -> Result<(), NetError> {
+        self.bridge_index
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.with_host(|host| {
             host.ensure_bridge(
                 &self.settings.bridge,
@@ -116,7 +122,10 @@ impl HostNetwork {
             tracing::debug!(node = %spec.name, "creating {link} again: {error}");
             // A link of the node's previous life still goes away with its old namespace, and
             // may be gone by the time we look (churn hits that window): remove it if it is
-            // still there and try once more.
+            // still there and try once more. The bridge may have been made again meanwhile.
+            self.bridge_index
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            let bridge = self.bridge_index(host)?;
             host.delete_link(&link)?;
             host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns)?;
         }
@@ -147,8 +156,17 @@ impl HostNetwork {
     }
 
     fn bridge_index(&self, host: &Netlink) -> Result<u32, NetError> {
-        host.link_index(&self.settings.bridge)?
-            .ok_or_else(|| NetError::Missing(format!("bridge {}", self.settings.bridge)))
+        use std::sync::atomic::Ordering;
+        match self.bridge_index.load(Ordering::Relaxed) {
+            0 => {
+                let index = host
+                    .link_index(&self.settings.bridge)?
+                    .ok_or_else(|| NetError::Missing(format!("bridge {}", self.settings.bridge)))?;
+                self.bridge_index.store(index, Ordering::Relaxed);
+                Ok(index)
+            }
+            index => Ok(index),
+        }
     }
 
     /// Removes a node's host-side links (their peers go with them). Idempotent.

@@ -9,6 +9,7 @@ mod idmap;
 mod paths;
 mod record;
 mod undo;
+pub mod volume;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -31,7 +32,7 @@ use cgroup::{Cgroups, Limits, NodeCgroup};
 pub use clone::{pidfd_signal, reap, wait_exit};
 use idmap::IdMaps;
 pub use paths::{create_dir, HostDirs, NodePaths};
-pub use record::{process_start_ticks, remove_stale_temps, write_atomic, NodeRecord};
+pub use record::{live_records, process_start_ticks, remove_stale_temps, write_atomic, NodeRecord};
 use undo::Undo;
 
 /// How long a node may take from clone to "ready".
@@ -80,6 +81,8 @@ pub enum RuntimeError {
         process: String,
         error: String,
     },
+    #[error("{0}")]
+    Volume(volume::VolumeError),
 }
 
 fn io_error(node: &str, step: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -150,7 +153,14 @@ impl Runtime {
 
     /// Starts a node and returns once its processes run (or have failed to start, which is
     /// reported as an error after the node is taken down again).
-    pub fn start(&self, spec: &NodeSpec, restarts: u32) -> Result<NodeHandle, RuntimeError> {
+    ///
+    /// `templates` are the role's templates rendered for it (see [`crate::template`]).
+    pub fn start(
+        &self,
+        spec: &NodeSpec,
+        restarts: u32,
+        templates: &[crate::template::Rendered],
+    ) -> Result<NodeHandle, RuntimeError> {
         let node = spec.name.as_str();
         let paths = self.dirs.node(node);
         let image_rootfs =
@@ -200,6 +210,14 @@ impl Runtime {
             .map_err(io_error(node, "write hosts file"))?;
         std::fs::write(paths.resolv_file(), &self.resolv)
             .map_err(io_error(node, "write resolv.conf"))?;
+        let templates_dir = if spec.templates.is_empty() {
+            None
+        } else {
+            let dir = self.templates_dir(node);
+            crate::template::install(&dir, templates, id_base)
+                .map_err(io_error(node, "write rendered templates"))?;
+            Some(dir)
+        };
 
         let cgroup = self.node_cgroup(node);
         cgroup
@@ -323,6 +341,7 @@ impl Runtime {
             volumes,
             hosts_file: paths.hosts_file(),
             resolv_file: paths.resolv_file(),
+            templates_dir,
             stop_timeout: self.stop_timeout,
             log_rotation: self.log_rotation,
             join_cgroup: if born_in_cgroup {
@@ -426,12 +445,9 @@ impl Runtime {
         spec.volumes
             .iter()
             .map(|volume| {
-                let source = paths.volume(&volume.name);
-                if !source.is_dir() {
-                    paths::create_dir(&source, 0o755).map_err(io_error(
-                        node,
-                        format!("create volume {}", source.display()),
-                    ))?;
+                let (source, made) =
+                    volume::create(&self.dirs, node, &volume.name).map_err(RuntimeError::Volume)?;
+                if made {
                     if let Some(base) = id_base {
                         idmap::give_to_node(&source, base)
                             .map_err(io_error(node, format!("chown {}", source.display())))?;
@@ -521,6 +537,11 @@ impl Runtime {
                 tracing::warn!(node, "rewriting {}: {error}", path.display());
             }
         }
+    }
+
+    /// `run_dir/nodes/<node>/templates`: the node's rendered templates, removed with its run dir.
+    pub fn templates_dir(&self, node: &str) -> PathBuf {
+        self.dirs.node(node).run.join("templates")
     }
 
     /// Removes a node's cgroup (killing anything left in it), links and run files. Idempotent.

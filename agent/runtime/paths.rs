@@ -16,7 +16,7 @@ pub struct NodePaths {
     pub run: PathBuf,
     /// `state_dir/nodes/<node>`: the writable layer, kept across restarts.
     pub layer: PathBuf,
-    /// `state_dir/volumes/<node>`: persistent data, never removed by the agent.
+    /// `state_dir/volumes/<node>`: persistent data, removed only by `volume rm` (`volume.rs`).
     pub volumes: PathBuf,
     /// `log_dir/<node>`: process output.
     pub logs: PathBuf,

@@ -111,6 +111,20 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The records under `nodes_run_dir` (`run_dir/nodes`) whose init is alive, sorted by node:
+/// what runs on this host, known without asking the daemon.
+pub fn live_records(nodes_run_dir: &Path) -> Vec<NodeRecord> {
+    let mut records: Vec<NodeRecord> = std::fs::read_dir(nodes_run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| NodeRecord::load(&entry.path().join("state.json")).ok())
+        .filter(|record| process_start_ticks(record.pid) == Some(record.start_ticks))
+        .collect();
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    records
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,8 @@ pub struct TestHost {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub cgroup: String,
+    /// `dir/state` unless [`TestHost::with_state_dir`] put it elsewhere.
+    state_dir: PathBuf,
     daemon: Option<Child>,
     /// Holds this host's network number; released after `drop` removed the network.
     _net_claim: std::fs::File,
@@ -180,6 +182,16 @@ command = ["sleep", "1000000"]
 impl TestHost {
     /// A host whose config is the given `[nodes]`/`[roles]` text after a generated `[host]`.
     pub fn new(name: &str, body: &str) -> TestHost {
+        TestHost::build(name, body, None)
+    }
+
+    /// A host whose state dir is `state_dir` (e.g. on a filesystem the test mounted); the test
+    /// removes it.
+    pub fn with_state_dir(name: &str, body: &str, state_dir: &Path) -> TestHost {
+        TestHost::build(name, body, Some(state_dir))
+    }
+
+    fn build(name: &str, body: &str, state_dir: Option<&Path>) -> TestHost {
         let cgroup = format!("magestack-test-{name}-{}", std::process::id());
         let dir = PathBuf::from(format!("/tmp/{cgroup}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -189,6 +201,7 @@ impl TestHost {
             name: name.into(),
             net,
             config: dir.join("agent.toml"),
+            state_dir: state_dir.map_or_else(|| dir.join("state"), Path::to_path_buf),
             dir,
             cgroup,
             daemon: None,
@@ -200,9 +213,10 @@ impl TestHost {
 
     pub fn write_config(&self, body: &str) {
         let text = format!(
-            "[host]\nname = \"{name}\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{network}\n{body}",
+            "[host]\nname = \"{name}\"\nstate_dir = \"{state}\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{network}\n{body}",
             name = self.name,
             dir = self.dir.display(),
+            state = self.state_dir.display(),
             cgroup = self.cgroup,
             network = self.net.config(),
         );
@@ -210,7 +224,7 @@ impl TestHost {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
+        self.state_dir.clone()
     }
 
     pub fn run_dir(&self) -> PathBuf {

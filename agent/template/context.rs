@@ -1,0 +1,90 @@
+//! What a template sees: the node registry as plain values.
+//!
+//! - `node`: the node rendering it;
+//! - `nodes`: the configured nodes that are running, by name;
+//! - `all_nodes`: every configured node, running or not;
+//! - `host`: this host's `name` and its `ip` on the internal bridge.
+//!
+//! Each node has `name`, `role`, `ip`, `running`, `allow` (its role's rules: `from`, `ports`)
+//! and `ports` (every port those rules open: what the node serves to the others).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::config::{Config, NodeSpec};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Context {
+    pub node: NodeView,
+    pub nodes: Vec<NodeView>,
+    pub all_nodes: Vec<NodeView>,
+    pub host: HostView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub role: String,
+    pub ip: String,
+    pub running: bool,
+    pub ports: Vec<u16>,
+    pub allow: Vec<AllowView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllowView {
+    pub from: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostView {
+    pub name: String,
+    pub ip: String,
+}
+
+impl Context {
+    /// The view of `spec` with the nodes named in `running` up.
+    pub fn new(config: &Config, spec: &NodeSpec, running: &BTreeSet<String>) -> Context {
+        let all_nodes: Vec<NodeView> = config
+            .nodes
+            .values()
+            .map(|node| NodeView::new(node, running.contains(&node.name)))
+            .collect();
+        Context {
+            node: NodeView::new(spec, running.contains(&spec.name)),
+            nodes: all_nodes.iter().filter(|n| n.running).cloned().collect(),
+            all_nodes,
+            host: HostView {
+                name: config.host.name.clone(),
+                ip: config.network.host_ip.to_string(),
+            },
+        }
+    }
+}
+
+impl NodeView {
+    fn new(spec: &NodeSpec, running: bool) -> NodeView {
+        let ports: BTreeSet<u16> = spec
+            .allow
+            .iter()
+            .flat_map(|rule| rule.ports.iter().copied())
+            .collect();
+        NodeView {
+            name: spec.name.clone(),
+            role: spec.role.clone(),
+            ip: spec.ip.to_string(),
+            running,
+            ports: ports.into_iter().collect(),
+            allow: spec
+                .allow
+                .iter()
+                .map(|rule| AllowView {
+                    from: rule.from.clone(),
+                    ports: rule.ports.clone(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::config::ConfigError;
+
+/// A host with lb1, web1, web2 and db1; role lb renders `lb.cfg` from `templates/` beside the
+/// config file, with `template` as its text.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(template: &str, role_extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/lb.cfg"), template).unwrap();
+        let config = format!(
+            r#"
+[host]
+name = "h1"
+state_dir = "/tmp/ms"
+[nodes.lb1]
+role = "lb"
+[nodes.web1]
+role = "web"
+[nodes.web2]
+role = "web"
+[nodes.db1]
+role = "db"
+[[roles.lb.template]]
+source = "lb.cfg"
+dest = "/etc/lb/lb.cfg"
+{role_extra}
+"#
+        );
+        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+        Setup { dir }
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        crate::config::load(Some(&self.dir.path().join("agent.toml")))
+    }
+
+    fn template_file(&self) -> String {
+        self.dir
+            .path()
+            .join("templates/lb.cfg")
+            .display()
+            .to_string()
+    }
+}
+
+fn running(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+const BACKENDS: &str = "# {{ node.name }} {{ node.ip }} {{ node.role }}\n\
+{% for n in nodes if n.role == \"web\" %}\n\
+server {{ n.name }} {{ n.ip }}:80 check\n\
+{% endfor %}\n";
+
+#[test]
+fn nodes_lists_the_running_ones_and_node_is_the_renderer() {
+    let setup = Setup::new(BACKENDS, "");
+    let config = setup.load().unwrap();
+    let lb1 = &config.nodes["lb1"];
+    let files = render_node(&config, lb1, &running(&["lb1", "web2", "db1"])).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].dest, "/etc/lb/lb.cfg");
+    assert_eq!(
+        files[0].text,
+        format!(
+            "# lb1 {} lb\nserver web2 {}:80 check\n",
+            lb1.ip, config.nodes["web2"].ip
+        )
+    );
+    assert_eq!(files[0].reload, None);
+    let both = render_node(&config, lb1, &running(&["web1", "web2"])).unwrap();
+    assert!(both[0].text.contains("server web1 ") && both[0].text.contains("server web2 "));
+    // A node without templates renders nothing.
+    let web1 = &config.nodes["web1"];
+    assert!(render_node(&config, web1, &running(&[]))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn context_carries_every_node_its_ports_and_the_host() {
+    let setup = Setup::new("x", "");
+    let config = setup.load().unwrap();
+    let context = Context::new(&config, &config.nodes["lb1"], &running(&["db1"]));
+    let names: Vec<&str> = context.all_nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["db1", "lb1", "web1", "web2"]);
+    let running_names: Vec<&str> = context.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(running_names, ["db1"]);
+    let db1 = &context.nodes[0];
+    assert_eq!(db1.ports, [3306, 6379, 6380]);
+    assert_eq!(db1.allow[0].from, ["web"]);
+    assert!(db1.running);
+    assert!(!context.node.running);
+    assert_eq!(context.node.ports, [80, 443]);
+    assert_eq!(context.host.name, "h1");
+    assert_eq!(context.host.ip, config.network.host_ip.to_string());
+}
+
+#[test]
+fn a_syntax_error_is_refused_at_load_with_the_template_file_and_line() {
+    let setup = Setup::new("global\n{% for n in nodes %}\nserver {{ n.name }\n", "");
+    let error = setup.load().expect_err("syntax error accepted");
+    let diagnostic = &error.diagnostics()[0];
+    assert_eq!(diagnostic.file, setup.template_file());
+    assert_eq!(diagnostic.line, 3, "{diagnostic}");
+    assert!(
+        diagnostic
+            .message
+            .starts_with("roles.lb.template `lb.cfg`: syntax error"),
+        "{diagnostic}"
+    );
+    assert_eq!(error.diagnostics().len(), 1, "{error}");
+}
+
+#[test]
+fn an_unknown_variable_or_attribute_is_an_error_not_an_empty_string() {
+    let setup = Setup::new("a\nb {{ backends }}\n", "");
+    let diagnostic = setup.load().unwrap_err().diagnostics()[0].clone();
+    assert_eq!((diagnostic.line, diagnostic.column), (2, 6), "{diagnostic}");
+    assert!(diagnostic.message.contains("undefined"), "{diagnostic}");
+
+    // Inside a loop that runs only while nodes are up: caught with every node running.
+    let setup = Setup::new("{% for n in nodes %}\n{{ n.adress }}\n{% endfor %}\n", "");
+    let diagnostic = setup.load().unwrap_err().diagnostics()[0].clone();
+    assert_eq!(diagnostic.line, 2, "{diagnostic}");
+    assert!(diagnostic.to_string().contains("lb.cfg:2:"), "{diagnostic}");
+}
+
+#[test]
+fn render_errors_at_run_time_carry_role_file_and_line() {
+    let setup = Setup::new("ok\n{{ node.name }}\n", "");
+    let mut config = setup.load().unwrap();
+    config.templates.get_mut("lb.cfg").unwrap().text = "ok\n\n{{ node.nope }}\n".into();
+    let error = render_node(&config, &config.nodes["lb1"], &running(&[])).unwrap_err();
+    assert_eq!(error.role, "lb");
+    assert_eq!(error.source_name, "lb.cfg");
+    assert_eq!(error.file, setup.template_file());
+    assert_eq!(error.line, 3);
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("{}:3:", setup.template_file())),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_template_names_where_it_was_looked_for() {
+    let setup = Setup::new("x", "");
+    std::fs::remove_file(setup.dir.path().join("templates/lb.cfg")).unwrap();
+    let error = setup.load().unwrap_err().to_string();
+    assert!(
+        error.contains("roles.lb.template: no template `lb.cfg`"),
+        "{error}"
+    );
+    assert!(error.contains("templates/lb.cfg"), "{error}");
+}
+
+#[test]
+fn reload_names_a_process_of_the_role_and_a_catchable_signal() {
+    let setup = Setup::new(
+        "x",
+        "reload_process = \"httpd\"\nreload_signal = \"USR2\"\n",
+    );
+    let config = setup.load().unwrap();
+    let reload = config.nodes["lb1"].templates[0].reload.clone().unwrap();
+    assert_eq!(
+        (reload.process.as_str(), reload.signal.as_str()),
+        ("httpd", "SIGUSR2")
+    );
+
+    let default_signal = Setup::new("x", "reload_process = \"httpd\"\n");
+    let reload = default_signal.load().unwrap().nodes["lb1"].templates[0]
+        .reload
+        .clone()
+        .unwrap();
+    assert_eq!(reload.signal, "SIGHUP");
+
+    for (extra, expected) in [
+        (
+            "reload_process = \"haproxy\"\n",
+            "reload_process `haproxy` is not one of",
+        ),
+        (
+            "reload_process = \"httpd\"\nreload_signal = \"KILL\"\n",
+            "cannot be caught",
+        ),
+        (
+            "reload_process = \"httpd\"\nreload_signal = \"BOO\"\n",
+            "not a signal name",
+        ),
+        ("reload_signal = \"HUP\"\n", "name the process to signal"),
+    ] {
+        let error = Setup::new("x", extra).load().unwrap_err().to_string();
+        assert!(error.contains(expected), "{extra}: {error}");
+    }
+}
+
+#[test]
+fn sources_are_relative_and_dests_unique() {
+    for (extra, expected) in [
+        (
+            "[[roles.lb.template]]\nsource = \"../etc/passwd\"\ndest = \"/x\"\n",
+            "must be a relative path below templates/",
+        ),
+        (
+            "[[roles.lb.template]]\nsource = \"lb.cfg\"\ndest = \"/etc/lb/lb.cfg\"\n",
+            "a second template renders to this path",
+        ),
+        (
+            "[[roles.lb.template]]\nsource = \"lb.cfg\"\ndest = \"/proc/x\"\n",
+            "inside /proc",
+        ),
+        (
+            "[[roles.lb.template]]\nsource = \"lb.cfg\"\ndest = \"/etc/hosts\"\n",
+            "written by the agent",
+        ),
+        (
+            "[[roles.lb.template]]\nsource = \"lb.cfg\"\ndest = \"/run/magestack\"\n",
+            "overlaps /run/magestack/templates",
+        ),
+    ] {
+        let error = Setup::new("x", extra).load().unwrap_err().to_string();
+        assert!(error.contains(expected), "{extra}: {error}");
+    }
+}
+
+#[test]
+fn the_shipped_monitor_page_lists_every_node_and_its_state() {
+    let config = crate::config::load(None).unwrap();
+    let monitor = &config.nodes["monitor1"];
+    let files = render_node(&config, monitor, &running(&["web1"])).unwrap();
+    assert_eq!(files[0].dest, "/var/www/index.html");
+    let page = &files[0].text;
+    assert!(
+        page.contains("<td>web1</td><td>web</td><td>172.16.0.21</td><td>80</td><td>running</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td>web2</td>") && page.contains("<td>down</td>"),
+        "{page}"
+    );
+}
+
+#[test]
+fn install_replaces_files_by_rename_and_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |text: &str| Rendered {
+        dest: "/etc/lb/lb.cfg".into(),
+        text: text.into(),
+        reload: None,
+    };
+    install(dir.path(), &[file("one\n")], None).unwrap();
+    let path = dir.path().join("etc/lb/lb.cfg");
+    let before = std::fs::metadata(&path).unwrap();
+    install(dir.path(), &[file("two\n")], None).unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&before),
+        std::os::unix::fs::MetadataExt::ino(&after),
+        "not replaced by rename"
+    );
+    let dests = vec!["/etc/lb/lb.cfg".to_string(), "/missing".to_string()];
+    let back = installed(dir.path(), &dests);
+    assert_eq!(back["/etc/lb/lb.cfg"], "two\n");
+    assert_eq!(back["/missing"], "");
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("etc/lb"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["lb.cfg"], "a temp file is left");
+}

@@ -1,0 +1,273 @@
+//! Volumes: a btrfs subvolume when the state dir is on btrfs, else a directory; kept across
+//! restarts, removal and re-creation of the node; removed only by `volume rm`, which is refused
+//! while the node mounts the volume or the configuration declares it. Needs btrfs-progs
+//! (`scripts/setup.sh` installs it).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::TestHost;
+use serde_json::Value;
+
+const KEEPER: &str = r#"
+[roles.keeper]
+image = "busybox"
+[[roles.keeper.volume]]
+name = "data"
+path = "/srv/data"
+[[roles.keeper.process]]
+name = "sleep"
+command = ["sleep", "1000000"]
+"#;
+
+fn with_node(node: &str) -> String {
+    format!("{KEEPER}\n[nodes.{node}]\nrole = \"keeper\"\n")
+}
+
+/// No node at all (without `[nodes]` the default node set would be configured).
+fn without_nodes() -> String {
+    format!("{KEEPER}\n[nodes]\n")
+}
+
+/// A btrfs filesystem on a loop device over a file, mounted at `mount`; dropping it unmounts it
+/// (lazily if something still holds it), detaches the loop device and removes its directory,
+/// whatever state a failed test left it in. Declare it before the `TestHost` on it, so it is
+/// dropped after the host has stopped its daemon and nodes.
+struct Btrfs {
+    dir: PathBuf,
+    mount: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+impl Btrfs {
+    fn new(tag: &str) -> Btrfs {
+        let dir = PathBuf::from(format!("/tmp/magestack-btrfs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut fs = Btrfs {
+            mount: dir.join("mnt"),
+            dir,
+            device: None,
+            mounted: false,
+        };
+        let image = fs.dir.join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        run("mkfs.btrfs", &["-q", image.to_str().unwrap()]);
+        let device = run("losetup", &["--find", "--show", image.to_str().unwrap()]);
+        fs.device = Some(String::from_utf8(device.stdout).unwrap().trim().to_owned());
+        std::fs::create_dir(&fs.mount).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "btrfs",
+                fs.device.as_deref().unwrap(),
+                fs.mount.to_str().unwrap(),
+            ],
+        );
+        fs.mounted = true;
+        fs
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let mount = self.mount.to_str().unwrap();
+            let unmounted = (0..50).any(|_| {
+                let done = quiet("umount", &[mount]);
+                if !done {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                done
+            });
+            if !unmounted {
+                quiet("umount", &["--lazy", mount]);
+            }
+        }
+        if let Some(device) = &self.device {
+            // With the filesystem still held (a lazy unmount), the kernel detaches the device
+            // once its last user is gone.
+            quiet("losetup", &["--detach", device]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup.sh installs what tests need)"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn volumes(host: &TestHost) -> Vec<Value> {
+    let listed: Value = serde_json::from_str(&host.cli(&["volume", "list", "--json"])).unwrap();
+    listed.as_array().unwrap().clone()
+}
+
+/// `volume rm` refused, with an error naming the node and the volume.
+fn assert_rm_refused(host: &TestHost, node: &str, because: &str) {
+    let refused = host.try_cli(&["volume", "rm", node, "data"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "volume rm was not refused");
+    assert!(
+        stderr.contains(&format!("volume data of node {node}")) && stderr.contains(because),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn on_btrfs_a_volume_is_a_subvolume_kept_until_volume_rm() {
+    // Declared first, dropped last: after the host has stopped its daemon and nodes.
+    let fs = Btrfs::new("vol");
+    let mut host =
+        TestHost::with_state_dir("volbtrfs", &with_node("keep1"), &fs.mount.join("state"));
+    host.start_daemon();
+    host.wait_node_state("keep1", "running");
+
+    let volume = host.state_dir().join("volumes/keep1/data");
+    assert_eq!(std::fs::metadata(&volume).unwrap().ino(), 256);
+    run("btrfs", &["subvolume", "show", volume.to_str().unwrap()]);
+    assert!(
+        std::fs::metadata(&volume).unwrap().uid() >= 1 << 20,
+        "the volume belongs to the node's shifted root"
+    );
+    let listed = volumes(&host);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["node"], "keep1");
+    assert_eq!(listed[0]["name"], "data");
+    assert_eq!(listed[0]["kind"], "subvolume");
+    assert_eq!(listed[0]["in_use"], "running");
+    assert_eq!(listed[0]["path"], volume.to_str().unwrap());
+
+    host.exec_stdout("keep1", &["sh", "-c", "echo kept > /srv/data/file"]);
+    host.cli(&["restart", "keep1"]);
+    assert_eq!(
+        host.exec_stdout("keep1", &["cat", "/srv/data/file"]),
+        "kept\n"
+    );
+    assert_rm_refused(&host, "keep1", "keep1 is running with it");
+
+    // Removed from the configuration, then added again: the same data.
+    host.write_config(&without_nodes());
+    host.cli(&["reload"]);
+    wait_gone(&host, "keep1");
+    host.write_config(&with_node("keep1"));
+    host.cli(&["reload"]);
+    host.wait_node_state("keep1", "running");
+    assert_eq!(
+        host.exec_stdout("keep1", &["cat", "/srv/data/file"]),
+        "kept\n"
+    );
+
+    // Stopped but still configured: kept.
+    host.cli(&["stop", "keep1"]);
+    assert_rm_refused(&host, "keep1", "the configuration declares it for keep1");
+
+    host.write_config(&without_nodes());
+    host.cli(&["reload"]);
+    wait_gone(&host, "keep1");
+    assert_eq!(volumes(&host)[0]["in_use"], Value::Null);
+    // Subvolumes made inside a volume go with it.
+    let inner = volume.join("inner");
+    run("btrfs", &["subvolume", "create", inner.to_str().unwrap()]);
+    std::fs::create_dir(inner.join("deeper")).unwrap();
+    run(
+        "btrfs",
+        &[
+            "subvolume",
+            "create",
+            inner.join("deeper/sub").to_str().unwrap(),
+        ],
+    );
+    let removed = host.cli(&["volume", "rm", "keep1", "data"]);
+    assert!(removed.contains("subvolume removed"), "{removed}");
+    assert!(!volume.exists());
+    let subvolumes = run("btrfs", &["subvolume", "list", fs.mount.to_str().unwrap()]);
+    let subvolumes = String::from_utf8_lossy(&subvolumes.stdout);
+    assert!(!subvolumes.contains("volumes/keep1"), "{subvolumes}");
+    assert!(volumes(&host).is_empty());
+
+    let missing = host.try_cli(&["volume", "rm", "keep1", "data"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && stderr.contains("volume data of node keep1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn elsewhere_a_volume_is_a_directory() {
+    let mut host = TestHost::new("voldir", &with_node("plain1"));
+    assert!(
+        !is_btrfs(&host.dir),
+        "this test wants a state dir that is not on btrfs: {}",
+        host.dir.display()
+    );
+    host.start_daemon();
+    host.wait_node_state("plain1", "running");
+    host.exec_stdout("plain1", &["sh", "-c", "echo kept > /srv/data/file"]);
+
+    let volume = host.state_dir().join("volumes/plain1/data");
+    assert!(std::fs::symlink_metadata(&volume).unwrap().is_dir());
+    let listed = volumes(&host);
+    assert_eq!(listed[0]["kind"], "dir", "{listed:?}");
+    assert!(listed[0]["size_bytes"].as_u64().unwrap() > 0, "{listed:?}");
+    assert_rm_refused(&host, "plain1", "plain1 is running with it");
+
+    host.write_config(&without_nodes());
+    host.cli(&["reload"]);
+    wait_gone(&host, "plain1");
+    let removed = host.cli(&["volume", "rm", "plain1", "data"]);
+    assert!(removed.contains("dir removed"), "{removed}");
+    assert!(!volume.exists());
+}
+
+fn is_btrfs(path: &Path) -> bool {
+    let output = run(
+        "stat",
+        &["--file-system", "--format=%T", path.to_str().unwrap()],
+    );
+    String::from_utf8_lossy(&output.stdout).trim() == "btrfs"
+}
+
+/// Waits until the daemon has stopped and forgotten a node removed from the configuration.
+fn wait_gone(host: &TestHost, node: &str) {
+    common::wait_for(
+        &format!("{node} to be gone"),
+        Duration::from_secs(20),
+        || {
+            host.status()["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["name"] != node)
+        },
+    );
+}
