@@ -23,7 +23,7 @@ pub struct TestHost {
     state_dir: PathBuf,
     daemon: Option<Child>,
     /// Holds this host's network number; released after `drop` removed the network.
-    _net_claim: std::fs::File,
+    _net_claim: std::os::unix::net::UnixListener,
 }
 
 /// The network of one test host.
@@ -38,23 +38,18 @@ pub struct TestNet {
 impl TestNet {
     /// A network no other live test host on this machine uses, in this test binary or in
     /// another one running at the same time (a shared link prefix lets one host's clean-up and
-    /// sweep delete another's links). The number is held by a lock on
-    /// `/tmp/magestack-test-nets/<k>` until the host is dropped (or its process dies).
-    fn claim() -> (TestNet, std::fs::File) {
-        let dir = Path::new("/tmp/magestack-test-nets");
-        std::fs::create_dir_all(dir).unwrap();
+    /// sweep delete another's links). The number is held by binding the abstract unix socket
+    /// `magestack-test-net-<k>` until the host is dropped (or its process dies): the kernel
+    /// releases it, and no file is left behind.
+    fn claim() -> (TestNet, std::os::unix::net::UnixListener) {
+        use std::os::linux::net::SocketAddrExt;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             for k in 1..36u32 {
-                let lock = std::fs::File::create(dir.join(k.to_string())).unwrap();
-                // SAFETY: flock on a descriptor this function owns.
-                let locked = unsafe {
-                    libc::flock(
-                        std::os::fd::AsRawFd::as_raw_fd(&lock),
-                        libc::LOCK_EX | libc::LOCK_NB,
-                    )
-                } == 0;
-                if locked {
+                let name = format!("magestack-test-net-{k}");
+                let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .expect("an abstract socket name");
+                if let Ok(claim) = std::os::unix::net::UnixListener::bind_addr(&address) {
                     let net = TestNet {
                         bridge: format!("msb{}x{k}", std::process::id() % 100_000),
                         link_prefix: format!("t{}", char::from_digit(k, 36).unwrap()),
@@ -70,14 +65,10 @@ impl TestNet {
                         }
                         .remove();
                     }
-                    return (net, lock);
+                    return (net, claim);
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no free test network in {}",
-                dir.display()
-            );
+            assert!(Instant::now() < deadline, "no free test network");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
