@@ -429,22 +429,30 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// What confining one process costs: compiling the seccomp filter and capability sets, then
-/// narrowing and sealing a forked child, against a child that only exits.
+/// What confining a node's processes costs: the init prepares the confinement once (capability
+/// sets, seccomp filters compiled), then every process narrows and seals itself after fork. The
+/// second part is measured in forked children against children that only exit.
 fn seccomp_cost(spec: &NodeSpec) {
     use magestack_agent::confinement::Confinement;
     use nix::sys::wait::waitpid;
     use nix::unistd::{fork, ForkResult};
 
+    let mut prepare: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let started = Instant::now();
+            Confinement::new(&spec.capabilities).expect("confinement");
+            started.elapsed()
+        })
+        .collect();
+    let confinement = Confinement::new(&spec.capabilities).expect("confinement");
     let child_life = |confine: bool| {
         let started = Instant::now();
-        // SAFETY: the bench is single-threaded here; the child only builds and applies the
+        // SAFETY: the bench is single-threaded here; the child only applies the prepared
         // confinement (no locks are held across the fork) and leaves with _exit.
         match unsafe { fork() }.expect("fork") {
             ForkResult::Child => {
                 let code = if confine {
-                    let applied = Confinement::new(&spec.capabilities)
-                        .and_then(|c| c.narrow().and_then(|_| c.seal()));
+                    let applied = confinement.narrow().and_then(|_| confinement.seal());
                     i32::from(applied.is_err())
                 } else {
                     0
@@ -470,7 +478,8 @@ fn seccomp_cost(spec: &NodeSpec) {
     }
     let (confined, bare) = (median(&mut confined), median(&mut bare));
     println!(
-        "  confinement of one process (caps + no_new_privs + seccomp): {} (fork+exit {} vs {})",
+        "  confinement: prepared once per node {}; per process (caps + no_new_privs + seccomp) {} (fork+exit {} vs {})",
+        ms(median(&mut prepare)),
         signed_ms(confined.as_secs_f64() - bare.as_secs_f64()),
         ms(confined),
         ms(bare)
