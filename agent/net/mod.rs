@@ -19,6 +19,8 @@ use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec};
 
 /// The name of a node's network interface on the internal network, inside the node.
 pub const NODE_INTERFACE: &str = "eth0";
+/// The index `eth0` is given in its node's namespace, where only `lo` (1) exists before it.
+pub const NODE_INTERFACE_INDEX: u32 = 2;
 /// fw1's public interface, inside the node.
 pub const PUBLIC_INTERFACE: &str = "eth1";
 
@@ -118,7 +120,13 @@ impl HostNetwork {
     ) -> Result<(), NetError> {
         let bridge = self.bridge_index(host)?;
         let link = self.node_link(&spec.name);
-        if let Err(error) = host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns) {
+        if let Err(error) = host.add_veth(
+            &link,
+            Some(bridge),
+            NODE_INTERFACE,
+            Some(NODE_INTERFACE_INDEX),
+            netns,
+        ) {
             tracing::debug!(node = %spec.name, "creating {link} again: {error}");
             // A link of the node's previous life still goes away with its old namespace, and
             // may be gone by the time we look (churn hits that window): remove it if it is
@@ -127,13 +135,19 @@ impl HostNetwork {
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             let bridge = self.bridge_index(host)?;
             host.delete_link(&link)?;
-            host.add_veth(&link, Some(bridge), NODE_INTERFACE, netns)?;
+            host.add_veth(
+                &link,
+                Some(bridge),
+                NODE_INTERFACE,
+                Some(NODE_INTERFACE_INDEX),
+                netns,
+            )?;
         }
         if let Some(public) = spec.network.public.as_ref() {
             if public.uplink == "host" {
                 let link = self.public_link(&spec.name);
                 host.delete_link(&link)?;
-                host.add_veth(&link, None, PUBLIC_INTERFACE, netns)?;
+                host.add_veth(&link, None, PUBLIC_INTERFACE, None, netns)?;
                 host.address_link(&link, public.gateway, public.address.prefix)?;
             } else {
                 host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns)?;
@@ -214,11 +228,11 @@ impl HostNetwork {
 /// forwarding.
 pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
     let node = Netlink::connect()?;
-    node.set_up(LOOPBACK_INDEX, "lo")?;
-    node.address_link(
-        NODE_INTERFACE,
+    node.configure_node_link(
+        NODE_INTERFACE_INDEX,
         network.address.address,
         network.address.prefix,
+        NODE_INTERFACE,
     )?;
     if let Some(public) = &network.public {
         node.address_link(
@@ -237,9 +251,6 @@ pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
     }
     Ok(())
 }
-
-/// The loopback device is always the first link of a network namespace.
-const LOOPBACK_INDEX: u32 = 1;
 
 fn open_netns(pid: i32) -> Result<OwnedFd, NetError> {
     let path = format!("/proc/{pid}/ns/net");

@@ -16,6 +16,9 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessage
 
 use super::NetError;
 
+/// The loopback device is always the first link of a network namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
 /// A netlink connection in the calling thread's network namespace.
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
@@ -143,17 +146,23 @@ impl Netlink {
     /// A veth pair: `host_name` here, attached to `bridge` and up, and `peer_name` created
     /// directly in the network namespace `peer_netns`. The peer is brought up from inside its
     /// namespace: the kernel refuses (ENOTCONN) to open a veth end before its pair exists.
+    /// `peer_index`, when given, is the interface index the peer gets in its namespace, so the
+    /// node can configure it without looking it up by name.
     pub fn add_veth(
         &self,
         host_name: &str,
         bridge: Option<u32>,
         peer_name: &str,
+        peer_index: Option<u32>,
         peer_netns: &OwnedFd,
     ) -> Result<(), NetError> {
-        let peer = LinkMessageBuilder::<LinkUnspec>::default()
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::default()
             .name(peer_name.to_string())
-            .setns_by_fd(peer_netns.as_fd().as_raw_fd())
-            .build();
+            .setns_by_fd(peer_netns.as_fd().as_raw_fd());
+        if let Some(index) = peer_index {
+            peer = peer.index(index);
+        }
+        let peer = peer.build();
         let mut message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host_name.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -202,6 +211,40 @@ impl Netlink {
             }
             Err(error) => Err(NetError::netlink(&format!("delete link {name}"), error)),
         }
+    }
+
+    /// A fresh node namespace's links in one go: `lo` up, and the link `index` addressed and up,
+    /// as concurrent requests on the one connection (each would otherwise wait for the
+    /// previous one's answer).
+    pub fn configure_node_link(
+        &self,
+        index: u32,
+        address: Ipv4Addr,
+        prefix: u8,
+        link: &str,
+    ) -> Result<(), NetError> {
+        let loopback = self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(LOOPBACK_INDEX).up().build());
+        let add_address = self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(address), prefix);
+        let link_up = self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build());
+        let (loopback, added, up) = self.runtime.block_on(async {
+            futures_util::join!(loopback.execute(), add_address.execute(), link_up.execute())
+        });
+        loopback.map_err(|e| NetError::netlink("set lo up", e))?;
+        match added {
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::EEXIST => {}
+            added => added
+                .map_err(|e| NetError::netlink(&format!("add {address}/{prefix} to {link}"), e))?,
+        }
+        up.map_err(|e| NetError::netlink(&format!("set {link} up"), e))
     }
 
     /// Address on a link by name, and the link up.
