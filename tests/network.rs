@@ -9,6 +9,44 @@ use std::time::Duration;
 
 use common::{wait_for, TestHost};
 
+/// lb1 as busybox httpd (the shipped role runs haproxy from the real `lb` image, tested in
+/// role_lb.rs): without its haproxy.cfg template, whose reload names the haproxy process.
+const LB_STAND_IN: &str = r#"
+[roles.lb]
+image = "busybox"
+template = []
+[[roles.lb.process]]
+name = "httpd"
+command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+"#;
+
+/// web1 as busybox httpd on port 80 (the shipped role runs nginx and php-fpm from the real `web`
+/// image, tested in role_web.rs): without its templates, whose reload names nginx, and checked
+/// by tcp instead of its /health_check.php.
+const WEB_STAND_IN: &str = r#"
+[roles.web]
+image = "busybox"
+template = []
+[[roles.web.process]]
+name = "httpd"
+command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+[roles.web.health]
+tcp = 80
+"#;
+
+/// db1 as a busybox TCP echo on the MySQL port (the shipped role runs MariaDB and Redis from the
+/// real `db` image, tested in role_db.rs): without its templates, checked over TCP.
+const DB_STAND_IN: &str = r#"
+[roles.db]
+image = "busybox"
+template = []
+[[roles.db.process]]
+name = "mysqld"
+command = ["nc", "-ll", "-p", "3306", "-e", "cat"]
+[roles.db.health]
+tcp = 3306
+"#;
+
 /// fw1, lb1 (busybox httpd with a CGI that prints the client address), web1, db1.
 fn stack(name: &str, extra: &str) -> TestHost {
     let mut host = TestHost::new(
@@ -23,6 +61,7 @@ role = "lb"
 role = "web"
 [nodes.db1]
 role = "db"
+{LB_STAND_IN}{DB_STAND_IN}{WEB_STAND_IN}
 {extra}"#
         ),
     );
@@ -221,7 +260,7 @@ fn the_dos_filter_drops_a_burst_and_spares_the_whitelist() {
         host.net.public_gateway()
     );
     host.write_config(&format!(
-        "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n{whitelisted}"
+        "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n{LB_STAND_IN}{DB_STAND_IN}{WEB_STAND_IN}{whitelisted}"
     ));
     host.cli(&["reload"]);
     host.wait_node_state("fw1", "running");
@@ -236,9 +275,9 @@ fn the_dos_filter_drops_a_burst_and_spares_the_whitelist() {
 fn reload_adds_names_everywhere_and_stop_removes_links() {
     let host = stack("netreload", "");
     let web1 = host.node_pid("web1");
-    host.write_config(
-        "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n",
-    );
+    host.write_config(&format!(
+        "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n{LB_STAND_IN}{DB_STAND_IN}{WEB_STAND_IN}",
+    ));
     let report = host.cli(&["reload"]);
     assert!(report.contains("started: web2"), "{report}");
     assert_eq!(host.node_pid("web1"), web1, "web1 was restarted");

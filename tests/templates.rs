@@ -13,9 +13,11 @@ const HUP_COUNTER: &str =
     r#"["sh", "-c", "trap 'echo hup >> /tmp/hups' HUP; while true; do sleep 1 & wait; done"]"#;
 
 /// lb lists every running web node; db lists the running db nodes (which never changes here).
-/// Both count their reload signals.
+/// Both count their reload signals. lb and db run from busybox here, not their real images.
 fn config(web_nodes: &[&str]) -> String {
-    let mut text = String::from("[nodes.lb1]\nrole = \"lb\"\n[nodes.db1]\nrole = \"db\"\n");
+    let mut text = String::from(
+        "[nodes.lb1]\nrole = \"lb\"\n[nodes.db1]\nrole = \"db\"\n[roles.lb]\nimage = \"busybox\"\n[roles.db]\nimage = \"busybox\"\n",
+    );
     for web in web_nodes {
         text.push_str(&format!("[nodes.{web}]\nrole = \"web\"\n"));
     }
@@ -32,8 +34,22 @@ reload_process = "counter"
 "#
         ));
     }
+    text.push_str(WEB_STAND_IN);
     text
 }
+
+/// web runs a busybox httpd here, not nginx and php-fpm from the real `web` image: without the
+/// role's own templates (their reload names nginx), checked by tcp.
+const WEB_STAND_IN: &str = r#"
+[roles.web]
+image = "busybox"
+template = []
+[[roles.web.process]]
+name = "httpd"
+command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+[roles.web.health]
+tcp = 80
+"#;
 
 const BACKENDS: &str = "# rendered for {{ node.name }} ({{ node.ip }})\n\
 {% for n in nodes if n.role == \"web\" %}\n\

@@ -58,6 +58,8 @@ pub struct MetricsSettings {
 pub struct HostSettings {
     pub name: String,
     pub state_dir: PathBuf,
+    /// The image store: `state_dir/images` unless `[host] image_dir` says otherwise.
+    pub image_dir: PathBuf,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
     /// Parent cgroup of every node, relative to the root of each hierarchy.

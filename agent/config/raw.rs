@@ -42,6 +42,8 @@ pub struct RawMetrics {
 pub struct RawHost {
     pub name: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
+    /// Where images are stored; `state_dir/images` unless given.
+    pub image_dir: Option<Spanned<String>>,
     pub run_dir: Option<Spanned<String>>,
     pub log_dir: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,

@@ -114,6 +114,10 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
         PathBuf::from(value.into_inner())
     };
     let state_dir = dir(raw.state_dir, "state_dir", "/var/lib/magestack");
+    let image_dir = match raw.image_dir {
+        Some(value) => dir(Some(value), "image_dir", ""),
+        None => state_dir.join("images"),
+    };
     let run_dir = dir(raw.run_dir, "run_dir", "/run/magestack");
     let log_dir = dir(raw.log_dir, "log_dir", "/var/log/magestack");
     let cgroup = match raw.cgroup {
@@ -145,6 +149,7 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
     (checker.diagnostics.len() == errors_before).then_some(HostSettings {
         name,
         state_dir,
+        image_dir,
         run_dir,
         log_dir,
         cgroup,

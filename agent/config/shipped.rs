@@ -15,10 +15,40 @@ pub const ROLES: &[(&str, &str)] = &[
 ];
 
 /// The shipped templates (`roles/templates/<source>`), by the `source` roles name them with.
-pub const TEMPLATES: &[(&str, &str)] = &[(
-    "monitor/index.html",
-    include_str!("../../roles/templates/monitor/index.html"),
-)];
+pub const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "monitor/index.html",
+        include_str!("../../roles/templates/monitor/index.html"),
+    ),
+    (
+        "lb/haproxy.cfg",
+        include_str!("../../roles/templates/lb/haproxy.cfg"),
+    ),
+    (
+        "db/init.sql",
+        include_str!("../../roles/templates/db/init.sql"),
+    ),
+    (
+        "db/redis-cache.conf",
+        include_str!("../../roles/templates/db/redis-cache.conf"),
+    ),
+    (
+        "db/redis-sessions.conf",
+        include_str!("../../roles/templates/db/redis-sessions.conf"),
+    ),
+    (
+        "web/site.conf",
+        include_str!("../../roles/templates/web/site.conf"),
+    ),
+    (
+        "web/backends.ini",
+        include_str!("../../roles/templates/web/backends.ini"),
+    ),
+    (
+        "web/health_check.php",
+        include_str!("../../roles/templates/web/health_check.php"),
+    ),
+];
 
 /// The nodes a host runs when its configuration has no `[nodes]` table.
 pub const DEFAULT_NODES: &[(&str, &str)] = &[

@@ -49,6 +49,28 @@ fn inline_role_defines_a_new_role_from_address_100() {
     assert_eq!(node.processes[0].restart, RestartPolicy::Always);
     assert_eq!(node.ip, Ipv4Addr::new(172, 16, 0, 100));
     assert_eq!(config.host.state_dir, std::path::PathBuf::from("/tmp/ms"));
+    assert_eq!(
+        config.host.image_dir,
+        std::path::PathBuf::from("/tmp/ms/images")
+    );
+}
+
+#[test]
+fn image_dir_may_be_placed_apart_from_the_state_dir() {
+    let text = SLEEPER.replace("[host]\n", "[host]\nimage_dir = \"/srv/images\"\n");
+    let config = parse_text(&text).unwrap();
+    assert_eq!(
+        config.host.image_dir,
+        std::path::PathBuf::from("/srv/images")
+    );
+    let text = SLEEPER.replace("[host]\n", "[host]\nimage_dir = \"images\"\n");
+    let error = first_error(&text);
+    assert!(
+        error
+            .message
+            .contains("host.image_dir: must be an absolute path"),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -77,7 +99,7 @@ restart = "on-failure"
     assert_eq!(web1.processes[0].name, "sleep");
     assert_eq!(web1.processes[0].restart, RestartPolicy::OnFailure);
     assert_eq!(
-        web1.volumes[0].name, "www",
+        web1.volumes[0].name, "media",
         "volumes kept from the shipped role"
     );
     let web2 = &config.nodes["web2"];
@@ -181,7 +203,16 @@ fn addresses_outside_the_subnet_are_refused() {
 fn shipped_roles_all_parse_and_complete() {
     let config = load(None).unwrap();
     for node in config.nodes.values() {
-        assert_eq!(node.image, "busybox", "{}", node.name);
+        // The built-in image, or one with a shipped recipe.
+        let shipped = crate::image::recipe::SHIPPED
+            .iter()
+            .any(|(name, _)| *name == node.image);
+        assert!(
+            node.image == "busybox" || shipped,
+            "{}: {}",
+            node.name,
+            node.image
+        );
         assert!(!node.processes.is_empty(), "{}", node.name);
     }
 }

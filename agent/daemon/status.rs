@@ -97,6 +97,11 @@ fn node_health(state: NodeState, health: Option<HealthStatus>) -> (&'static str,
     }
 }
 
+/// What a running init says of its node's health; `None` when it did not answer in time.
+pub(super) async fn ask_health(socket: &std::path::Path) -> Option<HealthStatus> {
+    ask_init(socket).await.map(|answer| answer.health)
+}
+
 async fn ask_init(socket: &std::path::Path) -> Option<InitAnswer> {
     let exchange = async {
         let mut stream = UnixStream::connect(socket).await.ok()?;

@@ -15,7 +15,7 @@ use crate::api::control::{ExecTarget, NodeState, ReloadReport, Response};
 use crate::api::init::{InitReply, InitRequest};
 use crate::config::{Config, NodeSpec};
 use crate::runtime::{NodeHandle, Runtime};
-use crate::template::Rendered;
+use crate::template::{Rendered, Running};
 
 /// First delay before restarting a node whose init died; doubles up to [`RETRY_CAP`].
 const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -24,12 +24,20 @@ const RETRY_CAP: Duration = Duration::from_secs(60);
 /// How a node's `error` starts when its templates failed to re-render (cleared once they do).
 const TEMPLATES_FAILED: &str = "templates not re-rendered: ";
 
+/// How often the core asks a running node's init for its health: the role's check interval,
+/// within these bounds (an init answers from memory; the check itself runs on its own clock).
+const HEALTH_POLL_MIN: Duration = Duration::from_millis(250);
+const HEALTH_POLL_MAX: Duration = Duration::from_secs(1);
+
 pub enum Event {
     Command(Command, oneshot::Sender<Response>),
     Snapshot(Vec<String>, oneshot::Sender<Result<Snapshot, String>>),
     Started(String, Result<Box<NodeHandle>, String>),
     Stopped(String),
     InitExited(String, i32),
+    /// The health a node's init (by its pid) reported, sent when it differs from the last one
+    /// that init reported.
+    Health(String, i32, String),
 }
 
 pub enum Command {
@@ -65,6 +73,9 @@ struct NodeEntry {
     /// What is installed of each template (by dest) for the running node; `None` when not
     /// known yet (an adopted node: read from its files on the first render).
     rendered: Option<BTreeMap<String, String>>,
+    /// The running node's health as its init last reported it (before the first report:
+    /// `starting`, or `none` for a role without a check); `None` while it is not running.
+    health: Option<String>,
 }
 
 /// What `status` shows, taken in the core and completed outside it.
@@ -107,9 +118,9 @@ pub struct World {
     nodes: BTreeMap<String, NodeEntry>,
     waiters: Vec<Waiter>,
     events: mpsc::UnboundedSender<Event>,
-    /// The running nodes the templates were last rendered with; `None` forces a render (a new
-    /// configuration may bring new template texts).
-    templates_rendered_for: Option<BTreeSet<String>>,
+    /// The running nodes (with their health) the templates were last rendered with; `None`
+    /// forces a render (a new configuration may bring new template texts).
+    templates_rendered_for: Option<Running>,
 }
 
 impl World {
@@ -156,6 +167,7 @@ impl World {
             } else {
                 Phase::Running
             };
+            entry.health = Some(first_health(&handle.record.spec));
             let handle = Arc::new(handle);
             entry.handle = Some(handle.clone());
             world.watch(&name, &handle);
@@ -185,6 +197,7 @@ impl World {
             Event::Started(node, result) => self.started(&node, result),
             Event::Stopped(node) => self.stopped(&node),
             Event::InitExited(node, pid) => self.init_exited(&node, pid),
+            Event::Health(node, pid, health) => self.health_reported(&node, pid, health),
         }
         self.reconcile();
         self.refresh_templates();
@@ -427,6 +440,7 @@ impl World {
                 let handle = Arc::new(*handle);
                 entry.phase = Phase::Running;
                 entry.error = None;
+                entry.health = Some(first_health(&handle.record.spec));
                 entry.handle = Some(handle.clone());
                 self.watch(node, &handle);
             }
@@ -444,7 +458,26 @@ impl World {
             entry.phase = Phase::Stopped;
             entry.handle = None;
             entry.rendered = None;
+            entry.health = None;
         }
+    }
+
+    /// A running node's init reported a new health: templates see it at the next render.
+    fn health_reported(&mut self, node: &str, pid: i32, health: String) {
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let current = entry.handle.as_ref().is_some_and(|h| h.record.pid == pid);
+        if !current || entry.health.as_ref() == Some(&health) {
+            return;
+        }
+        let role = entry.spec.as_ref().map(|s| s.role.as_str());
+        let was = entry
+            .health
+            .as_deref()
+            .unwrap_or(crate::template::HEALTH_UNKNOWN);
+        tracing::info!(node, role, was, health, "health changed");
+        entry.health = Some(health);
     }
 
     fn init_exited(&mut self, node: &str, pid: i32) {
@@ -479,6 +512,7 @@ impl World {
         entry.retry_at = Some(Instant::now() + delay);
         entry.phase = Phase::Stopping;
         entry.handle = None;
+        entry.health = None;
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let name = node.to_string();
@@ -536,9 +570,9 @@ impl World {
     fn begin_start(&mut self, node: &str) {
         // Its own files are read once it runs: it renders them as one of the running nodes.
         let mut running = self.running_nodes();
-        running.insert(node.to_string());
         let entry = self.nodes.get_mut(node).expect("known node");
         let spec = entry.spec.clone().expect("configured node");
+        running.insert(node.to_string(), first_health(&spec));
         let templates = match crate::template::render_node(&self.config, &spec, &running) {
             Ok(templates) => templates,
             Err(error) => {
@@ -585,20 +619,24 @@ impl World {
         });
     }
 
-    /// The configured nodes that are up: what templates list as `nodes`.
-    fn running_nodes(&self) -> BTreeSet<String> {
+    /// The configured nodes that are up, with their health: what templates list as `nodes`.
+    fn running_nodes(&self) -> Running {
         self.nodes
             .iter()
             .filter(|(_, entry)| {
                 entry.phase == Phase::Running && entry.handle.is_some() && entry.spec.is_some()
             })
-            .map(|(name, _)| name.clone())
+            .map(|(name, entry)| {
+                let health = entry.health.as_deref();
+                let health = health.unwrap_or(crate::template::HEALTH_UNKNOWN);
+                (name.clone(), health.to_string())
+            })
             .collect()
     }
 
-    /// Re-renders the templates of every running node once the set of running nodes (or the
-    /// configuration) changed; only files whose text changed are replaced, and only their
-    /// nodes are told to reload.
+    /// Re-renders the templates of every running node once the set of running nodes, the
+    /// health of one of them, or the configuration changed; only files whose text changed are
+    /// replaced, and only their nodes are told to reload.
     fn refresh_templates(&mut self) {
         let running = self.running_nodes();
         if self.templates_rendered_for.as_ref() == Some(&running) {
@@ -611,7 +649,7 @@ impl World {
         self.templates_rendered_for = Some(running);
     }
 
-    fn refresh_node_templates(&mut self, node: &str, running: &BTreeSet<String>) {
+    fn refresh_node_templates(&mut self, node: &str, running: &Running) {
         let entry = self.nodes.get_mut(node).expect("listed");
         let (Some(spec), Some(handle)) = (&entry.spec, &entry.handle) else {
             return;
@@ -695,8 +733,47 @@ impl World {
         });
     }
 
-    /// Watches the init's pidfd and reports its exit to the core.
+    /// Asks the init of a node whose role has a health check for its health, every check
+    /// interval (within [`HEALTH_POLL_MIN`], [`HEALTH_POLL_MAX`]), and reports each change to the
+    /// core. Ends once the core has let go of the handle (the node stopped or its init died).
+    fn poll_health(&self, node: &str, handle: &Arc<NodeHandle>) {
+        let Some(check) = &handle.record.spec.health else {
+            return;
+        };
+        let period = check.interval.clamp(HEALTH_POLL_MIN, HEALTH_POLL_MAX);
+        let handle = Arc::downgrade(handle);
+        let events = self.events.clone();
+        let name = node.to_string();
+        tokio::spawn(async move {
+            let mut last: Option<String> = None;
+            loop {
+                tokio::time::sleep(period).await;
+                let Some((socket, pid)) = handle
+                    .upgrade()
+                    .map(|h| (h.paths.control_socket(), h.record.pid))
+                else {
+                    return;
+                };
+                let Some(health) = super::status::ask_health(&socket).await else {
+                    continue;
+                };
+                if last.as_ref() == Some(&health.state) {
+                    continue;
+                }
+                last = Some(health.state.clone());
+                if events
+                    .send(Event::Health(name.clone(), pid, health.state))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Watches the init's pidfd and reports its exit to the core, and polls its health.
     fn watch(&self, node: &str, handle: &Arc<NodeHandle>) {
+        self.poll_health(node, handle);
         let Ok(pidfd) = handle.pidfd.try_clone() else {
             tracing::error!(node, "cannot watch the init: dup of pidfd failed");
             return;
@@ -794,8 +871,19 @@ impl NodeEntry {
             retry_at: None,
             deaths_in_row: 0,
             rendered: None,
+            health: None,
         }
     }
+}
+
+/// A node's health from its start until its init first reports one.
+fn first_health(spec: &NodeSpec) -> String {
+    if spec.health.is_some() {
+        "starting"
+    } else {
+        "none"
+    }
+    .to_string()
 }
 
 impl Waiter {

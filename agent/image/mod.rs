@@ -192,13 +192,16 @@ impl ImageStore {
         Self::with_busybox(state_dir, Path::new(HOST_BUSYBOX))
     }
 
-    /// The store of a host configuration: its state dir, and the recipes in `images/` next to
-    /// the configuration file before the shipped ones.
+    /// The store of a host configuration: its image dir (`state_dir/images` unless `[host]
+    /// image_dir` is given), and the recipes in `images/` next to the configuration file before
+    /// the shipped ones.
     pub fn for_config(config: &Config) -> Self {
         let dir = (config.origin != crate::config::DEFAULT_CONFIG_NAME)
             .then(|| Path::new(&config.origin).parent().map(|d| d.join("images")))
             .flatten();
-        Self::new(&config.host.state_dir).with_recipe_dir(dir)
+        let mut store = Self::new(&config.host.state_dir).with_recipe_dir(dir);
+        store.root = config.host.image_dir.clone();
+        store
     }
 
     /// Looks for recipes in `dir` (`<dir>/<name>.toml`) before the shipped ones.
@@ -1130,10 +1133,10 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let store = ImageStore::new(state.path());
         let older = store
-            .build_built_in("web", &"a".repeat(64), |_| Ok(()))
+            .build_built_in("shop", &"a".repeat(64), |_| Ok(()))
             .unwrap();
         let newer = store
-            .build_built_in("web", &"b".repeat(64), |_| Ok(()))
+            .build_built_in("shop", &"b".repeat(64), |_| Ok(()))
             .unwrap();
         let old_marker = older.parent().unwrap().join(COMPLETE_MARKER);
         let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
@@ -1144,8 +1147,8 @@ mod tests {
             .set_modified(past)
             .unwrap();
 
-        assert!(store.knows("web"));
-        assert_eq!(store.rootfs("web").unwrap(), newer);
+        assert!(store.knows("shop"));
+        assert_eq!(store.rootfs("shop").unwrap(), newer);
     }
 
     fn local_recipe(state: &Path, name: &str, text: &str) -> ImageStore {

@@ -26,8 +26,12 @@ use toml::Spanned;
 use crate::config::{Diagnostic, Source};
 
 /// The recipes shipped inside the binary (`images/*.toml`), by image name.
-pub const SHIPPED: &[(&str, &str)] =
-    &[("debian-base", include_str!("../../images/debian-base.toml"))];
+pub const SHIPPED: &[(&str, &str)] = &[
+    ("debian-base", include_str!("../../images/debian-base.toml")),
+    ("db", include_str!("../../images/db.toml")),
+    ("lb", include_str!("../../images/lb.toml")),
+    ("web", include_str!("../../images/web.toml")),
+];
 
 /// Where the recipes of images nobody configured come from when a recipe does not say.
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";

@@ -5,14 +5,23 @@
 //! - `all_nodes`: every configured node, running or not;
 //! - `host`: this host's `name` and its `ip` on the internal bridge.
 //!
-//! Each node has `name`, `role`, `ip`, `running`, `allow` (its role's rules: `from`, `ports`)
-//! and `ports` (every port those rules open: what the node serves to the others).
+//! Each node has `name`, `role`, `ip`, `running`, `health`, `allow` (its role's rules: `from`,
+//! `ports`) and `ports` (every port those rules open: what the node serves to the others).
+//!
+//! `health` is what the node's init's checks say: `healthy`, `unhealthy`, `starting` (no verdict
+//! yet), `none` (its role has no check), or `unknown` (not running, or not asked yet).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::config::{Config, NodeSpec};
+
+/// The running nodes, each with its health (see the module's documentation for the values).
+pub type Running = BTreeMap<String, String>;
+
+/// The health of a node that is not running.
+pub const HEALTH_UNKNOWN: &str = "unknown";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Context {
@@ -28,6 +37,7 @@ pub struct NodeView {
     pub role: String,
     pub ip: String,
     pub running: bool,
+    pub health: String,
     pub ports: Vec<u16>,
     pub allow: Vec<AllowView>,
 }
@@ -45,15 +55,15 @@ pub struct HostView {
 }
 
 impl Context {
-    /// The view of `spec` with the nodes named in `running` up.
-    pub fn new(config: &Config, spec: &NodeSpec, running: &BTreeSet<String>) -> Context {
+    /// The view of `spec` with the nodes named in `running` up, in the health given there.
+    pub fn new(config: &Config, spec: &NodeSpec, running: &Running) -> Context {
         let all_nodes: Vec<NodeView> = config
             .nodes
             .values()
-            .map(|node| NodeView::new(node, running.contains(&node.name)))
+            .map(|node| NodeView::new(node, running.get(&node.name)))
             .collect();
         Context {
-            node: NodeView::new(spec, running.contains(&spec.name)),
+            node: NodeView::new(spec, running.get(&spec.name)),
             nodes: all_nodes.iter().filter(|n| n.running).cloned().collect(),
             all_nodes,
             host: HostView {
@@ -65,7 +75,7 @@ impl Context {
 }
 
 impl NodeView {
-    fn new(spec: &NodeSpec, running: bool) -> NodeView {
+    fn new(spec: &NodeSpec, health: Option<&String>) -> NodeView {
         let ports: BTreeSet<u16> = spec
             .allow
             .iter()
@@ -75,7 +85,8 @@ impl NodeView {
             name: spec.name.clone(),
             role: spec.role.clone(),
             ip: spec.ip.to_string(),
-            running,
+            running: health.is_some(),
+            health: health.map_or(HEALTH_UNKNOWN, String::as_str).to_string(),
             ports: ports.into_iter().collect(),
             allow: spec
                 .allow

@@ -7,7 +7,7 @@
 
 mod context;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::path::Path;
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::config::{Config, Diagnostic, NodeSpec, TemplateReload};
-pub use context::{Context, NodeView};
+pub use context::{Context, NodeView, Running, HEALTH_UNKNOWN};
 
 /// Where a node sees its rendered files (a read-only bind of the host directory).
 pub const IN_NODE: &str = "/run/magestack/templates";
@@ -69,11 +69,11 @@ fn environment() -> Environment<'static> {
     env
 }
 
-/// Every template of `spec`, rendered for it with the nodes in `running` up.
+/// Every template of `spec`, rendered for it with the nodes in `running` up (in their health).
 pub fn render_node(
     config: &Config,
     spec: &NodeSpec,
-    running: &BTreeSet<String>,
+    running: &Running,
 ) -> Result<Vec<Rendered>, TemplateError> {
     if spec.templates.is_empty() {
         return Ok(Vec::new());
@@ -118,8 +118,12 @@ pub fn render_node(
 /// running and once with none (a template that works only while some node is up would break
 /// the node that renders it later): the problems, each once, in their templates' files.
 pub fn check(config: &Config) -> Vec<Diagnostic> {
-    let everyone: BTreeSet<String> = config.nodes.keys().cloned().collect();
-    let nobody = BTreeSet::new();
+    let everyone: Running = config
+        .nodes
+        .keys()
+        .map(|name| (name.clone(), "healthy".to_string()))
+        .collect();
+    let nobody = Running::new();
     let mut problems = Vec::new();
     for spec in config.nodes.values() {
         for running in [&everyone, &nobody] {

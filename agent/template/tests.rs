@@ -1,5 +1,3 @@
-use std::collections::BTreeSet;
-
 use super::*;
 use crate::config::ConfigError;
 
@@ -50,8 +48,12 @@ dest = "/etc/lb/lb.cfg"
     }
 }
 
-fn running(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|n| n.to_string()).collect()
+/// The named nodes running and healthy.
+fn running(names: &[&str]) -> Running {
+    names
+        .iter()
+        .map(|n| (n.to_string(), "healthy".to_string()))
+        .collect()
 }
 
 const BACKENDS: &str = "# {{ node.name }} {{ node.ip }} {{ node.role }}\n\
@@ -78,8 +80,9 @@ fn nodes_lists_the_running_ones_and_node_is_the_renderer() {
     let both = render_node(&config, lb1, &running(&["web1", "web2"])).unwrap();
     assert!(both[0].text.contains("server web1 ") && both[0].text.contains("server web2 "));
     // A node without templates renders nothing.
-    let web1 = &config.nodes["web1"];
-    assert!(render_node(&config, web1, &running(&[]))
+    let mut bare = config.nodes["web1"].clone();
+    bare.templates.clear();
+    assert!(render_node(&config, &bare, &running(&[]))
         .unwrap()
         .is_empty());
 }
@@ -97,10 +100,44 @@ fn context_carries_every_node_its_ports_and_the_host() {
     assert_eq!(db1.ports, [3306, 6379, 6380]);
     assert_eq!(db1.allow[0].from, ["web"]);
     assert!(db1.running);
+    assert_eq!(db1.health, "healthy");
     assert!(!context.node.running);
-    assert_eq!(context.node.ports, [80, 443]);
+    assert_eq!(context.node.health, "unknown");
+    assert_eq!(context.node.ports, [80, 443, 8404]);
     assert_eq!(context.host.name, "h1");
     assert_eq!(context.host.ip, config.network.host_ip.to_string());
+}
+
+#[test]
+fn each_running_node_carries_its_health() {
+    let setup = Setup::new(
+        "{% for n in nodes %}{{ n.name }}={{ n.health }}\n{% endfor %}",
+        "",
+    );
+    let config = setup.load().unwrap();
+    let mut up = running(&["web1", "web2", "db1"]);
+    up.insert("web2".into(), "unhealthy".into());
+    up.insert("db1".into(), "starting".into());
+    let files = render_node(&config, &config.nodes["lb1"], &up).unwrap();
+    assert_eq!(
+        files[0].text,
+        "db1=starting\nweb1=healthy\nweb2=unhealthy\n"
+    );
+    let context = Context::new(&config, &config.nodes["lb1"], &up);
+    let health: Vec<(&str, &str)> = context
+        .all_nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.health.as_str()))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("db1", "starting"),
+            ("lb1", "unknown"),
+            ("web1", "healthy"),
+            ("web2", "unhealthy")
+        ]
+    );
 }
 
 #[test]
@@ -167,16 +204,16 @@ fn a_missing_template_names_where_it_was_looked_for() {
 fn reload_names_a_process_of_the_role_and_a_catchable_signal() {
     let setup = Setup::new(
         "x",
-        "reload_process = \"httpd\"\nreload_signal = \"USR2\"\n",
+        "reload_process = \"haproxy\"\nreload_signal = \"USR2\"\n",
     );
     let config = setup.load().unwrap();
     let reload = config.nodes["lb1"].templates[0].reload.clone().unwrap();
     assert_eq!(
         (reload.process.as_str(), reload.signal.as_str()),
-        ("httpd", "SIGUSR2")
+        ("haproxy", "SIGUSR2")
     );
 
-    let default_signal = Setup::new("x", "reload_process = \"httpd\"\n");
+    let default_signal = Setup::new("x", "reload_process = \"haproxy\"\n");
     let reload = default_signal.load().unwrap().nodes["lb1"].templates[0]
         .reload
         .clone()
@@ -185,15 +222,15 @@ fn reload_names_a_process_of_the_role_and_a_catchable_signal() {
 
     for (extra, expected) in [
         (
-            "reload_process = \"haproxy\"\n",
-            "reload_process `haproxy` is not one of",
+            "reload_process = \"httpd\"\n",
+            "reload_process `httpd` is not one of",
         ),
         (
-            "reload_process = \"httpd\"\nreload_signal = \"KILL\"\n",
+            "reload_process = \"haproxy\"\nreload_signal = \"KILL\"\n",
             "cannot be caught",
         ),
         (
-            "reload_process = \"httpd\"\nreload_signal = \"BOO\"\n",
+            "reload_process = \"haproxy\"\nreload_signal = \"BOO\"\n",
             "not a signal name",
         ),
         ("reload_signal = \"HUP\"\n", "name the process to signal"),

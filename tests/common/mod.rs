@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod stack;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ pub struct TestHost {
     pub cgroup: String,
     /// `dir/state` unless [`TestHost::with_state_dir`] put it elsewhere.
     state_dir: PathBuf,
+    /// `[host] image_dir` when [`TestHost::with_image_dir`] set one (else `state_dir/images`).
+    image_dir: Option<PathBuf>,
     daemon: Option<Child>,
     /// Holds this host's network number; released after `drop` removed the network.
     _net_claim: std::os::unix::net::UnixListener,
@@ -173,16 +177,27 @@ command = ["sleep", "1000000"]
 impl TestHost {
     /// A host whose config is the given `[nodes]`/`[roles]` text after a generated `[host]`.
     pub fn new(name: &str, body: &str) -> TestHost {
-        TestHost::build(name, body, None)
+        TestHost::build(name, body, None, None)
     }
 
     /// A host whose state dir is `state_dir` (e.g. on a filesystem the test mounted); the test
     /// removes it.
     pub fn with_state_dir(name: &str, body: &str, state_dir: &Path) -> TestHost {
-        TestHost::build(name, body, Some(state_dir))
+        TestHost::build(name, body, Some(state_dir), None)
     }
 
-    fn build(name: &str, body: &str, state_dir: Option<&Path>) -> TestHost {
+    /// A host whose images live in `image_dir` (`[host] image_dir`), e.g. a cache of real
+    /// builds kept between test runs; the test does not remove it.
+    pub fn with_image_dir(name: &str, body: &str, image_dir: &Path) -> TestHost {
+        TestHost::build(name, body, None, Some(image_dir))
+    }
+
+    fn build(
+        name: &str,
+        body: &str,
+        state_dir: Option<&Path>,
+        image_dir: Option<&Path>,
+    ) -> TestHost {
         let cgroup = format!("magestack-test-{name}-{}", std::process::id());
         let dir = PathBuf::from(format!("/tmp/{cgroup}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -193,6 +208,7 @@ impl TestHost {
             net,
             config: dir.join("agent.toml"),
             state_dir: state_dir.map_or_else(|| dir.join("state"), Path::to_path_buf),
+            image_dir: image_dir.map(Path::to_path_buf),
             dir,
             cgroup,
             daemon: None,
@@ -203,8 +219,12 @@ impl TestHost {
     }
 
     pub fn write_config(&self, body: &str) {
+        let image_dir = match &self.image_dir {
+            Some(dir) => format!("image_dir = \"{}\"\n", dir.display()),
+            None => String::new(),
+        };
         let text = format!(
-            "[host]\nname = \"{name}\"\nstate_dir = \"{state}\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{network}\n{body}",
+            "[host]\nname = \"{name}\"\n{image_dir}state_dir = \"{state}\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{network}\n{body}",
             name = self.name,
             dir = self.dir.display(),
             state = self.state_dir.display(),
