@@ -20,7 +20,10 @@ config=${MAGESTACK_CONFIG:-/etc/magestack/agent.toml}
 public_ip=$(sed -n 's/^public_ip *= *"\([^/"]*\).*/\1/p' "$config" | head -n 1)
 
 all_running='import json, sys
-nodes = json.load(sys.stdin)["nodes"]
+try:
+    nodes = json.load(sys.stdin)["nodes"]
+except ValueError:
+    sys.exit(1)
 sys.exit(0 if nodes and all(node["state"] == "running" for node in nodes) else 1)'
 
 # The first run builds the real images (a few minutes); later runs start in about a second.
