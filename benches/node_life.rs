@@ -41,13 +41,23 @@ impl Drop for BenchDir {
             .map(|entry| entry.path())
             .chain([PathBuf::from("/sys/fs/cgroup")]);
         for root in hierarchies {
-            let dir = root.join(&self.cgroup);
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(entry.path());
+            // The bench's cgroup parents: its own and the default set's (`<name>-stack`).
+            let ours = std::fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    name == self.cgroup || name == format!("{}-stack", self.cgroup)
+                });
+            for dir in ours.map(|entry| entry.path()) {
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
                 }
+                let _ = std::fs::remove_dir(&dir);
             }
-            let _ = std::fs::remove_dir(&dir);
         }
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &format!("magestack_{BRIDGE}")])
@@ -149,6 +159,7 @@ fn main() {
 
     network_costs(&runtime, &spec, &bench);
     daemon_with_eight_nodes(&bench);
+    default_set_start(&bench);
 }
 
 /// The network part of a node start (veth with eth0 made in the node, addresses, lo, route) on
@@ -484,4 +495,120 @@ fn seccomp_cost(spec: &NodeSpec) {
         ms(confined),
         ms(bare)
     );
+}
+
+/// The default node set (fw1, lb1, web1, web2, db1, mail1, acc1, monitor1) on its real images:
+/// how long each image build takes (cold the first time, then a cache hit), and the time from
+/// starting the daemon until every node runs (its processes started: the agent's work, not the
+/// services' own start-up), over several daemon starts.
+fn default_set_start(bench: &BenchDir) {
+    const STACK_BRIDGE: &str = "msbench1";
+    let dir = bench.path.join("stack");
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cgroup = format!("{}-stack", bench.cgroup);
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\nname = \"bench\"\nimage_dir = \"{cache}\"\nstate_dir = \"{dir}/state\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"30s\"\n\n[network]\nbridge = \"{STACK_BRIDGE}\"\nsubnet = \"172.21.1.0/24\"\nhost_ip = \"172.21.1.254\"\nlink_prefix = \"mc\"\nuplink = \"host\"\npublic_ip = \"10.211.0.10/24\"\npublic_gateway = \"10.211.0.1\"\n",
+            cache = cache.display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(AGENT)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("magestack-agent")
+    };
+    println!("default node set on its real images");
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    for image in ["lb", "web", "db", "mail", "acc", "monitor"] {
+        if !recipes.join(format!("{image}.toml")).exists() {
+            continue;
+        }
+        let started = Instant::now();
+        let output = cli(&["image", "build", image]);
+        assert!(
+            output.status.success(),
+            "image build {image}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let said = String::from_utf8_lossy(&output.stdout);
+        println!(
+            "  image build {image:<8} {:>9}  ({})",
+            ms(started.elapsed()),
+            said.lines().last().unwrap_or_default()
+        );
+    }
+
+    let socket = dir.join("run/agent.sock");
+    let names: Vec<String> = [
+        "fw1", "lb1", "web1", "web2", "db1", "mail1", "acc1", "monitor1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut all_running = Vec::new();
+    for _ in 0..5 {
+        // Stops of the previous round are remembered as desired state: start from none.
+        let _ = std::fs::remove_file(dir.join("state/desired.json"));
+        let started = Instant::now();
+        let mut daemon = Command::new(AGENT)
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("MAGESTACK_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let outcome = loop {
+            if Instant::now() > deadline {
+                break Err("the default set did not come up in 120 s");
+            }
+            if let Ok(Response::Status(status)) = ask(&socket, &Request::Status { nodes: vec![] }) {
+                if status.nodes.len() == names.len()
+                    && status.nodes.iter().all(|n| n.state.as_str() == "running")
+                {
+                    break Ok(started.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = ask(
+            &socket,
+            &Request::Stop {
+                nodes: names.clone(),
+            },
+        );
+        // SAFETY: SIGTERM to the daemon child this bench started.
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        let _ = daemon.wait();
+        match outcome {
+            Ok(took) => all_running.push(took),
+            Err(error) => {
+                remove_stack_network(STACK_BRIDGE);
+                panic!("{error}");
+            }
+        }
+    }
+    remove_stack_network(STACK_BRIDGE);
+    println!(
+        "  daemon start to all 8 nodes running (5 starts): median {}",
+        ms(median(&mut all_running))
+    );
+}
+
+fn remove_stack_network(bridge: &str) {
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &format!("magestack_{bridge}")])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "del", bridge])
+        .stderr(Stdio::null())
+        .status();
 }

@@ -275,12 +275,25 @@ fn the_dos_filter_drops_a_burst_and_spares_the_whitelist() {
 fn reload_adds_names_everywhere_and_stop_removes_links() {
     let host = stack("netreload", "");
     let web1 = host.node_pid("web1");
+    // The bridge keeps its own MAC address as nodes' links join it (the nodes' ARP entries for
+    // the host stay right); the kernel would otherwise take the lowest of its ports'.
+    let sysfs = std::path::Path::new("/sys/class/net").join(&host.net.bridge);
+    let bridge_mac = || std::fs::read_to_string(sysfs.join("address")).unwrap();
+    let mac_before = bridge_mac();
+    assert_eq!(
+        std::fs::read_to_string(sysfs.join("addr_assign_type"))
+            .unwrap()
+            .trim(),
+        "3",
+        "the bridge's address is not pinned"
+    );
     host.write_config(&format!(
         "[nodes.fw1]\nrole = \"fw\"\n[nodes.lb1]\nrole = \"lb\"\n[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\n[nodes.db1]\nrole = \"db\"\n{LB_STAND_IN}{DB_STAND_IN}{WEB_STAND_IN}",
     ));
     let report = host.cli(&["reload"]);
     assert!(report.contains("started: web2"), "{report}");
     assert_eq!(host.node_pid("web1"), web1, "web1 was restarted");
+    assert_eq!(bridge_mac(), mac_before, "the bridge changed its address");
     for node in ["fw1", "lb1", "web1", "web2", "db1"] {
         let hosts = host.exec_stdout(node, &["cat", "/etc/hosts"]);
         assert!(hosts.contains("web2.i"), "{node}: {hosts}");

@@ -16,6 +16,28 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessage
 
 use super::NetError;
 
+/// `/sys/class/net/<link>/addr_assign_type` of an address set by hand (NET_ADDR_SET).
+const NET_ADDR_SET: &str = "3";
+
+/// A locally administered unicast MAC address for the bridge, the same for the same name.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    // FNV-1a: stable across builds and Rust versions, unlike the standard library's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let bytes = hash.to_be_bytes();
+    [0x02, 0x6d, bytes[0], bytes[1], bytes[2], bytes[3]]
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// The loopback device is always the first link of a network namespace.
 const LOOPBACK_INDEX: u32 = 1;
 
@@ -96,7 +118,14 @@ impl Netlink {
         let index = match self.link_index(name)? {
             Some(index) => index,
             None => {
-                let message = LinkBridge::new(name).up().build();
+                // A MAC address of its own: left to the kernel, a bridge takes the lowest of
+                // its ports' and changes it when a node's link with a lower one joins, and the
+                // nodes' ARP entries for the host then point nowhere for seconds (replies to
+                // the host are lost meanwhile).
+                let message = LinkBridge::new(name)
+                    .address(bridge_mac(name).to_vec())
+                    .up()
+                    .build();
                 self.run(
                     &format!("create bridge {name}"),
                     self.handle.link().add(message).execute(),
@@ -105,9 +134,34 @@ impl Netlink {
                     .ok_or_else(|| NetError::Missing(format!("bridge {name} after creating it")))?
             }
         };
+        self.pin_mac(index, name)?;
         self.ensure_address(index, address, prefix, name)?;
         self.set_up(index, name)?;
         Ok(index)
+    }
+
+    /// Makes a bridge made by someone else (or an older agent) keep its current MAC address:
+    /// setting it, even to the same value, stops the kernel from changing it as ports join.
+    fn pin_mac(&self, index: u32, name: &str) -> Result<(), NetError> {
+        let sysfs = std::path::Path::new("/sys/class/net").join(name);
+        let assigned = std::fs::read_to_string(sysfs.join("addr_assign_type")).unwrap_or_default();
+        if assigned.trim() == NET_ADDR_SET {
+            return Ok(());
+        }
+        let current =
+            std::fs::read_to_string(sysfs.join("address")).map_err(|source| NetError::Io {
+                what: format!("read the MAC address of {name}"),
+                source,
+            })?;
+        let mac = parse_mac(current.trim())
+            .ok_or_else(|| NetError::Missing(format!("a MAC address on {name}: {current:?}")))?;
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.run(
+            &format!("pin the MAC address of {name}"),
+            self.handle.link().set(message).execute(),
+        )
     }
 
     fn ensure_address(
@@ -265,5 +319,38 @@ impl Netlink {
             &format!("default route via {gateway}"),
             self.handle.route().add(route).execute(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bridge_mac_is_stable_local_and_unicast() {
+        let mac = bridge_mac("msbr0");
+        assert_eq!(mac, bridge_mac("msbr0"));
+        assert_ne!(mac, bridge_mac("msbr1"));
+        assert_eq!(
+            mac[0] & 0b11,
+            0b10,
+            "locally administered, unicast: {mac:02x?}"
+        );
+    }
+
+    #[test]
+    fn mac_addresses_parse_only_when_whole() {
+        assert_eq!(
+            parse_mac("02:6d:0a:ff:00:01"),
+            Some([0x02, 0x6d, 0x0a, 0xff, 0x00, 0x01])
+        );
+        for bad in [
+            "02:6d:0a:ff:00",
+            "02:6d:0a:ff:00:01:02",
+            "zz:6d:0a:ff:00:01",
+            "",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
     }
 }
