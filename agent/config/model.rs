@@ -225,6 +225,9 @@ pub struct NodeSpec {
     pub health: Option<HealthSpec>,
     pub allow: Vec<AllowRule>,
     pub templates: Vec<TemplateSpec>,
+    /// Public keys by user (`[roles.<role>] ssh_keys`), for the role's templates.
+    #[serde(default)]
+    pub ssh_keys: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

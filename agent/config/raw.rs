@@ -114,7 +114,13 @@ pub struct RawRole {
     pub health: Option<RawHealth>,
     pub allow: Option<Vec<RawAllow>>,
     pub template: Option<Vec<RawTemplate>>,
+    /// Public keys by user, offered to the role's templates as `node.ssh_keys` (the acc role
+    /// renders them into its authorized_keys files).
+    pub ssh_keys: Option<RawSshKeys>,
 }
+
+/// `user = ["<type> <base64> [comment]", ...]`, each user and key with its place.
+pub type RawSshKeys = BTreeMap<Spanned<String>, Vec<Spanned<String>>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

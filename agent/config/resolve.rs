@@ -386,6 +386,7 @@ fn node_specs(
                 health: role.health.clone(),
                 allow: role.allow.clone(),
                 templates: role.templates.clone(),
+                ssh_keys: role.ssh_keys.clone(),
             },
         );
     }

@@ -1,7 +1,7 @@
 //! Role definitions: each source (a shipped `roles/<role>.toml`, an inline `[roles.<role>]`) is
 //! checked against its own text, then the inline one is laid over the shipped one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -11,7 +11,9 @@ use super::model::{
     AllowRule, HealthCheck, HealthSpec, HttpTarget, ProcessSpec, Resources, RestartPolicy,
     TemplateReload, TemplateSpec, VolumeSpec,
 };
-use super::raw::{RawAllow, RawHealth, RawProcess, RawResources, RawRole, RawTemplate, RawVolume};
+use super::raw::{
+    RawAllow, RawHealth, RawProcess, RawResources, RawRole, RawSshKeys, RawTemplate, RawVolume,
+};
 use super::size::parse_size;
 use super::source::{Diagnostic, Source};
 
@@ -27,6 +29,8 @@ pub struct PartialRole {
     pub health: PartialHealth,
     pub allow: Option<Vec<AllowRule>>,
     pub templates: Option<Vec<TemplateSpec>>,
+    /// Public keys by user; laid over a base user by user.
+    pub ssh_keys: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -50,6 +54,7 @@ pub struct Role {
     pub health: Option<HealthSpec>,
     pub allow: Vec<AllowRule>,
     pub templates: Vec<TemplateSpec>,
+    pub ssh_keys: BTreeMap<String, Vec<String>>,
 }
 
 /// Collects the problems of one source, each located in that source's text.
@@ -102,7 +107,36 @@ impl Checker<'_> {
                 .unwrap_or_default(),
             allow: raw.allow.map(|list| self.allow(role, list)),
             templates: raw.template.map(|list| self.templates(role, list)),
+            ssh_keys: raw
+                .ssh_keys
+                .map(|keys| self.ssh_keys(role, keys))
+                .unwrap_or_default(),
         }
+    }
+
+    /// `ssh_keys = { root = ["ssh-ed25519 AAAA... ops"], www-data = [...] }`: user names as
+    /// /etc/passwd has them, each key one line of an authorized_keys file (type, base64 and an
+    /// optional comment; no options).
+    fn ssh_keys(&mut self, role: &str, raw: RawSshKeys) -> BTreeMap<String, Vec<String>> {
+        let mut users = BTreeMap::new();
+        for (user, keys) in raw {
+            let field = format!("roles.{role}.ssh_keys.{}", user.get_ref());
+            if !is_user_name(user.get_ref()) {
+                self.error(
+                    &user,
+                    format!("{field}: user names are lowercase letters, digits, '_' and '-', starting with a letter or '_' (at most 32)"),
+                );
+            }
+            let mut lines = Vec::new();
+            for key in keys {
+                if let Err(message) = check_public_key(key.get_ref()) {
+                    self.error(&key, format!("{field}: {message}"));
+                }
+                lines.push(key.into_inner().trim().to_string());
+            }
+            users.insert(user.into_inner(), lines);
+        }
+        users
     }
 
     fn processes(&mut self, role: &str, list: Vec<RawProcess>) -> Vec<ProcessSpec> {
@@ -354,6 +388,53 @@ impl Checker<'_> {
     }
 }
 
+/// A user name as `useradd` accepts it by default.
+fn is_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// The key types sshd accepts in an authorized_keys file.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// One public key as `ssh-keygen` writes it: `<type> <base64> [comment]`, on one line.
+fn check_public_key(key: &str) -> Result<(), String> {
+    if key.contains(['\n', '\r', '\0']) {
+        return Err("a key must be one line".into());
+    }
+    let mut fields = key.split_whitespace();
+    let kind = fields.next().unwrap_or_default();
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return Err(format!(
+            "`{}` is not a public key like `ssh-ed25519 AAAA... comment` (known types: {})",
+            kind.chars().take(40).collect::<String>(),
+            SSH_KEY_TYPES.join(", ")
+        ));
+    }
+    let data = fields.next().unwrap_or_default();
+    let base64 = data.len() >= 16
+        && data
+            .trim_end_matches('=')
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
+    if !base64 {
+        return Err(format!(
+            "the `{kind}` key has no base64 key data after its type"
+        ));
+    }
+    Ok(())
+}
+
 /// A signal name as a role writes it (`HUP` or `SIGHUP`), normalised to `SIGHUP`.
 pub fn parse_signal(text: &str) -> Result<String, String> {
     let name = if text.starts_with("SIG") {
@@ -424,6 +505,11 @@ impl PartialRole {
             },
             allow: self.allow.or(base.allow),
             templates: self.templates.or(base.templates),
+            ssh_keys: {
+                let mut keys = base.ssh_keys;
+                keys.extend(self.ssh_keys);
+                keys
+            },
         }
     }
 
@@ -470,6 +556,7 @@ impl PartialRole {
             health,
             allow: self.allow.unwrap_or_default(),
             templates,
+            ssh_keys: self.ssh_keys,
         })
     }
 }

@@ -17,12 +17,28 @@ pub const ROLES: &[(&str, &str)] = &[
 /// The shipped templates (`roles/templates/<source>`), by the `source` roles name them with.
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
-        "monitor/index.html",
-        include_str!("../../roles/templates/monitor/index.html"),
+        "monitor/monitrc",
+        include_str!("../../roles/templates/monitor/monitrc"),
+    ),
+    (
+        "mail/main.cf",
+        include_str!("../../roles/templates/mail/main.cf"),
     ),
     (
         "lb/haproxy.cfg",
         include_str!("../../roles/templates/lb/haproxy.cfg"),
+    ),
+    (
+        "acc/sshd_config",
+        include_str!("../../roles/templates/acc/sshd_config"),
+    ),
+    (
+        "acc/authorized_keys_root",
+        include_str!("../../roles/templates/acc/authorized_keys_root"),
+    ),
+    (
+        "acc/authorized_keys_www-data",
+        include_str!("../../roles/templates/acc/authorized_keys_www-data"),
     ),
     (
         "db/init.sql",

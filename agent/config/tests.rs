@@ -397,3 +397,54 @@ fn a_privileged_role_must_state_its_reason_and_no_shipped_role_is_privileged() {
     let shipped = load(None).unwrap();
     assert!(shipped.nodes.values().all(|node| !node.privileged));
 }
+
+#[test]
+fn ssh_keys_merge_user_by_user_and_reach_the_acc_templates() {
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIm9Z0ZmD3Q ops@example";
+    let config = parse_text(&format!(
+        "[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"{key}\"]\n"
+    ))
+    .unwrap();
+    let acc1 = &config.nodes["acc1"];
+    assert_eq!(acc1.ssh_keys["root"], vec![key.to_string()]);
+    assert!(
+        acc1.ssh_keys["www-data"].is_empty(),
+        "kept from roles/acc.toml"
+    );
+    let rendered =
+        crate::template::render_node(&config, acc1, &Default::default()).expect("rendered");
+    let file = |dest: &str| {
+        rendered
+            .iter()
+            .find(|r| r.dest == dest)
+            .unwrap_or_else(|| panic!("{dest} not rendered"))
+            .text
+            .clone()
+    };
+    assert!(file("/etc/ssh/authorized_keys/root").contains(&format!("\n{key}\n")));
+    assert!(!file("/etc/ssh/authorized_keys/www-data").contains("ssh-"));
+    assert!(file("/etc/ssh/sshd_config").contains("AuthorizedKeysFile /etc/ssh/authorized_keys/%u"));
+}
+
+#[test]
+fn ssh_keys_are_checked_with_their_place() {
+    let error = first_error(
+        "[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"ssh-ed25519\"]\n",
+    );
+    assert_eq!((error.line, error.column), (4, 9), "{error:?}");
+    assert!(
+        error.message.contains("roles.acc.ssh_keys.root") && error.message.contains("base64"),
+        "{error:?}"
+    );
+    let error = first_error(
+        "[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"password123\"]\n",
+    );
+    assert!(error.message.contains("is not a public key"), "{error:?}");
+    let error = first_error("[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nRoot = []\n");
+    assert_eq!((error.line, error.column), (4, 1), "{error:?}");
+    assert!(error.message.contains("user names"), "{error:?}");
+    let error = first_error(
+        "[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\\nx\"]\n",
+    );
+    assert!(error.message.contains("one line"), "{error:?}");
+}

@@ -28,8 +28,11 @@ use crate::config::{Diagnostic, Source};
 /// The recipes shipped inside the binary (`images/*.toml`), by image name.
 pub const SHIPPED: &[(&str, &str)] = &[
     ("debian-base", include_str!("../../images/debian-base.toml")),
+    ("acc", include_str!("../../images/acc.toml")),
     ("db", include_str!("../../images/db.toml")),
     ("lb", include_str!("../../images/lb.toml")),
+    ("mail", include_str!("../../images/mail.toml")),
+    ("monitor", include_str!("../../images/monitor.toml")),
     ("web", include_str!("../../images/web.toml")),
 ];
 

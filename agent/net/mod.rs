@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 
 pub use firewall::render as render_firewall;
 pub use names::{hosts_file, resolv_conf};
-pub use netlink::Netlink;
+pub use netlink::{Netlink, PeerIdentity};
 pub use policy::{render as render_policy, table_name as policy_table};
 
 use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec};
@@ -120,13 +120,11 @@ impl HostNetwork {
     ) -> Result<(), NetError> {
         let bridge = self.bridge_index(host)?;
         let link = self.node_link(&spec.name);
-        if let Err(error) = host.add_veth(
-            &link,
-            Some(bridge),
-            NODE_INTERFACE,
-            Some(NODE_INTERFACE_INDEX),
-            netns,
-        ) {
+        let eth0 = PeerIdentity {
+            index: Some(NODE_INTERFACE_INDEX),
+            mac: Some(netlink::node_mac(spec.network.address.address)),
+        };
+        if let Err(error) = host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns) {
             tracing::debug!(node = %spec.name, "creating {link} again: {error}");
             // A link of the node's previous life still goes away with its old namespace, and
             // may be gone by the time we look (churn hits that window): remove it if it is
@@ -135,19 +133,19 @@ impl HostNetwork {
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             let bridge = self.bridge_index(host)?;
             host.delete_link(&link)?;
-            host.add_veth(
-                &link,
-                Some(bridge),
-                NODE_INTERFACE,
-                Some(NODE_INTERFACE_INDEX),
-                netns,
-            )?;
+            host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns)?;
         }
         if let Some(public) = spec.network.public.as_ref() {
             if public.uplink == "host" {
                 let link = self.public_link(&spec.name);
                 host.delete_link(&link)?;
-                host.add_veth(&link, None, PUBLIC_INTERFACE, None, netns)?;
+                host.add_veth(
+                    &link,
+                    None,
+                    PUBLIC_INTERFACE,
+                    PeerIdentity::default(),
+                    netns,
+                )?;
                 host.address_link(&link, public.gateway, public.address.prefix)?;
             } else {
                 host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns)?;

@@ -16,6 +16,21 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessage
 
 use super::NetError;
 
+/// What a veth's far end is given at creation beyond its name; `None` leaves it to the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerIdentity {
+    pub index: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The MAC address of a node's `eth0`, from its IPv4 address: the same across restarts, so
+/// the host's and the other nodes' neighbour entries stay right when a node comes back (a new
+/// random one would leave them pointing at the old link for up to half a minute).
+pub fn node_mac(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x6e, a, b, c, d]
+}
+
 /// `/sys/class/net/<link>/addr_assign_type` of an address set by hand (NET_ADDR_SET).
 const NET_ADDR_SET: &str = "3";
 
@@ -200,21 +215,25 @@ impl Netlink {
     /// A veth pair: `host_name` here, attached to `bridge` and up, and `peer_name` created
     /// directly in the network namespace `peer_netns`. The peer is brought up from inside its
     /// namespace: the kernel refuses (ENOTCONN) to open a veth end before its pair exists.
-    /// `peer_index`, when given, is the interface index the peer gets in its namespace, so the
-    /// node can configure it without looking it up by name.
+    /// `peer` may fix the peer's interface index in its namespace (so the node configures it
+    /// without looking it up by name) and its MAC address.
     pub fn add_veth(
         &self,
         host_name: &str,
         bridge: Option<u32>,
         peer_name: &str,
-        peer_index: Option<u32>,
+        peer: PeerIdentity,
         peer_netns: &OwnedFd,
     ) -> Result<(), NetError> {
+        let PeerIdentity { index, mac } = peer;
         let mut peer = LinkMessageBuilder::<LinkUnspec>::default()
             .name(peer_name.to_string())
             .setns_by_fd(peer_netns.as_fd().as_raw_fd());
-        if let Some(index) = peer_index {
+        if let Some(index) = index {
             peer = peer.index(index);
+        }
+        if let Some(mac) = mac {
+            peer = peer.address(mac.to_vec());
         }
         let peer = peer.build();
         let mut message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
@@ -336,6 +355,14 @@ mod tests {
             0b10,
             "locally administered, unicast: {mac:02x?}"
         );
+    }
+
+    #[test]
+    fn a_node_mac_follows_its_address_and_never_is_the_bridge_s() {
+        let mac = node_mac("172.16.0.21".parse().unwrap());
+        assert_eq!(mac, [0x02, 0x6e, 172, 16, 0, 21]);
+        assert_eq!(mac[0] & 0b11, 0b10);
+        assert_ne!(mac[1], bridge_mac("msbr0")[1]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `host`: this host's `name` and its `ip` on the internal bridge.
 //!
 //! Each node has `name`, `role`, `ip`, `running`, `health`, `allow` (its role's rules: `from`,
-//! `ports`) and `ports` (every port those rules open: what the node serves to the others).
+//! `ports`) and `ports` (every port those rules open: what the node serves to the others), and
+//! `ssh_keys` (its role's public keys by user, e.g. `node.ssh_keys["www-data"]`).
 //!
 //! `health` is what the node's init's checks say: `healthy`, `unhealthy`, `starting` (no verdict
 //! yet), `none` (its role has no check), or `unknown` (not running, or not asked yet).
@@ -40,6 +41,8 @@ pub struct NodeView {
     pub health: String,
     pub ports: Vec<u16>,
     pub allow: Vec<AllowView>,
+    /// Public keys by user, from the role's `ssh_keys`.
+    pub ssh_keys: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,6 +99,7 @@ impl NodeView {
                     ports: rule.ports.clone(),
                 })
                 .collect(),
+            ssh_keys: spec.ssh_keys.clone(),
         }
     }
 }

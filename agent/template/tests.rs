@@ -270,20 +270,41 @@ fn sources_are_relative_and_dests_unique() {
 }
 
 #[test]
-fn the_shipped_monitor_page_lists_every_node_and_its_state() {
+fn the_shipped_monitrc_checks_every_other_node_by_the_ports_its_role_serves() {
     let config = crate::config::load(None).unwrap();
     let monitor = &config.nodes["monitor1"];
     let files = render_node(&config, monitor, &running(&["web1"])).unwrap();
-    assert_eq!(files[0].dest, "/var/www/index.html");
-    let page = &files[0].text;
+    assert_eq!(files[0].dest, "/etc/monit/magestack.rc");
+    let reload = files[0].reload.as_ref().unwrap();
+    assert_eq!((&*reload.process, &*reload.signal), ("monit", "SIGHUP"));
+    let rc = &files[0].text;
+    assert!(rc.contains("set httpd port 2812"), "{rc}");
+    for (name, ports) in [
+        ("lb1", &[80, 8404][..]),
+        ("web1", &[80]),
+        ("web2", &[80]),
+        ("db1", &[3306, 6379, 6380]),
+        ("mail1", &[25]),
+        ("acc1", &[22]),
+    ] {
+        let ip = config.nodes[name].ip;
+        let check = format!("check host {name} with address {ip}\n");
+        let at = rc.find(&check).unwrap_or_else(|| panic!("{check}: {rc}"));
+        let block = rc[at + check.len()..].split("\n\n").next().unwrap();
+        let checked: Vec<u16> = block
+            .lines()
+            .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(checked, ports, "{name}: {block}");
+    }
+    // Nothing to check on fw1 (it serves nothing) or on monitor1 itself; the file does not
+    // change when nodes stop (no reload of monit for that).
     assert!(
-        page.contains("<td>web1</td><td>web</td><td>172.16.0.21</td><td>80</td><td>running</td>"),
-        "{page}"
+        !rc.contains("host fw1 ") && !rc.contains("host monitor1 "),
+        "{rc}"
     );
-    assert!(
-        page.contains("<td>web2</td>") && page.contains("<td>down</td>"),
-        "{page}"
-    );
+    let none = render_node(&config, monitor, &running(&[])).unwrap();
+    assert_eq!(none[0].text, *rc);
 }
 
 #[test]
