@@ -1,6 +1,7 @@
 //! The MageStack stack end to end on its real images (as root): from the host, a request to the
 //! public address goes fw1 (DNAT) -> lb1 (haproxy) -> web1/web2 (nginx + php-fpm) -> db1
-//! (MariaDB and both Redis instances) and back; stopping web1 takes it out of rotation without
+//! (MariaDB and both Redis instances) and back, with mail1 (Postfix) and acc1 (sshd) running
+//! beside them; stopping web1 takes it out of rotation without
 //! a failed request, starting it brings it back.
 
 mod common;
@@ -22,6 +23,10 @@ role = "web"
 role = "web"
 [nodes.db1]
 role = "db"
+[nodes.mail1]
+role = "mail"
+[nodes.acc1]
+role = "acc"
 "#;
 
 /// The web nodes that answered `rounds` requests to the public address with 200.
@@ -58,10 +63,10 @@ fn wait_in_rotation(host: &TestHost, public_ip: &str, webs: &[&str], limit: Dura
 #[test]
 fn a_request_from_outside_goes_through_fw_lb_and_web_to_the_database() {
     let mut host = cached_host("stack", STACK);
-    build_images(&host, &["lb", "web", "db"]);
+    build_images(&host, &["lb", "web", "db", "mail", "acc"]);
     let began = Instant::now();
     host.start_daemon();
-    for node in ["fw1", "lb1", "web1", "web2", "db1"] {
+    for node in ["fw1", "lb1", "web1", "web2", "db1", "mail1", "acc1"] {
         wait_running(&host, node, Duration::from_secs(120));
     }
     eprintln!(
@@ -70,6 +75,8 @@ fn a_request_from_outside_goes_through_fw_lb_and_web_to_the_database() {
     );
     wait_processes(&host, "db1", &["mariadbd", "redis-server"]);
     wait_processes(&host, "lb1", &["haproxy"]);
+    wait_processes(&host, "mail1", &["master"]);
+    wait_processes(&host, "acc1", &["sshd"]);
     for web in ["web1", "web2"] {
         wait_processes(&host, web, &["nginx", "php-fpm8.2"]);
     }
