@@ -7,45 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{wait_for, TestHost};
-
-/// lb1 as busybox httpd (the shipped role runs haproxy from the real `lb` image, tested in
-/// role_lb.rs): without its haproxy.cfg template, whose reload names the haproxy process.
-const LB_STAND_IN: &str = r#"
-[roles.lb]
-image = "busybox"
-template = []
-[[roles.lb.process]]
-name = "httpd"
-command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
-"#;
-
-/// web1 as busybox httpd on port 80 (the shipped role runs nginx and php-fpm from the real `web`
-/// image, tested in role_web.rs): without its templates, whose reload names nginx, and checked
-/// by tcp instead of its /health_check.php.
-const WEB_STAND_IN: &str = r#"
-[roles.web]
-image = "busybox"
-template = []
-[[roles.web.process]]
-name = "httpd"
-command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
-[roles.web.health]
-tcp = 80
-"#;
-
-/// db1 as a busybox TCP echo on the MySQL port (the shipped role runs MariaDB and Redis from the
-/// real `db` image, tested in role_db.rs): without its templates, checked over TCP.
-const DB_STAND_IN: &str = r#"
-[roles.db]
-image = "busybox"
-template = []
-[[roles.db.process]]
-name = "mysqld"
-command = ["nc", "-ll", "-p", "3306", "-e", "cat"]
-[roles.db.health]
-tcp = 3306
-"#;
+use common::{wait_for, TestHost, DB_STAND_IN, LB_STAND_IN, WEB_STAND_IN};
 
 /// fw1, lb1 (busybox httpd with a CGI that prints the client address), web1, db1.
 fn stack(name: &str, extra: &str) -> TestHost {

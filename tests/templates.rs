@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, TestHost};
+use common::{wait_for, TestHost, WEB_STAND_IN};
 
 /// A process that appends a line to /tmp/hups for every SIGHUP it gets.
 const HUP_COUNTER: &str =
@@ -37,19 +37,6 @@ reload_process = "counter"
     text.push_str(WEB_STAND_IN);
     text
 }
-
-/// web runs a busybox httpd here, not nginx and php-fpm from the real `web` image: without the
-/// role's own templates (their reload names nginx), checked by tcp.
-const WEB_STAND_IN: &str = r#"
-[roles.web]
-image = "busybox"
-template = []
-[[roles.web.process]]
-name = "httpd"
-command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
-[roles.web.health]
-tcp = 80
-"#;
 
 const BACKENDS: &str = "# rendered for {{ node.name }} ({{ node.ip }})\n\
 {% for n in nodes if n.role == \"web\" %}\n\

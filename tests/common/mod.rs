@@ -165,6 +165,47 @@ impl TestNet {
     }
 }
 
+// Stand-ins for the shipped roles whose real images have tests of their own (role_*.rs): busybox
+// processes with the roles' own allow rules, so network tests need no image build.
+
+/// lb1 as busybox httpd (the shipped role runs haproxy from the real `lb` image, tested in
+/// role_lb.rs): without its haproxy.cfg template, whose reload names the haproxy process.
+pub const LB_STAND_IN: &str = r#"
+[roles.lb]
+image = "busybox"
+template = []
+[[roles.lb.process]]
+name = "httpd"
+command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+"#;
+
+/// web1 as busybox httpd on port 80 (the shipped role runs nginx and php-fpm from the real `web`
+/// image, tested in role_web.rs): without its templates, whose reload names nginx, and checked
+/// by tcp instead of its /health_check.php.
+pub const WEB_STAND_IN: &str = r#"
+[roles.web]
+image = "busybox"
+template = []
+[[roles.web.process]]
+name = "httpd"
+command = ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+[roles.web.health]
+tcp = 80
+"#;
+
+/// db1 as a busybox TCP echo on the MySQL port (the shipped role runs MariaDB and Redis from the
+/// real `db` image, tested in role_db.rs): without its templates, checked over TCP.
+pub const DB_STAND_IN: &str = r#"
+[roles.db]
+image = "busybox"
+template = []
+[[roles.db.process]]
+name = "mysqld"
+command = ["nc", "-ll", "-p", "3306", "-e", "cat"]
+[roles.db.health]
+tcp = 3306
+"#;
+
 /// A node definition with one long sleep, the usual test subject.
 pub const SLEEPER_ROLE: &str = r#"
 [roles.sleeper]
