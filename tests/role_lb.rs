@@ -413,9 +413,11 @@ fn haproxy_balances_the_running_web_nodes_and_reloads_gracefully() {
         reloads + 1,
         "{log}"
     );
+    // A former worker leaves once its last connection ends; one to web1 as it vanished may
+    // wait for haproxy's `timeout server` (60 s) before it gives up.
     wait_for(
         "every former worker to exit",
-        Duration::from_secs(20),
+        Duration::from_secs(70),
         || {
             haproxy_log(&host)
                 .matches("exited with code 0 (Exit)")
