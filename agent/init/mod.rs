@@ -36,6 +36,11 @@ use logs::LogFile;
 use probe::Prober;
 use supervisor::{Exit, Supervisor};
 
+/// How long a process must have run before it is sent a reload signal: a program still setting
+/// itself up may not handle the signal yet (haproxy's master then loses a reload), so one sent
+/// sooner is held until then.
+const SIGNAL_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs the init; the return value is its exit status.
 pub fn main() -> i32 {
     // SAFETY: the daemon passes these descriptors open at these numbers and nothing else in this
@@ -90,6 +95,8 @@ struct Init {
     /// Capabilities, no_new_privs and seccomp for every process the node runs.
     confinement: Confinement,
     stop_deadline: Option<Instant>,
+    /// Reload signals held until their process has run for [`SIGNAL_GRACE`]: (when, pid, signal).
+    held_signals: Vec<(Instant, i32, Signal)>,
 }
 
 impl Init {
@@ -179,6 +186,7 @@ impl Init {
             null: null.into(),
             outputs,
             stop_deadline: None,
+            held_signals: Vec::new(),
         };
         init.start_due(own_log);
         let ready = Handshake::Ready {
@@ -262,6 +270,7 @@ impl Init {
                 self.handle_control(own_log);
             }
             self.enforce_stop_deadline(own_log);
+            self.deliver_held_signals(Instant::now());
             self.start_due(own_log);
             if let Some(prober) = &mut self.prober {
                 if !self.supervisor.is_stopping() {
@@ -282,6 +291,7 @@ impl Init {
             self.supervisor.next_deadline(),
             self.stop_deadline,
             self.prober.as_ref().and_then(Prober::next_deadline),
+            self.held_signals.iter().map(|(at, _, _)| *at).min(),
         ]
         .into_iter()
         .flatten()
@@ -372,16 +382,30 @@ impl Init {
     }
 
     /// Sends `signal` to the main pid of the named process, if it runs; the pid signalled.
-    fn signal_process(&self, process: &str, signal: &str) -> Option<i32> {
+    fn signal_process(&mut self, process: &str, signal: &str) -> Option<i32> {
         let signal: Signal = signal.parse().ok()?;
-        let pid = self
-            .supervisor
-            .statuses()
-            .into_iter()
-            .find(|status| status.name == process)?
-            .pid?;
-        kill(Pid::from_raw(pid), signal).ok()?;
+        let (pid, started_at) = self.supervisor.running(process)?;
+        let due = started_at + SIGNAL_GRACE;
+        if Instant::now() < due {
+            self.held_signals.push((due, pid, signal));
+        } else {
+            kill(Pid::from_raw(pid), signal).ok()?;
+        }
         Some(pid)
+    }
+
+    /// Sends the held signals that are due, to processes still running under the same pid.
+    fn deliver_held_signals(&mut self, now: Instant) {
+        let running = self.supervisor.running_pids();
+        self.held_signals.retain(|(at, pid, signal)| {
+            if *at > now {
+                return true;
+            }
+            if running.contains(pid) {
+                let _ = kill(Pid::from_raw(*pid), *signal);
+            }
+            false
+        });
     }
 
     fn answer(&mut self, stream: UnixStream) -> Result<(), crate::api::WireError> {

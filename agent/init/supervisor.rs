@@ -184,6 +184,12 @@ impl Supervisor {
         self.stopping
     }
 
+    /// The pid of process `name` and when it started, while it runs.
+    pub fn running(&self, name: &str) -> Option<(i32, Instant)> {
+        let process = self.processes.iter().find(|p| p.spec.name == name)?;
+        Some((process.pid?, process.started_at?))
+    }
+
     pub fn running_pids(&self) -> Vec<i32> {
         self.processes.iter().filter_map(|p| p.pid).collect()
     }
