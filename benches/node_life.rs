@@ -59,14 +59,7 @@ impl Drop for BenchDir {
                 let _ = std::fs::remove_dir(&dir);
             }
         }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &format!("magestack_{BRIDGE}")])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", BRIDGE])
-            .stderr(Stdio::null())
-            .status();
+        remove_network(BRIDGE);
         let _ = nix::mount::umount2(&self.path.join("run"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.path);
     }
@@ -590,19 +583,20 @@ fn default_set_start(bench: &BenchDir) {
         match outcome {
             Ok(took) => all_running.push(took),
             Err(error) => {
-                remove_stack_network(STACK_BRIDGE);
+                remove_network(STACK_BRIDGE);
                 panic!("{error}");
             }
         }
     }
-    remove_stack_network(STACK_BRIDGE);
+    remove_network(STACK_BRIDGE);
     println!(
         "  daemon start to all 8 nodes running (5 starts): median {}",
         ms(median(&mut all_running))
     );
 }
 
-fn remove_stack_network(bridge: &str) {
+/// Removes a bench bridge and its policy table.
+fn remove_network(bridge: &str) {
     let _ = Command::new("nft")
         .args(["delete", "table", "inet", &format!("magestack_{bridge}")])
         .stderr(Stdio::null())
