@@ -7,6 +7,9 @@
 //! 2. The daemon with 8 nodes: its RSS and the latency of `status` (socket round trip, and the
 //!    CLI end to end).
 //!
+//! Sections can be picked by name: `cargo bench --bench node_life -- network daemon` (names:
+//! life, confinement, network, daemon, stack; none given runs them all).
+//!
 //! Runs as root. Everything it makes lives under /tmp/magestack-bench-<pid> and a cgroup parent of
 //! the same name, and is removed on every path.
 
@@ -65,6 +68,15 @@ impl Drop for BenchDir {
     }
 }
 
+/// The sections named on the command line (cargo adds `--bench`), or all of them.
+fn section_wanted(section: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|name| name == section)
+}
+
 fn main() {
     let name = format!("magestack-bench-{}", std::process::id());
     let bench = BenchDir {
@@ -91,6 +103,31 @@ fn main() {
     runtime.network.ensure_bridge().expect("bridge");
     runtime.network.apply_policy(&config).expect("policy");
 
+    if section_wanted("life") {
+        node_life(&runtime, &config, &spec, &bench, &rootfs);
+    }
+    if section_wanted("confinement") {
+        seccomp_cost(&spec);
+    }
+    if section_wanted("network") {
+        network_costs(&runtime, &spec, &bench);
+    }
+    if section_wanted("daemon") {
+        daemon_with_eight_nodes(&bench);
+    }
+    if section_wanted("stack") {
+        default_set_start(&bench);
+    }
+}
+
+/// Node life, the agent's with and without a user namespace and crun's, interleaved.
+fn node_life(
+    runtime: &Runtime,
+    config: &config::Config,
+    spec: &NodeSpec,
+    bench: &BenchDir,
+    rootfs: &Path,
+) {
     let crun = which("crun");
     // The same node without its user namespace (and so without the idmapped lower layer), run
     // interleaved with the isolated one so both see the same machine.
@@ -103,15 +140,15 @@ fn main() {
     let mut shared_ids_start = Vec::new();
     let mut crun_life = Vec::new();
     for round in 0..ROUNDS {
-        let (start, stop) = agent_node_life(&runtime, &spec);
+        let (start, stop) = agent_node_life(runtime, spec);
         agent_start.push(start);
         agent_stop.push(stop);
         agent_life.push(start + stop);
-        let (start, stop) = agent_node_life(&runtime, &shared_ids);
+        let (start, stop) = agent_node_life(runtime, &shared_ids);
         shared_ids_start.push(start);
         shared_ids_life.push(start + stop);
         if let Some(crun) = &crun {
-            crun_life.push(crun_node_life(crun, &bench, &rootfs, round));
+            crun_life.push(crun_node_life(crun, bench, rootfs, round));
         }
     }
     println!("node life, {ROUNDS} rounds, busybox rootfs, user+pid+mnt+uts+ipc+net+cgroup namespaces, idmapped lower, seccomp, memory 64M, cgroup {:?}, run dir on tmpfs", runtime.cgroups.version());
@@ -148,11 +185,6 @@ fn main() {
     } else {
         println!("  crun not installed: no comparison");
     }
-    seccomp_cost(&spec);
-
-    network_costs(&runtime, &spec, &bench);
-    daemon_with_eight_nodes(&bench);
-    default_set_start(&bench);
 }
 
 /// The network part of a node start (veth with eth0 made in the node, addresses, lo, route) on

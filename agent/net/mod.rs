@@ -226,11 +226,17 @@ impl HostNetwork {
 /// forwarding.
 pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
     let node = Netlink::connect()?;
+    // fw1's default route leaves by its public link, made ready below.
+    let gateway = match network.public {
+        Some(_) => None,
+        None => network.gateway,
+    };
     node.configure_node_link(
         NODE_INTERFACE_INDEX,
         network.address.address,
         network.address.prefix,
         NODE_INTERFACE,
+        gateway,
     )?;
     if let Some(public) = &network.public {
         node.address_link(
@@ -244,8 +250,6 @@ pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
             what: "enable forwarding in the gateway node".into(),
             source,
         })?;
-    } else if let Some(gateway) = network.gateway {
-        node.default_route(gateway)?;
     }
     Ok(())
 }

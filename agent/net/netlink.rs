@@ -1,18 +1,27 @@
-//! Blocking links, addresses and routes over rtnetlink, for the runtime's blocking callers.
+//! Links, addresses and routes over one blocking rtnetlink socket.
 //!
-//! Each operation runs on a current-thread tokio runtime of its own. Work inside a node's
-//! network namespace runs on a short-lived thread that joins that namespace first, so no
-//! long-lived thread ever changes namespace.
+//! Messages are built with rtnetlink's builders and netlink-packet-route's types, and sent over
+//! a plain `NETLINK_ROUTE` socket: the runtime's callers are blocking, and several requests go
+//! to the kernel in one `sendmsg` and are answered in order (a node's `lo`, address, `eth0` and
+//! route cost one round trip). Work inside a node's network namespace opens its socket there
+//! (a socket belongs to the namespace it was opened in).
 
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::cell::Cell;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use futures_util::TryStreamExt;
+use rtnetlink::packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode,
 };
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::{
+    AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
 
 use super::NetError;
 
@@ -56,69 +65,211 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
 /// The loopback device is always the first link of a network namespace.
 const LOOPBACK_INDEX: u32 = 1;
 
-/// A netlink connection in the calling thread's network namespace.
+/// Room for one datagram from the kernel: a dump sends at most 32 KiB per datagram.
+const RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// Netlink messages start at 4-byte boundaries.
+fn aligned(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+/// One request and the header flags it is sent with.
+struct Request {
+    message: RouteNetlinkMessage,
+    flags: u16,
+}
+
+impl Request {
+    /// A change the kernel acknowledges.
+    fn change(message: RouteNetlinkMessage) -> Request {
+        Request {
+            message,
+            flags: NLM_F_REQUEST | NLM_F_ACK,
+        }
+    }
+
+    /// A creation that fails when the object exists.
+    fn create(message: RouteNetlinkMessage) -> Request {
+        Request {
+            message,
+            flags: NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Every object of the message's kind.
+    fn dump(message: RouteNetlinkMessage) -> Request {
+        Request {
+            message,
+            flags: NLM_F_REQUEST | NLM_F_DUMP,
+        }
+    }
+}
+
+/// How the kernel answered one request.
+#[derive(Default)]
+struct Answer {
+    /// What it sent before its acknowledgement: a link for a lookup, every link for a dump.
+    replies: Vec<RouteNetlinkMessage>,
+    /// The errno of a refusal.
+    refused: Option<i32>,
+}
+
+impl Answer {
+    fn accepted(self, what: &str) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        match self.refused {
+            None => Ok(self.replies),
+            Some(errno) => Err(refusal(what, errno)),
+        }
+    }
+
+    /// Accepted, or refused with `errno`, which the caller takes as success.
+    fn accepted_unless(self, errno: i32, what: &str) -> Result<(), NetError> {
+        match self.refused {
+            Some(refused) if refused == errno => Ok(()),
+            _ => self.accepted(what).map(drop),
+        }
+    }
+}
+
+/// Files the messages of one datagram from the kernel under the requests they answer (the
+/// first request sent as `first`), and returns how many requests they finished.
+fn file_answers(
+    datagram: &[u8],
+    first: u32,
+    answers: &mut [Answer],
+) -> Result<usize, rtnetlink::packet_core::DecodeError> {
+    let mut finished = 0;
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)?;
+        rest = rest
+            .get(aligned(message.header.length as usize)..)
+            .unwrap_or_default();
+        // Answers to an earlier exchange cut short by an error fall outside this one.
+        let slot = message.header.sequence_number.wrapping_sub(first) as usize;
+        let Some(answer) = answers.get_mut(slot) else {
+            continue;
+        };
+        match message.payload {
+            NetlinkPayload::InnerMessage(reply) => answer.replies.push(reply),
+            NetlinkPayload::Error(error) => {
+                answer.refused = error.code.map(|code| -code.get());
+                finished += 1;
+            }
+            NetlinkPayload::Done(done) => {
+                answer.refused = (done.code < 0).then_some(-done.code);
+                finished += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(finished)
+}
+
+fn refusal(what: &str, errno: i32) -> NetError {
+    NetError::netlink(what, std::io::Error::from_raw_os_error(errno))
+}
+
+/// An rtnetlink socket in the network namespace of the thread that opened it.
 pub struct Netlink {
-    runtime: tokio::runtime::Runtime,
-    handle: Handle,
+    socket: Socket,
+    /// The sequence number of the last request sent.
+    sequence: Cell<u32>,
 }
 
 impl Netlink {
     pub fn connect() -> Result<Netlink, NetError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|e| NetError::netlink("start netlink runtime", e))?;
-        let handle = runtime.block_on(async {
-            let (connection, handle, _) = rtnetlink::new_connection()
-                .map_err(|e| NetError::netlink("open netlink socket", e))?;
-            tokio::spawn(connection);
-            Ok::<_, NetError>(handle)
-        })?;
-        Ok(Netlink { runtime, handle })
+        let open = || -> std::io::Result<Socket> {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            socket.connect(&SocketAddr::new(0, 0))?;
+            Ok(socket)
+        };
+        let socket = open().map_err(|e| NetError::netlink("open netlink socket", e))?;
+        Ok(Netlink {
+            socket,
+            sequence: Cell::new(0),
+        })
     }
 
-    fn run<T>(
-        &self,
-        what: &str,
-        future: impl Future<Output = Result<T, rtnetlink::Error>>,
-    ) -> Result<T, NetError> {
-        self.runtime
-            .block_on(future)
-            .map_err(|e| NetError::netlink(what, e))
+    /// Sends `requests` in one datagram and waits for every answer; the kernel handles them in
+    /// order, each whatever became of the previous ones.
+    fn exchange(&self, what: &str, requests: Vec<Request>) -> Result<Vec<Answer>, NetError> {
+        let io = |e: std::io::Error| NetError::netlink(what, e);
+        let first = self.sequence.get().wrapping_add(1);
+        let count = requests.len();
+        let mut datagram = Vec::new();
+        for (offset, request) in requests.into_iter().enumerate() {
+            let mut header = NetlinkHeader::default();
+            header.flags = request.flags;
+            header.sequence_number = first.wrapping_add(offset as u32);
+            let mut message =
+                NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request.message));
+            message.finalize();
+            let start = datagram.len();
+            datagram.resize(start + aligned(message.buffer_len()), 0);
+            message.serialize(&mut datagram[start..]);
+        }
+        self.sequence
+            .set(first.wrapping_add(count as u32).wrapping_sub(1));
+        self.socket.send(&datagram, 0).map_err(io)?;
+
+        let mut answers: Vec<Answer> = (0..count).map(|_| Answer::default()).collect();
+        let mut finished = 0;
+        let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
+        while finished < count {
+            buffer.clear();
+            let size = self.socket.recv(&mut buffer, libc::MSG_TRUNC).map_err(io)?;
+            if size > buffer.len() {
+                return Err(NetError::netlink(
+                    what,
+                    format!("an answer of {size} bytes did not fit in {RECEIVE_BUFFER}"),
+                ));
+            }
+            finished += file_answers(&buffer, first, &mut answers)
+                .map_err(|e| NetError::netlink(what, format!("undecodable answer: {e}")))?;
+        }
+        Ok(answers)
+    }
+
+    fn ask(&self, what: &str, request: Request) -> Result<Answer, NetError> {
+        let mut answers = self.exchange(what, vec![request])?;
+        Ok(answers.pop().unwrap_or_default())
     }
 
     /// The index of a link, or `None` when there is no such link.
     pub fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
-        let found = self.runtime.block_on(async {
-            self.handle
-                .link()
-                .get()
-                .match_name(name.to_string())
-                .execute()
-                .try_next()
-                .await
-        });
-        match found {
-            Ok(message) => Ok(message.map(|m| m.header.index)),
-            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
-                Ok(None)
-            }
-            Err(error) => Err(NetError::netlink(&format!("look up link {name}"), error)),
+        let what = format!("look up link {name}");
+        let lookup = RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name(name).build());
+        let answer = self.ask(&what, Request::change(lookup))?;
+        if answer.refused == Some(libc::ENODEV) {
+            return Ok(None);
         }
+        Ok(answer
+            .accepted(&what)?
+            .iter()
+            .find_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+                _ => None,
+            }))
     }
 
     /// Names of every link in this namespace.
     pub fn link_names(&self) -> Result<Vec<String>, NetError> {
-        let messages: Vec<LinkMessage> = self.run("list links", async {
-            self.handle.link().get().execute().try_collect().await
-        })?;
-        Ok(messages
+        let every = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let replies = self
+            .ask("list links", Request::dump(every))?
+            .accepted("list links")?;
+        Ok(replies
             .iter()
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(name) => Some(name.clone()),
-                    _ => None,
-                })
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => {
+                    link.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(name) => Some(name.clone()),
+                        _ => None,
+                    })
+                }
+                _ => None,
             })
             .collect())
     }
@@ -137,21 +288,19 @@ impl Netlink {
                 // its ports' and changes it when a node's link with a lower one joins, and the
                 // nodes' ARP entries for the host then point nowhere for seconds (replies to
                 // the host are lost meanwhile).
-                let message = LinkBridge::new(name)
+                let bridge = LinkBridge::new(name)
                     .address(bridge_mac(name).to_vec())
                     .up()
                     .build();
-                self.run(
-                    &format!("create bridge {name}"),
-                    self.handle.link().add(message).execute(),
-                )?;
+                let what = format!("create bridge {name}");
+                self.ask(&what, Request::create(RouteNetlinkMessage::NewLink(bridge)))?
+                    .accepted(&what)?;
                 self.link_index(name)?
                     .ok_or_else(|| NetError::Missing(format!("bridge {name} after creating it")))?
             }
         };
         self.pin_mac(index, name)?;
-        self.ensure_address(index, address, prefix, name)?;
-        self.set_up(index, name)?;
+        self.address_and_up(index, address, prefix, name)?;
         Ok(index)
     }
 
@@ -170,46 +319,36 @@ impl Netlink {
             })?;
         let mac = parse_mac(current.trim())
             .ok_or_else(|| NetError::Missing(format!("a MAC address on {name}: {current:?}")))?;
-        let message = LinkUnspec::new_with_index(index)
+        let pinned = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
             .build();
-        self.run(
-            &format!("pin the MAC address of {name}"),
-            self.handle.link().set(message).execute(),
-        )
+        let what = format!("pin the MAC address of {name}");
+        self.ask(&what, Request::change(RouteNetlinkMessage::SetLink(pinned)))?
+            .accepted(&what)
+            .map(drop)
     }
 
-    fn ensure_address(
+    /// `address` on the link `index` (kept if already there) and the link up, in one exchange.
+    fn address_and_up(
         &self,
         index: u32,
         address: Ipv4Addr,
         prefix: u8,
         link: &str,
     ) -> Result<(), NetError> {
-        let added = self.runtime.block_on(
-            self.handle
-                .address()
-                .add(index, IpAddr::V4(address), prefix)
-                .execute(),
+        let what = format!("add {address}/{prefix} to {link} and set it up");
+        let mut answers = self
+            .exchange(
+                &what,
+                vec![add_address(index, address, prefix), link_up(index)],
+            )?
+            .into_iter();
+        let (added, up) = (
+            answers.next().unwrap_or_default(),
+            answers.next().unwrap_or_default(),
         );
-        match added {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::EEXIST => {
-                Ok(())
-            }
-            Err(error) => Err(NetError::netlink(
-                &format!("add {address}/{prefix} to {link}"),
-                error,
-            )),
-        }
-    }
-
-    pub fn set_up(&self, index: u32, link: &str) -> Result<(), NetError> {
-        let message = LinkUnspec::new_with_index(index).up().build();
-        self.run(
-            &format!("set {link} up"),
-            self.handle.link().set(message).execute(),
-        )
+        added.accepted_unless(libc::EEXIST, &format!("add {address}/{prefix} to {link}"))?;
+        up.accepted(&format!("set {link} up")).map(drop)
     }
 
     /// A veth pair: `host_name` here, attached to `bridge` and up, and `peer_name` created
@@ -236,17 +375,20 @@ impl Netlink {
             peer = peer.address(mac.to_vec());
         }
         let peer = peer.build();
-        let mut message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        let mut veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host_name.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .up();
         if let Some(bridge) = bridge {
-            message = message.controller(bridge);
+            veth = veth.controller(bridge);
         }
-        self.run(
-            &format!("create veth {host_name} (peer {peer_name} in the node)"),
-            self.handle.link().add(message.build()).execute(),
-        )
+        let what = format!("create veth {host_name} (peer {peer_name} in the node)");
+        self.ask(
+            &what,
+            Request::create(RouteNetlinkMessage::NewLink(veth.build())),
+        )?
+        .accepted(&what)
+        .map(drop)
     }
 
     /// A macvlan on `parent` created directly in the namespace `netns`, named `name`, up.
@@ -254,7 +396,7 @@ impl Netlink {
         let parent_index = self
             .link_index(parent)?
             .ok_or_else(|| NetError::Missing(format!("uplink {parent}")))?;
-        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
+        let macvlan = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
             .name(name.to_string())
             .link(parent_index)
             .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
@@ -263,61 +405,51 @@ impl Netlink {
             .setns_by_fd(netns.as_fd().as_raw_fd())
             .up()
             .build();
-        self.run(
-            &format!("create macvlan {name} on {parent}"),
-            self.handle.link().add(message).execute(),
-        )
+        let what = format!("create macvlan {name} on {parent}");
+        self.ask(
+            &what,
+            Request::create(RouteNetlinkMessage::NewLink(macvlan)),
+        )?
+        .accepted(&what)
+        .map(drop)
     }
 
     /// Deletes a link by name; a link that is already gone is fine.
     pub fn delete_link(&self, name: &str) -> Result<(), NetError> {
-        let Some(index) = self.link_index(name)? else {
-            return Ok(());
-        };
-        match self
-            .runtime
-            .block_on(self.handle.link().del(index).execute())
-        {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
-                Ok(())
-            }
-            Err(error) => Err(NetError::netlink(&format!("delete link {name}"), error)),
-        }
+        let what = format!("delete link {name}");
+        let link = LinkUnspec::new_with_name(name).build();
+        self.ask(&what, Request::change(RouteNetlinkMessage::DelLink(link)))?
+            .accepted_unless(libc::ENODEV, &what)
     }
 
-    /// A fresh node namespace's links in one go: `lo` up, and the link `index` addressed and up,
-    /// as concurrent requests on the one connection (each would otherwise wait for the
-    /// previous one's answer).
+    /// A fresh node namespace's network in one round trip: `lo` up, the link `index` addressed
+    /// and up, and the default route via `gateway`.
     pub fn configure_node_link(
         &self,
         index: u32,
         address: Ipv4Addr,
         prefix: u8,
         link: &str,
+        gateway: Option<Ipv4Addr>,
     ) -> Result<(), NetError> {
-        let loopback = self
-            .handle
-            .link()
-            .set(LinkUnspec::new_with_index(LOOPBACK_INDEX).up().build());
-        let add_address = self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(address), prefix);
-        let link_up = self
-            .handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build());
-        let (loopback, added, up) = self.runtime.block_on(async {
-            futures_util::join!(loopback.execute(), add_address.execute(), link_up.execute())
-        });
-        loopback.map_err(|e| NetError::netlink("set lo up", e))?;
-        match added {
-            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::EEXIST => {}
-            added => added
-                .map_err(|e| NetError::netlink(&format!("add {address}/{prefix} to {link}"), e))?,
+        let mut requests = vec![
+            link_up(LOOPBACK_INDEX),
+            add_address(index, address, prefix),
+            link_up(index),
+        ];
+        if let Some(gateway) = gateway {
+            requests.push(default_route(gateway));
         }
-        up.map_err(|e| NetError::netlink(&format!("set {link} up"), e))
+        let what = format!("configure {link}");
+        let mut answers = self.exchange(&what, requests)?.into_iter();
+        let mut next = || answers.next().unwrap_or_default();
+        next().accepted("set lo up")?;
+        next().accepted_unless(libc::EEXIST, &format!("add {address}/{prefix} to {link}"))?;
+        next().accepted(&format!("set {link} up"))?;
+        if let Some(gateway) = gateway {
+            next().accepted(&format!("default route via {gateway}"))?;
+        }
+        Ok(())
     }
 
     /// Address on a link by name, and the link up.
@@ -325,20 +457,36 @@ impl Netlink {
         let index = self
             .link_index(name)?
             .ok_or_else(|| NetError::Missing(format!("link {name}")))?;
-        self.ensure_address(index, address, prefix, name)?;
-        self.set_up(index, name)?;
+        self.address_and_up(index, address, prefix, name)?;
         Ok(index)
     }
 
     pub fn default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .build();
-        self.run(
-            &format!("default route via {gateway}"),
-            self.handle.route().add(route).execute(),
-        )
+        let what = format!("default route via {gateway}");
+        self.ask(&what, default_route(gateway))?
+            .accepted(&what)
+            .map(drop)
     }
+}
+
+fn link_up(index: u32) -> Request {
+    let up = LinkUnspec::new_with_index(index).up().build();
+    Request::change(RouteNetlinkMessage::SetLink(up))
+}
+
+fn add_address(index: u32, address: Ipv4Addr, prefix: u8) -> Request {
+    let message = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(index)
+        .address(address, prefix)
+        .build();
+    Request::create(RouteNetlinkMessage::NewAddress(message))
+}
+
+fn default_route(gateway: Ipv4Addr) -> Request {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .build();
+    Request::create(RouteNetlinkMessage::NewRoute(route))
 }
 
 #[cfg(test)]
@@ -363,6 +511,66 @@ mod tests {
         assert_eq!(mac, [0x02, 0x6e, 172, 16, 0, 21]);
         assert_eq!(mac[0] & 0b11, 0b10);
         assert_ne!(mac[1], bridge_mac("msbr0")[1]);
+    }
+
+    fn emit(datagram: &mut Vec<u8>, sequence: u32, payload: NetlinkPayload<RouteNetlinkMessage>) {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = sequence;
+        let mut message = NetlinkMessage::new(header, payload);
+        message.finalize();
+        let start = datagram.len();
+        datagram.resize(start + aligned(message.buffer_len()), 0);
+        message.serialize(&mut datagram[start..]);
+    }
+
+    fn acknowledgement(errno: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut error = rtnetlink::packet_core::ErrorMessage::default();
+        error.code = std::num::NonZeroI32::new(-errno);
+        NetlinkPayload::Error(error)
+    }
+
+    #[test]
+    fn answers_are_filed_under_their_request_and_stale_ones_ignored() {
+        let mut datagram = Vec::new();
+        emit(&mut datagram, 6, acknowledgement(0)); // from an exchange cut short before
+        let link = LinkUnspec::new_with_index(2).build();
+        emit(
+            &mut datagram,
+            10,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
+        );
+        emit(&mut datagram, 10, acknowledgement(0));
+        emit(&mut datagram, 11, acknowledgement(libc::EEXIST));
+        let mut answers: Vec<Answer> = (0..3).map(|_| Answer::default()).collect();
+        let finished = file_answers(&datagram, 10, &mut answers).unwrap();
+        assert_eq!(finished, 2);
+        assert_eq!(answers[0].refused, None);
+        assert_eq!(answers[0].replies.len(), 1);
+        assert_eq!(answers[1].refused, Some(libc::EEXIST));
+        assert!(answers[2].replies.is_empty() && answers[2].refused.is_none());
+
+        let mut done = rtnetlink::packet_core::DoneMessage::default();
+        done.code = -libc::EINTR;
+        let mut datagram = Vec::new();
+        emit(&mut datagram, 12, NetlinkPayload::Done(done));
+        let finished = file_answers(&datagram, 10, &mut answers).unwrap();
+        assert_eq!(finished, 1);
+        assert_eq!(answers[2].refused, Some(libc::EINTR));
+        let error = answers.pop().unwrap().accepted("list links").unwrap_err();
+        assert!(error.to_string().starts_with("list links: "), "{error}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_datagram_is_filed_or_refused_without_panicking(
+            datagram in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            first in proptest::prelude::any::<u32>(),
+        ) {
+            let mut answers: Vec<Answer> = (0..4).map(|_| Answer::default()).collect();
+            if let Ok(finished) = file_answers(&datagram, first, &mut answers) {
+                proptest::prop_assert!(finished <= datagram.len() / 16);
+            }
+        }
     }
 
     #[test]
