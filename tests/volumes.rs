@@ -1,7 +1,8 @@
 //! Volumes: a btrfs subvolume when the state dir is on btrfs, else a directory; kept across
 //! restarts, removal and re-creation of the node; removed only by `volume rm`, which is refused
 //! while the node mounts the volume or the configuration declares it. Needs btrfs-progs
-//! (`scripts/setup.sh` installs it).
+//! (`scripts/setup.sh` installs it). A volume declared `shared` is one for every node of its
+//! role, each node seeing its files as owned by its own ids.
 
 mod common;
 
@@ -172,7 +173,7 @@ fn on_btrfs_a_volume_is_a_subvolume_kept_until_volume_rm() {
         host.exec_stdout("keep1", &["cat", "/srv/data/file"]),
         "kept\n"
     );
-    assert_rm_refused(&host, "keep1", "keep1 is running with it");
+    assert_rm_refused(&host, "keep1", "a running node mounts it");
 
     // Removed from the configuration, then added again: the same data.
     host.write_config(&without_nodes());
@@ -188,7 +189,7 @@ fn on_btrfs_a_volume_is_a_subvolume_kept_until_volume_rm() {
 
     // Stopped but still configured: kept.
     host.cli(&["stop", "keep1"]);
-    assert_rm_refused(&host, "keep1", "the configuration declares it for keep1");
+    assert_rm_refused(&host, "keep1", "the configuration declares it");
 
     host.write_config(&without_nodes());
     host.cli(&["reload"]);
@@ -239,7 +240,7 @@ fn elsewhere_a_volume_is_a_directory() {
     let listed = volumes(&host);
     assert_eq!(listed[0]["kind"], "dir", "{listed:?}");
     assert!(listed[0]["size_bytes"].as_u64().unwrap() > 0, "{listed:?}");
-    assert_rm_refused(&host, "plain1", "plain1 is running with it");
+    assert_rm_refused(&host, "plain1", "a running node mounts it");
 
     host.write_config(&without_nodes());
     host.cli(&["reload"]);
@@ -247,6 +248,177 @@ fn elsewhere_a_volume_is_a_directory() {
     let removed = host.cli(&["volume", "rm", "plain1", "data"]);
     assert!(removed.contains("dir removed"), "{removed}");
     assert!(!volume.exists());
+}
+
+const SHARERS: &str = r#"
+[roles.sharer]
+image = "busybox"
+[[roles.sharer.volume]]
+name = "media"
+path = "/srv/media"
+shared = true
+[[roles.sharer.volume]]
+name = "data"
+path = "/srv/data"
+[[roles.sharer.process]]
+name = "sleep"
+command = ["sleep", "1000000"]
+
+[roles.other]
+image = "busybox"
+[[roles.other.process]]
+name = "sleep"
+command = ["sleep", "1000000"]
+"#;
+
+fn sharers(nodes: &[(&str, &str)]) -> String {
+    let mut config = format!("{SHARERS}\n[nodes]\n");
+    for (node, role) in nodes {
+        config.push_str(&format!("{node} = {{ role = \"{role}\" }}\n"));
+    }
+    config
+}
+
+/// The first host id of a range recorded in `state_dir/idmaps.json` (1 << 20 + slot * 65536).
+fn range_base(host: &TestHost, owner: &str) -> u32 {
+    let recorded: Value =
+        serde_json::from_slice(&std::fs::read(host.state_dir().join("idmaps.json")).unwrap())
+            .unwrap();
+    let slot = recorded["slots"][owner]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no range for {owner}: {recorded}"));
+    (1 << 20) + slot as u32 * 65536
+}
+
+fn owner_ids(path: &Path) -> (u32, u32) {
+    let metadata = std::fs::symlink_metadata(path).unwrap();
+    (metadata.uid(), metadata.gid())
+}
+
+#[test]
+fn a_shared_volume_is_one_for_every_node_of_the_role_each_seeing_its_own_ids() {
+    let mut host = TestHost::new(
+        "volshare",
+        &sharers(&[
+            ("share1", "sharer"),
+            ("share2", "sharer"),
+            ("other1", "other"),
+        ]),
+    );
+    host.start_daemon();
+    for node in ["share1", "share2", "other1"] {
+        host.wait_node_state(node, "running");
+    }
+    // A user 33 in both nodes, as a web image has www-data.
+    for node in ["share1", "share2"] {
+        host.exec_stdout(
+            node,
+            &[
+                "sh",
+                "-c",
+                "echo 'www:x:33:33:www:/tmp:/bin/sh' >> /etc/passwd",
+            ],
+        );
+    }
+    host.exec_stdout(
+        "share1",
+        &[
+            "sh",
+            "-c",
+            "echo by-root > /srv/media/root-file && mkdir /srv/media/www && chown 33:33 /srv/media/www && echo only-share1 > /srv/data/file",
+        ],
+    );
+    let as_www = |node: &str, script: &str| {
+        let output = host.try_cli(&["exec", "--user", "www", node, "--", "sh", "-c", script]);
+        assert!(
+            output.status.success(),
+            "{node} as www: {script}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    as_www("share1", "echo from-share1 > /srv/media/www/upload");
+    // The other node's user 33 owns what the first one's made, and may change it.
+    assert_eq!(
+        as_www(
+            "share2",
+            "echo from-share2 >> /srv/media/www/upload && cat /srv/media/www/upload && stat -c %u:%g /srv/media/www/upload /srv/media/root-file"
+        ),
+        "from-share1\nfrom-share2\n33:33\n0:0\n"
+    );
+    // Per-node volumes stay per node, and a node of another role has no such volume.
+    assert_eq!(
+        host.exec_stdout("share2", &["sh", "-c", "ls -A /srv/data"]),
+        ""
+    );
+    assert!(!host
+        .exec("other1", &["test", "-e", "/srv/media/root-file"])
+        .status
+        .success());
+
+    // On the host the files belong to the role's own range, not to either node's.
+    let shared = range_base(&host, "@sharer");
+    let media = host.state_dir().join("volumes/@sharer/media");
+    for node in ["share1", "share2"] {
+        assert_ne!(
+            range_base(&host, node),
+            shared,
+            "{node} shares the volume's range"
+        );
+    }
+    assert_eq!(owner_ids(&media), (shared, shared));
+    assert_eq!(owner_ids(&media.join("root-file")), (shared, shared));
+    assert_eq!(
+        owner_ids(&media.join("www/upload")),
+        (shared + 33, shared + 33)
+    );
+    let mode = std::fs::metadata(media.parent().unwrap()).unwrap().mode() & 0o777;
+    assert_eq!(
+        mode, 0o700,
+        "only host root enters the shared volumes' directory"
+    );
+    // Inside: an idmapped mount without set-id programs or devices; nothing of it on the host.
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", host.node_pid("share2"))).unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|line| line.split(' ').nth(4) == Some("/srv/media"))
+        .unwrap_or_else(|| panic!("no /srv/media in share2:\n{mountinfo}"));
+    for option in ["idmapped", "nosuid", "nodev"] {
+        assert!(line.contains(option), "{option} missing: {line}");
+    }
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains("@sharer"), "{host_mounts}");
+
+    // Kept across a restart; listed under the role; removed only when no node declares it.
+    host.cli(&["restart", "share1"]);
+    host.wait_node_state("share1", "running");
+    assert_eq!(
+        host.exec_stdout("share1", &["cat", "/srv/media/www/upload"]),
+        "from-share1\nfrom-share2\n"
+    );
+    let listed = volumes(&host);
+    assert!(
+        listed
+            .iter()
+            .any(|v| v["node"] == "@sharer" && v["name"] == "media"),
+        "{listed:?}"
+    );
+    let refused = host.try_cli(&["volume", "rm", "@sharer", "media"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr
+                .contains("volume media of the sharer nodes (shared): a running node mounts it"),
+        "{stderr}"
+    );
+    host.write_config(&sharers(&[("other1", "other")]));
+    host.cli(&["reload"]);
+    wait_gone(&host, "share1");
+    wait_gone(&host, "share2");
+    let removed = host.cli(&["volume", "rm", "@sharer", "media"]);
+    assert!(removed.contains("dir removed"), "{removed}");
+    assert!(!media.exists());
 }
 
 fn is_btrfs(path: &Path) -> bool {

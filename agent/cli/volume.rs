@@ -18,15 +18,16 @@ use magestack_agent::runtime::{live_records, HostDirs};
 
 #[derive(Subcommand)]
 pub enum VolumeCommand {
-    /// List volumes: node, name, kind (btrfs subvolume or directory), size, whether in use, path.
+    /// List volumes: node (`@<role>` for a role's shared volume), name, kind (btrfs subvolume
+    /// or directory), size, whether in use, path.
     List {
         /// Only this node's volumes.
         node: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Remove a volume and all its data; refused while its node runs with it or the
-    /// configuration declares it.
+    /// Remove a volume and all its data; refused while a node runs with it or the
+    /// configuration declares it. A role's shared volume is under `@<role>`.
     Rm { node: String, name: String },
 }
 
@@ -68,7 +69,10 @@ pub fn run(config_path: Option<&Path>, command: VolumeCommand) -> Result<ExitCod
                 return Err(VolumeError::InUse { node, name, by }.into());
             }
             let kind = volume::remove(&dirs, &node, &name)?;
-            println!("volume {name} of node {node}: {kind} removed");
+            println!(
+                "volume {name} of {}: {kind} removed",
+                volume::owner_text(&node)
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -60,12 +60,37 @@ pub struct HostSettings {
     pub state_dir: PathBuf,
     /// The image store: `state_dir/images` unless `[host] image_dir` says otherwise.
     pub image_dir: PathBuf,
+    /// Which tool builds images from recipes (`[host] image_builder`).
+    pub image_builder: ImageBuilder,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
     /// Parent cgroup of every node, relative to the root of each hierarchy.
     pub cgroup: String,
     /// How long a node's processes get between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+}
+
+/// The operator's choice of the tool that builds images from recipes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageBuilder {
+    /// mmdebstrap when it is installed, else debootstrap.
+    #[default]
+    Auto,
+    Mmdebstrap,
+    Debootstrap,
+}
+
+impl ImageBuilder {
+    pub fn parse(text: &str) -> Result<ImageBuilder, String> {
+        match text {
+            "auto" => Ok(ImageBuilder::Auto),
+            "mmdebstrap" => Ok(ImageBuilder::Mmdebstrap),
+            "debootstrap" => Ok(ImageBuilder::Debootstrap),
+            other => Err(format!(
+                "`{other}` is not one of auto, mmdebstrap, debootstrap"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -272,6 +297,10 @@ pub struct VolumeSpec {
     pub name: String,
     /// Absolute path inside the node.
     pub path: String,
+    /// One volume for every node of the role (`state_dir/volumes/@<role>/<name>`) instead of
+    /// one per node.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -44,6 +44,8 @@ pub struct RawHost {
     pub state_dir: Option<Spanned<String>>,
     /// Where images are stored; `state_dir/images` unless given.
     pub image_dir: Option<Spanned<String>>,
+    /// Which tool builds images from recipes: `auto` (the default), `mmdebstrap`, `debootstrap`.
+    pub image_builder: Option<Spanned<String>>,
     pub run_dir: Option<Spanned<String>>,
     pub log_dir: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
@@ -146,6 +148,7 @@ pub struct RawResources {
 pub struct RawVolume {
     pub name: Spanned<String>,
     pub path: Spanned<String>,
+    pub shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

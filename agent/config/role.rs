@@ -240,6 +240,7 @@ impl Checker<'_> {
             volumes.push(VolumeSpec {
                 name: raw.name.into_inner(),
                 path: raw.path.into_inner(),
+                shared: raw.shared.unwrap_or(false),
             });
         }
         volumes

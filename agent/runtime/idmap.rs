@@ -1,10 +1,11 @@
 //! User namespaces: each node's range of 65536 host ids, allocated once and recorded, so a
-//! node's files keep their owner across restarts; the uid and gid maps; and the idmapped mount
-//! through which the node sees the image (owned by host root) as its own root's.
+//! node's files keep their owner across restarts; the uid and gid maps; and the idmapped mounts
+//! through which a node sees the image (owned by host root) as its own root's, and its role's
+//! shared volumes (owned by the role's own range, `@<role>` in the record) as its own ids'.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -167,6 +168,8 @@ pub fn give_to_node(path: &Path, base: u32) -> std::io::Result<()> {
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
@@ -179,15 +182,29 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// Mounts `source` read-only at `target` inside the mount namespace of process `pid`, idmapped
-/// with its user namespace, so host root's files appear as the node root's. Runs on a thread of
-/// its own that joins that mount namespace (a thread must unshare its filesystem attributes
-/// first); mounts there are made private first, so nothing propagates back to the host.
-pub fn mount_idmapped(pid: i32, source: &Path, target: &Path) -> std::io::Result<()> {
-    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+/// One tree to mount idmapped into a node: `source` (a host path) at `target`, its owners
+/// translated by the user namespace `userns`.
+pub struct IdmappedMount<'a> {
+    pub source: &'a Path,
+    pub target: &'a Path,
+    pub userns: BorrowedFd<'a>,
+    pub what: Mounted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mounted {
+    /// An image: read-only (the overlay's lower layer).
+    Image,
+    /// Data: writable, and no set-id programs or device files take effect from it.
+    Volume,
+}
+
+/// Mounts each of `mounts` inside the mount namespace of process `pid`. Runs on a thread of its
+/// own that joins that mount namespace (a thread must unshare its filesystem attributes first);
+/// mounts there are made private first, so nothing propagates back to the host. Sources are
+/// opened there too, as host root: a node needs no access to them by path.
+pub fn mount_idmapped(pid: i32, mounts: &[IdmappedMount<'_>]) -> std::io::Result<()> {
     let mntns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
-    let source = path_cstring(source)?;
-    let target = path_cstring(target)?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| -> std::io::Result<()> {
@@ -200,61 +217,133 @@ pub fn mount_idmapped(pid: i32, source: &Path, target: &Path) -> std::io::Result
                     nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
                     None::<&str>,
                 )?;
-                // SAFETY: open_tree with a NUL-terminated path; returns a new fd or -1.
-                let tree = unsafe {
-                    libc::syscall(
-                        libc::SYS_open_tree,
-                        libc::AT_FDCWD,
-                        source.as_ptr(),
-                        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-                    )
-                };
-                if tree < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // SAFETY: the descriptor was just created and is owned by nobody else.
-                let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-                let attr = MountAttr {
-                    attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
-                    attr_clr: 0,
-                    propagation: 0,
-                    userns_fd: userns.as_raw_fd() as u64,
-                };
-                let empty = c"";
-                // SAFETY: mount_setattr on our detached tree with a valid mount_attr of the size
-                // passed.
-                let set = unsafe {
-                    libc::syscall(
-                        libc::SYS_mount_setattr,
-                        tree.as_raw_fd(),
-                        empty.as_ptr(),
-                        libc::AT_EMPTY_PATH,
-                        &attr as *const MountAttr,
-                        std::mem::size_of::<MountAttr>(),
-                    )
-                };
-                if set < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // SAFETY: move_mount of our detached tree onto a NUL-terminated target path.
-                let moved = unsafe {
-                    libc::syscall(
-                        libc::SYS_move_mount,
-                        tree.as_raw_fd(),
-                        empty.as_ptr(),
-                        libc::AT_FDCWD,
-                        target.as_ptr(),
-                        MOVE_MOUNT_F_EMPTY_PATH,
-                    )
-                };
-                if moved < 0 {
-                    return Err(std::io::Error::last_os_error());
+                for mount in mounts {
+                    attach_idmapped(mount).map_err(|error| {
+                        std::io::Error::new(
+                            error.kind(),
+                            format!(
+                                "{} at {}: {error}",
+                                mount.source.display(),
+                                mount.target.display()
+                            ),
+                        )
+                    })?;
                 }
                 Ok(())
             })
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("idmapped mount thread panicked")))
     })
+}
+
+/// open_tree (a detached copy), mount_setattr (the idmap), move_mount (onto the target).
+fn attach_idmapped(mount: &IdmappedMount<'_>) -> std::io::Result<()> {
+    let source = path_cstring(mount.source)?;
+    let target = path_cstring(mount.target)?;
+    // SAFETY: open_tree with a NUL-terminated path; returns a new fd or -1.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr_set = MOUNT_ATTR_IDMAP
+        | match mount.what {
+            Mounted::Image => MOUNT_ATTR_RDONLY,
+            Mounted::Volume => MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        };
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: mount.userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr on our detached tree with a valid mount_attr of the size passed.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if set < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: move_mount of our detached tree onto a NUL-terminated target path.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A user namespace in which ids `inside..inside + RANGE` are host ids `outside..`: a tree
+/// mounted idmapped with it shows a file stored as owned by `inside + n` as owned by
+/// `outside + n`, and stores what `outside + n` creates as `inside + n`. A role's shared
+/// volume keeps its files in a range of its own and each node sees them as its own ids.
+///
+/// The namespace is made by a forked child that unshares it and waits; its maps are written
+/// from here, and the namespace outlives the child (killed at once) through the returned
+/// descriptor. The child is killed rather than released through a pipe: other forks of this
+/// multi-threaded daemon may hold copies of such a pipe, so its closing proves nothing.
+pub fn mapping_namespace(inside: u32, outside: u32) -> std::io::Result<OwnedFd> {
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the child only makes raw system calls (unshare, write, pause, _exit), which are
+    // async-signal-safe, so forking a multi-threaded process is sound here.
+    let child = match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: raw syscalls on a descriptor this child owns; no allocation, no locks.
+            unsafe {
+                let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                    1
+                } else {
+                    0
+                };
+                libc::write(ready_write.as_raw_fd(), (&status as *const u8).cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(ready_write);
+    let made = (|| -> std::io::Result<OwnedFd> {
+        let mut status = [0u8];
+        let read = nix::unistd::read(ready_read.as_raw_fd(), &mut status)?;
+        if read != 1 || status[0] != 1 {
+            return Err(std::io::Error::other(
+                "the helper process could not make a user namespace",
+            ));
+        }
+        let map = format!("{inside} {outside} {RANGE}\n");
+        std::fs::write(format!("/proc/{child}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{child}/gid_map"), &map)?;
+        Ok(std::fs::File::open(format!("/proc/{child}/ns/user"))?.into())
+    })();
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
+    made
 }
 
 fn path_cstring(path: &Path) -> std::io::Result<CString> {

@@ -110,6 +110,15 @@ pub struct Runtime {
     idmaps: IdMaps,
 }
 
+/// A role's shared volume as one node mounts it: the volume, where the daemon mounts it
+/// idmapped in the node's mount namespace for the init to bind, and the first host id of the
+/// range its files are stored with.
+struct SharedVolume {
+    source: PathBuf,
+    staging: PathBuf,
+    base: u32,
+}
+
 /// A running node as the daemon holds it.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -205,7 +214,7 @@ impl Runtime {
         undo.push("remove run dir", move || {
             let _ = std::fs::remove_dir_all(&run_dir);
         });
-        let volumes = self.prepare_dirs(spec, &paths, id_base)?;
+        let (volumes, shared) = self.prepare_dirs(spec, &paths, id_base, &image_rootfs)?;
         std::fs::write(paths.hosts_file(), self.hosts_text())
             .map_err(io_error(node, "write hosts file"))?;
         std::fs::write(paths.resolv_file(), &self.resolv)
@@ -311,19 +320,13 @@ impl Runtime {
             wait_exit(pidfd.as_fd(), Duration::from_secs(5));
         });
 
-        let lower = match id_base {
-            Some(base) => {
-                idmap::write_maps(child.pid, base)
-                    .map_err(io_error(node, "write uid and gid maps"))?;
-                nix::unistd::write(&maps_write, &[1])
-                    .map_err(|e| io_error(node, "release the init")(e.into()))?;
-                idmap::mount_idmapped(child.pid, &image_rootfs, &paths.lower())
-                    .map_err(io_error(node, "idmapped mount of the image"))?;
-                paths.lower()
-            }
-            None => image_rootfs,
-        };
+        if let Some(base) = id_base {
+            idmap::write_maps(child.pid, base).map_err(io_error(node, "write uid and gid maps"))?;
+            nix::unistd::write(&maps_write, &[1])
+                .map_err(|e| io_error(node, "release the init")(e.into()))?;
+        }
         drop(maps_write);
+        let lower = self.mount_idmapped(spec, child.pid, id_base, &image_rootfs, &shared)?;
         self.network
             .attach(spec, child.pid)
             .map_err(|source| RuntimeError::Network {
@@ -416,7 +419,8 @@ impl Runtime {
         spec: &NodeSpec,
         paths: &NodePaths,
         id_base: Option<u32>,
-    ) -> Result<Vec<VolumeMount>, RuntimeError> {
+        image_rootfs: &Path,
+    ) -> Result<(Vec<VolumeMount>, Vec<SharedVolume>), RuntimeError> {
         let node = spec.name.as_str();
         for dir in [
             paths.upper(),
@@ -442,23 +446,108 @@ impl Runtime {
                 let _ = idmap::give_to_node(&entry.path(), base);
             }
         }
-        spec.volumes
+        let mut mounts = Vec::new();
+        let mut shared = Vec::new();
+        for volume in &spec.volumes {
+            let owner = volume::owner(spec, volume);
+            // A shared volume's files are owned by its role's own id range.
+            let owner_base = if volume.shared {
+                Some(self.idmaps.base_of(&owner).map_err(io_error(
+                    node,
+                    format!("allocate the id range of {owner}'s volumes"),
+                ))?)
+            } else {
+                id_base
+            };
+            let (source, made) =
+                volume::create(&self.dirs, &owner, &volume.name).map_err(RuntimeError::Volume)?;
+            if made {
+                volume::take_over_image_dir(
+                    &source,
+                    image_rootfs,
+                    &volume.path,
+                    owner_base.unwrap_or(0),
+                )
+                .map_err(io_error(
+                    node,
+                    format!("give {} its owner", source.display()),
+                ))?;
+            }
+            let source = if volume.shared {
+                let staging = paths.shared_volume(&volume.name);
+                paths::create_dir(&staging, 0o755)
+                    .map_err(io_error(node, format!("create {}", staging.display())))?;
+                shared.push(SharedVolume {
+                    source,
+                    staging: staging.clone(),
+                    base: owner_base.unwrap_or(0),
+                });
+                staging
+            } else {
+                source
+            };
+            mounts.push(VolumeMount {
+                source,
+                target: volume.path.clone(),
+            });
+        }
+        Ok((mounts, shared))
+    }
+
+    /// The idmapped mounts the daemon makes in a new init's mount namespace before the init
+    /// builds its root: the image as the overlay's lower layer (in a user namespace), and the
+    /// role's shared volumes. Returns the lower layer's path for the init.
+    fn mount_idmapped(
+        &self,
+        spec: &NodeSpec,
+        init_pid: i32,
+        id_base: Option<u32>,
+        image_rootfs: &Path,
+        shared: &[SharedVolume],
+    ) -> Result<PathBuf, RuntimeError> {
+        let node = spec.name.as_str();
+        let paths = self.dirs.node(node);
+        let node_userns = match id_base {
+            Some(_) => Some(
+                File::open(format!("/proc/{init_pid}/ns/user"))
+                    .map_err(io_error(node, "open the init's user namespace"))?,
+            ),
+            None => None,
+        };
+        let volume_userns = shared
             .iter()
             .map(|volume| {
-                let (source, made) =
-                    volume::create(&self.dirs, node, &volume.name).map_err(RuntimeError::Volume)?;
-                if made {
-                    if let Some(base) = id_base {
-                        idmap::give_to_node(&source, base)
-                            .map_err(io_error(node, format!("chown {}", source.display())))?;
-                    }
-                }
-                Ok(VolumeMount {
-                    source,
-                    target: volume.path.clone(),
-                })
+                idmap::mapping_namespace(volume.base, id_base.unwrap_or(0)).map_err(io_error(
+                    node,
+                    format!("make the id mapping for {}", volume.source.display()),
+                ))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let lower = paths.lower();
+        let mut mounts = Vec::new();
+        if let Some(userns) = &node_userns {
+            mounts.push(idmap::IdmappedMount {
+                source: image_rootfs,
+                target: &lower,
+                userns: userns.as_fd(),
+                what: idmap::Mounted::Image,
+            });
+        }
+        for (volume, userns) in shared.iter().zip(&volume_userns) {
+            mounts.push(idmap::IdmappedMount {
+                source: &volume.source,
+                target: &volume.staging,
+                userns: userns.as_fd(),
+                what: idmap::Mounted::Volume,
+            });
+        }
+        if !mounts.is_empty() {
+            idmap::mount_idmapped(init_pid, &mounts).map_err(io_error(node, "idmapped mount"))?;
+        }
+        Ok(match node_userns {
+            Some(_) => lower,
+            None => image_rootfs.to_path_buf(),
+        })
     }
 
     /// Re-attaches to a node that kept running while the daemon was away; `None` if its init

@@ -63,6 +63,11 @@ impl NodePaths {
         self.layer.join("lower")
     }
 
+    /// Where the node's init sees a volume shared by its role, through an idmapped mount.
+    pub fn shared_volume(&self, name: &str) -> PathBuf {
+        self.layer.join("shared").join(name)
+    }
+
     pub fn upper(&self) -> PathBuf {
         self.layer.join("upper")
     }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::paths::{self, HostDirs};
 use super::record::NodeRecord;
-use crate::config::NodeSpec;
+use crate::config::{NodeSpec, VolumeSpec};
 
 /// The inode number of every btrfs subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
 const BTRFS_SUBVOLUME_ROOT_INODE: u64 = 256;
@@ -40,7 +40,7 @@ impl std::fmt::Display for VolumeKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("volume {name} of node {node}: {what} {}: {source}", path.display())]
+    #[error("volume {name} of {}: {what} {}: {source}", owner_text(node), path.display())]
     Io {
         node: String,
         name: String,
@@ -48,32 +48,35 @@ pub enum VolumeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("volume {name} of node {node}: not a name (one path component, not `.` or `..`)")]
+    #[error(
+        "volume {name} of {}: not a name (one path component, not `.` or `..`)",
+        owner_text(node)
+    )]
     BadName { node: String, name: String },
     #[error("node {node}: not a name (one path component, not `.` or `..`)")]
     BadNode { node: String },
-    #[error("volume {name} of node {node}: there is no {}", path.display())]
+    #[error("volume {name} of {}: there is no {}", owner_text(node), path.display())]
     NotFound {
         node: String,
         name: String,
         path: PathBuf,
     },
-    #[error("volume {name} of node {node}: {} is not a directory; the agent did not make it, remove it by hand", path.display())]
+    #[error("volume {name} of {}: {} is not a directory; the agent did not make it, remove it by hand", owner_text(node), path.display())]
     NotADirectory {
         node: String,
         name: String,
         path: PathBuf,
     },
-    #[error("volume {name} of node {node}: `btrfs subvolume delete {}` failed: {message}", path.display())]
+    #[error("volume {name} of {}: `btrfs subvolume delete {}` failed: {message}", owner_text(node), path.display())]
     SubvolumeDelete {
         node: String,
         name: String,
         path: PathBuf,
         message: String,
     },
-    #[error("volume {name} of node {node}: {}", match by {
-        VolumeUse::Running => format!("{node} is running with it; remove the volume (or the node) from the configuration and reload first"),
-        VolumeUse::Configured => format!("the configuration declares it for {node}; remove the volume (or the node) from the configuration and reload first"),
+    #[error("volume {name} of {}: {}", owner_text(node), match by {
+        VolumeUse::Running => "a running node mounts it; remove the volume (or the node) from the configuration and reload first",
+        VolumeUse::Configured => "the configuration declares it; remove the volume (or the node) from the configuration and reload first",
     })]
     InUse {
         node: String,
@@ -117,28 +120,54 @@ impl std::fmt::Display for VolumeUse {
     }
 }
 
-/// Whether volume `name` of `node` is in use: mounted by the node's live init (`live`, the
-/// records of the nodes that run), or declared for the node by the configuration.
+/// Marks the owner of a volume shared by every node of a role: `@<role>`, never a node name.
+const SHARED_MARK: char = '@';
+
+/// Who a volume of `spec`'s node belongs to: the node, or for a shared volume its role
+/// (`@<role>`); also the volume's directory under `state_dir/volumes`.
+pub fn owner(spec: &NodeSpec, volume: &VolumeSpec) -> String {
+    if volume.shared {
+        format!("{SHARED_MARK}{}", spec.role)
+    } else {
+        spec.name.clone()
+    }
+}
+
+/// Whether `owner` is a role's shared volumes rather than a node's.
+pub fn is_shared(owner: &str) -> bool {
+    owner.starts_with(SHARED_MARK)
+}
+
+/// `node web1`, or `the web nodes (shared)` for `@web`.
+pub fn owner_text(owner: &str) -> String {
+    match owner.strip_prefix(SHARED_MARK) {
+        Some(role) => format!("the {role} nodes (shared)"),
+        None => format!("node {owner}"),
+    }
+}
+
+/// Whether volume `name` of `owner` (a node, or `@<role>`) is in use: mounted by a live init
+/// (`live`, the records of the nodes that run), or declared by the configuration.
 pub fn volume_use(
-    node: &str,
+    owner: &str,
     name: &str,
     configured: &BTreeMap<String, NodeSpec>,
     live: &[NodeRecord],
 ) -> Option<VolumeUse> {
-    let declares = |spec: &NodeSpec| spec.volumes.iter().any(|volume| volume.name == name);
-    if live
-        .iter()
-        .any(|record| record.name == node && declares(&record.spec))
-    {
+    let declares = |spec: &NodeSpec| {
+        spec.volumes
+            .iter()
+            .any(|volume| volume.name == name && self::owner(spec, volume) == owner)
+    };
+    if live.iter().any(|record| declares(&record.spec)) {
         Some(VolumeUse::Running)
-    } else if configured.get(node).is_some_and(declares) {
+    } else if configured.values().any(declares) {
         Some(VolumeUse::Configured)
     } else {
         None
     }
 }
 
-/// Whether `path` lies on a btrfs filesystem.
 pub fn on_btrfs(path: &Path) -> std::io::Result<bool> {
     Ok(is_btrfs(statfs(path)?.filesystem_type()))
 }
@@ -162,9 +191,11 @@ pub fn kind(path: &Path) -> std::io::Result<VolumeKind> {
     Ok(kind_of(statfs(path)?.filesystem_type(), inode))
 }
 
-/// Makes volume `name` of `node` unless it exists: a subvolume where the node's volume directory
-/// is on btrfs, else a directory, mode 0755 and owned by host root (the caller gives it to the
-/// node). Returns its path and whether it was made now.
+/// Makes volume `name` of `node` (a node, or `@<role>`) unless it exists: a subvolume where the
+/// volume directory is on btrfs, else a directory, mode 0755 and owned by host root (the caller
+/// gives it to the node). Returns its path and whether it was made now. A role's shared volumes
+/// sit in a directory only host root can enter: nodes see them through idmapped mounts the
+/// agent makes, never by path.
 pub fn create(dirs: &HostDirs, node: &str, name: &str) -> Result<(PathBuf, bool), VolumeError> {
     let path = checked_path(dirs, node, name)?;
     if path.is_dir() {
@@ -181,7 +212,14 @@ pub fn create(dirs: &HostDirs, node: &str, name: &str) -> Result<(PathBuf, bool)
         }
     };
     let parent = dirs.node(node).volumes;
-    paths::create_dir(&parent, 0o755).map_err(io("creating", &parent))?;
+    if is_shared(node) {
+        // Made apart first: the parents a create_dir makes get its mode too.
+        let all = dirs.state_dir.join("volumes");
+        paths::create_dir(&all, 0o755).map_err(io("creating", &all))?;
+        paths::create_dir(&parent, 0o700).map_err(io("creating", &parent))?;
+    } else {
+        paths::create_dir(&parent, 0o755).map_err(io("creating", &parent))?;
+    }
     let btrfs = on_btrfs(&parent).map_err(io("checking the filesystem of", &parent))?;
     if btrfs {
         create_subvolume(&parent, OsStr::new(name))
@@ -192,6 +230,50 @@ pub fn create(dirs: &HostDirs, node: &str, name: &str) -> Result<(PathBuf, bool)
         paths::create_dir(&path, 0o755).map_err(io("creating", &path))?;
     }
     Ok((path, true))
+}
+
+/// Gives a new volume the owner and mode its mount point has in the image (the image's ids
+/// shifted to the range starting at `base`), as a volume made from an image directory would
+/// have: /var/www/media owned by www-data in the image stays writable by www-data. Where the
+/// image has no such directory, the range's root owns it, mode 0755.
+/// A path through a symbolic link in the image is not followed (it would resolve on the host).
+pub fn take_over_image_dir(
+    volume: &Path,
+    image_rootfs: &Path,
+    path_in_node: &str,
+    base: u32,
+) -> std::io::Result<()> {
+    let mut in_image = image_rootfs.to_path_buf();
+    let mut found = None;
+    for component in Path::new(path_in_node).components() {
+        let Component::Normal(part) = component else {
+            continue;
+        };
+        in_image.push(part);
+        found = std::fs::symlink_metadata(&in_image)
+            .ok()
+            .filter(|metadata| metadata.is_dir());
+        if found.is_none() {
+            break;
+        }
+    }
+    let (uid, gid, mode) = match found {
+        Some(metadata) => (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777),
+        None => (0, 0, 0o755),
+    };
+    let shift = |id: u32| {
+        base.checked_add(id)
+            .filter(|_| id < super::idmap::RANGE)
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} is owned by id {id}, outside a node's {} ids",
+                    in_image.display(),
+                    super::idmap::RANGE
+                ))
+            })
+    };
+    std::os::unix::fs::lchown(volume, Some(shift(uid)?), Some(shift(gid)?))?;
+    std::fs::set_permissions(volume, std::fs::Permissions::from_mode(mode))
 }
 
 /// `struct btrfs_ioctl_vol_args` of linux/btrfs.h.
@@ -439,6 +521,7 @@ mod tests {
     fn a_volume_is_in_use_while_a_live_node_mounts_it_or_the_configuration_declares_it() {
         let mut spec = crate::config::load(None).unwrap().nodes["web1"].clone();
         spec.volumes = vec![crate::config::VolumeSpec {
+            shared: false,
             name: "media".into(),
             path: "/srv/media".into(),
         }];
@@ -476,9 +559,86 @@ mod tests {
         }
         .to_string();
         assert!(
-            refused.starts_with("volume media of node web1: web1 is running"),
+            refused.starts_with("volume media of node web1: a running node mounts it"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_shared_volume_belongs_to_the_role_and_is_used_by_any_node_of_it() {
+        let config = crate::config::load(None).unwrap();
+        let web1 = config.nodes["web1"].clone();
+        let media = web1
+            .volumes
+            .iter()
+            .find(|volume| volume.name == "media")
+            .expect("the web role's media volume");
+        assert!(media.shared);
+        assert_eq!(owner(&web1, media), "@web");
+        assert!(is_shared("@web") && !is_shared("web1"));
+        let running_web2 = NodeRecord {
+            name: "web2".into(),
+            pid: 1,
+            start_ticks: 0,
+            started_at: 0,
+            spec: config.nodes["web2"].clone(),
+            restarts: 0,
+            id_base: None,
+        };
+        let nothing = BTreeMap::new();
+        assert_eq!(
+            volume_use("@web", "media", &nothing, &[running_web2]),
+            Some(VolumeUse::Running)
+        );
+        assert_eq!(
+            volume_use("@web", "media", &config.nodes, &[]),
+            Some(VolumeUse::Configured)
+        );
+        assert_eq!(volume_use("web1", "media", &config.nodes, &[]), None);
+        assert_eq!(volume_use("@db", "media", &config.nodes, &[]), None);
+        let refused = VolumeError::InUse {
+            node: "@web".into(),
+            name: "media".into(),
+            by: VolumeUse::Configured,
+        }
+        .to_string();
+        assert!(
+            refused.starts_with("volume media of the web nodes (shared): the configuration"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_new_volume_takes_the_owner_and_mode_of_its_image_directory_shifted() {
+        use std::os::unix::fs::{chown, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::create_dir_all(image.join("var/www/media")).unwrap();
+        chown(image.join("var/www/media"), Some(33), Some(34)).unwrap();
+        std::fs::set_permissions(
+            image.join("var/www/media"),
+            std::fs::Permissions::from_mode(0o2750),
+        )
+        .unwrap();
+        symlink("/etc", image.join("var/link")).unwrap();
+        let volume = dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        let owner_and_mode = || {
+            let metadata = std::fs::metadata(&volume).unwrap();
+            (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777)
+        };
+        let base = 1 << 20;
+
+        take_over_image_dir(&volume, &image, "/var/www/media", base).unwrap();
+        assert_eq!(owner_and_mode(), (base + 33, base + 34, 0o2750));
+        take_over_image_dir(&volume, &image, "/srv/missing", base).unwrap();
+        assert_eq!(owner_and_mode(), (base, base, 0o755));
+        // Through a link the image would resolve on the host: not followed.
+        take_over_image_dir(&volume, &image, "/var/link/ssh", 0).unwrap();
+        assert_eq!(owner_and_mode(), (0, 0, 0o755));
+        chown(image.join("var/www/media"), Some(70000), None).unwrap();
+        let error = take_over_image_dir(&volume, &image, "/var/www/media", base).unwrap_err();
+        assert!(error.to_string().contains("owned by id 70000"), "{error}");
     }
 
     #[test]
