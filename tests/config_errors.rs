@@ -92,3 +92,23 @@ fn run_with_a_bad_config_starts_nothing() {
         "a node run dir was made"
     );
 }
+
+#[test]
+fn an_unknown_image_builder_is_located() {
+    let host = TestHost::new("cfgbuilder", "");
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        text.replacen("[host]\n", "[host]\nimage_builder = \"cdebootstrap\"\n", 1),
+    )
+    .unwrap();
+    let (ok, text) = check(&host);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "agent.toml:2:17: host.image_builder: `cdebootstrap` is not one of auto, mmdebstrap, \
+             debootstrap"
+        ),
+        "{text}"
+    );
+}

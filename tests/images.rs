@@ -2,6 +2,8 @@
 //! shipped `debian-base` recipe built by `run` for a node that needs it, rebuilt as a no-op,
 //! listed, refused removal while in use; failed and interrupted builds leaving nothing and naming
 //! the recipe field. One real build is shared by the checks that need it; timings are printed.
+//! debootstrap, the fallback builder, forced by `[host] image_builder`: a small recipe built,
+//! listed and checked in its rootfs; an unknown package and an interrupted build leave nothing.
 
 mod common;
 
@@ -306,4 +308,237 @@ fn failed_and_interrupted_builds_leave_nothing_and_name_the_field() {
     assert!(!status.success());
     assert!(rest.contains("the build was interrupted"), "{seen}{rest}");
     assert_eq!(entries(&image_dir(&host, "slow")), Vec::<String>::new());
+}
+
+/// Sets `[host] image_builder` in the host's configuration file.
+fn force_builder(host: &TestHost, builder: &str) {
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let text = text.replacen(
+        "[host]\n",
+        &format!("[host]\nimage_builder = \"{builder}\"\n"),
+        1,
+    );
+    std::fs::write(&host.config, text).unwrap();
+}
+
+/// Mount points under `dir` in the host's mount namespace.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn debootstrap_builds_a_recipe_when_forced_and_failures_leave_nothing() {
+    let test_began = Instant::now();
+    let host = TestHost::new("imgdeb", "");
+    let recipes = host.dir.join("images");
+    std::fs::create_dir_all(&recipes).unwrap();
+    // minbase and one small package of priority important (not in minbase): the fastest build
+    // that still shows a package of the recipe's own installed.
+    std::fs::write(
+        recipes.join("small.toml"),
+        "suite = \"bookworm\"\npackages = [\"netbase\"]\n\
+         run = [\"cp /etc/magestack-test /etc/magestack-copied\"]\n\
+         [[file]]\npath = \"/etc/magestack-test\"\ncontent = \"built by debootstrap\\n\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("missing.toml"),
+        "suite = \"bookworm\"\npackages = [\"netbase\", \"magestack-no-such-package\"]\n",
+    )
+    .unwrap();
+
+    // Without either builder on PATH, the error names both and how to install them.
+    let output = Command::new(AGENT)
+        .arg("--config")
+        .arg(&host.config)
+        .args(["image", "build", "small"])
+        .env("PATH", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains(
+            "image `small` is built with mmdebstrap, or debootstrap when mmdebstrap is missing, \
+             and neither is installed; install one with `apt-get install mmdebstrap` (or \
+             `apt-get install debootstrap`)"
+        ),
+        "{message}"
+    );
+    assert_eq!(entries(&image_dir(&host, "small")), Vec::<String>::new());
+
+    force_builder(&host, "debootstrap");
+    assert!(host.cli(&["config", "check"]).contains("ok"));
+
+    // An unknown package is blamed on its `packages` entry.
+    let began = Instant::now();
+    let output = host.try_cli(&["image", "build", "missing"]);
+    eprintln!(
+        "timing: debootstrap build failing on a missing package: {:.1?}",
+        began.elapsed()
+    );
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    let file = recipes.join("missing.toml");
+    assert!(
+        message.contains(&format!(
+            "{}:2:24: image `missing`: `packages`: `magestack-no-such-package` is not a \
+             package of `bookworm`",
+            file.display()
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("Couldn't find these debs: magestack-no-such-package"),
+        "{message}"
+    );
+    assert_eq!(entries(&image_dir(&host, "missing")), Vec::<String>::new());
+
+    // SIGTERM half-way: debootstrap is stopped and the partial build removed.
+    let began = Instant::now();
+    let mut child = Command::new(AGENT)
+        .arg("--config")
+        .arg(&host.config)
+        .args(["image", "build", "small"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("reading the package lists (1/9)") {
+            break;
+        }
+        line.clear();
+    }
+    let partial: Vec<PathBuf> = entries(&image_dir(&host, "small"))
+        .iter()
+        .filter(|e| e.starts_with(".tmp-"))
+        .map(|e| image_dir(&host, "small").join(e))
+        .collect();
+    assert_eq!(partial.len(), 1, "a partial build exists half-way: {seen}");
+    // debootstrap is at work in the rootfs once the package index it downloaded is there.
+    let lists = partial[0].join("rootfs/var/lib/apt/lists");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !entries(&lists).iter().any(|e| e.ends_with("_Packages")) {
+        assert!(
+            Instant::now() < deadline,
+            "debootstrap did not start: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill on the pid of a child we have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    eprintln!(
+        "timing: interrupted debootstrap build: {:.1?}",
+        began.elapsed()
+    );
+    assert!(!status.success());
+    assert!(rest.contains("the build was interrupted"), "{seen}{rest}");
+    assert_eq!(entries(&image_dir(&host, "small")), Vec::<String>::new());
+
+    // The whole build: every step reported, the image listed with its builder.
+    let began = Instant::now();
+    let output = host.try_cli(&["image", "build", "small"]);
+    let build_time = began.elapsed();
+    eprintln!("timing: debootstrap build of `small` (minbase + netbase): {build_time:.1?}");
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{progress}");
+    for step in [
+        "reading the package lists (1/9)",
+        "downloading packages (2/9)",
+        "extracting packages (3/9)",
+        "installing essential packages (4/9)",
+        "installing the recipe's packages (5/9)",
+        "writing file[0] (6/9)",
+        "running run[0] (7/9)",
+        "recording package versions (8/9)",
+        "cleaning up (9/9)",
+    ] {
+        assert!(progress.contains(&format!("small: {step}")), "{progress}");
+    }
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("small: built in"),
+        "{output:?}"
+    );
+    let images = image_list(&host);
+    assert_eq!(images.len(), 1, "{images:#?}");
+    let image = &images[0];
+    assert_eq!(image["name"], "small");
+    assert_eq!(image["builder"], "debootstrap");
+    let digest = image["digest"].as_str().unwrap();
+    assert_eq!(entries(&image_dir(&host, "small")), [&digest[..16]]);
+    let packages: Vec<&str> = image["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let netbase = packages
+        .iter()
+        .find(|p| p.starts_with("netbase "))
+        .unwrap_or_else(|| panic!("netbase not among {packages:?}"));
+
+    // The rootfs: the recipe's file, what its command made of it, the package, installed.
+    let rootfs = PathBuf::from(image["rootfs"].as_str().unwrap());
+    let read = |path: &str| std::fs::read_to_string(rootfs.join(path)).unwrap();
+    assert_eq!(read("etc/magestack-test"), "built by debootstrap\n");
+    assert_eq!(read("etc/magestack-copied"), "built by debootstrap\n");
+    assert!(read("etc/debian_version").starts_with("12."));
+    assert!(read("etc/protocols").contains("tcp"), "netbase's file");
+    let stanza = read("var/lib/dpkg/status")
+        .split("\n\n")
+        .find(|s| s.starts_with("Package: netbase\n"))
+        .map(str::to_owned)
+        .expect("netbase in the image's dpkg status");
+    assert!(stanza.contains("Status: install ok installed"), "{stanza}");
+    let version = stanza
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap();
+    assert_eq!(*netbase, format!("netbase {version}"));
+    // Cleaned like mmdebstrap's images: no package lists, no cached debs, no build log; and
+    // nothing it mounted is left on the host.
+    let listed = |dir: &str| entries(&rootfs.join(dir));
+    assert!(
+        listed("var/lib/apt/lists")
+            .iter()
+            .all(|e| e == "lock" || e == "partial"),
+        "{:?}",
+        listed("var/lib/apt/lists")
+    );
+    assert!(
+        !listed("var/cache/apt/archives")
+            .iter()
+            .any(|e| e.ends_with(".deb")),
+        "{:?}",
+        listed("var/cache/apt/archives")
+    );
+    assert!(!rootfs.join("var/log/bootstrap.log").exists());
+    assert_eq!(mounts_under(&host.dir), Vec::<String>::new());
+
+    // An identical recipe is not rebuilt.
+    let again = host.cli(&["image", "build", "small"]);
+    assert!(
+        again.contains("up to date") && again.contains(&digest[..16]),
+        "{again}"
+    );
+    eprintln!(
+        "timing: whole debootstrap test {:.1?} (build {build_time:.1?})",
+        test_began.elapsed()
+    );
 }

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
-    LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec, PortForward, ProcessSpec,
-    PublicSide, Resources, RestartPolicy, Subnet, TemplateReload, TemplateSpec, TemplateText,
-    VolumeSpec,
+    ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
+    PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Subnet, TemplateReload,
+    TemplateSpec, TemplateText, VolumeSpec,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;

@@ -9,8 +9,8 @@ use toml::Spanned;
 
 use super::duration::parse_duration;
 use super::model::{
-    Cidr, Config, HostSettings, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork,
-    NodeSpec, TemplateText,
+    Cidr, Config, HostSettings, ImageBuilder, LogRotation, MetricsSettings, NetworkSettings,
+    NodeNetwork, NodeSpec, TemplateText,
 };
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
 use super::raw::{RawConfig, RawHost, RawLogs, RawMetrics, RawNode, RawRole};
@@ -120,6 +120,13 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
     };
     let run_dir = dir(raw.run_dir, "run_dir", "/run/magestack");
     let log_dir = dir(raw.log_dir, "log_dir", "/var/log/magestack");
+    let image_builder = match raw.image_builder {
+        Some(value) => ImageBuilder::parse(value.get_ref()).unwrap_or_else(|message| {
+            checker.error(&value, format!("host.image_builder: {message}"));
+            ImageBuilder::Auto
+        }),
+        None => ImageBuilder::Auto,
+    };
     let cgroup = match raw.cgroup {
         Some(cgroup) => {
             let valid = cgroup
@@ -150,6 +157,7 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
         name,
         state_dir,
         image_dir,
+        image_builder,
         run_dir,
         log_dir,
         cgroup,

@@ -74,6 +74,32 @@ fn image_dir_may_be_placed_apart_from_the_state_dir() {
 }
 
 #[test]
+fn image_builder_is_auto_unless_forced() {
+    assert_eq!(
+        parse_text(SLEEPER).unwrap().host.image_builder,
+        ImageBuilder::Auto
+    );
+    for (text, builder) in [
+        ("auto", ImageBuilder::Auto),
+        ("mmdebstrap", ImageBuilder::Mmdebstrap),
+        ("debootstrap", ImageBuilder::Debootstrap),
+    ] {
+        let config = SLEEPER.replace("[host]\n", &format!("[host]\nimage_builder = \"{text}\"\n"));
+        assert_eq!(parse_text(&config).unwrap().host.image_builder, builder);
+    }
+    let text = SLEEPER.replace("[host]\n", "[host]\nimage_builder = \"cdebootstrap\"\n");
+    let error = first_error(&text);
+    assert_eq!(
+        error.to_string(),
+        "agent.toml:3:17: host.image_builder: `cdebootstrap` is not one of auto, mmdebstrap, \
+         debootstrap"
+    );
+    let text = SLEEPER.replace("[host]\n", "[host]\nimage_builder = true\n");
+    let error = first_error(&text);
+    assert_eq!((error.line, error.column), (3, 17), "{error}");
+}
+
+#[test]
 fn inline_tables_merge_key_by_key_and_arrays_replace() {
     let config = parse_text(
         r#"

@@ -1,8 +1,10 @@
 //! One recipe becomes a Debian root filesystem: mmdebstrap installs the release and packages,
 //! then customize hooks write the recipe's files and run its commands chrooted in the image, and
 //! a last hook asks dpkg which package versions ended up installed (part of the image digest).
+//! Without mmdebstrap (or when the operator says so) debootstrap does the installing and a script
+//! runs the same hooks after it ([`super::debootstrap`]).
 //!
-//! mmdebstrap runs in root mode inside a private mount namespace (`unshare --mount`), so the
+//! The builder runs as root inside a private mount namespace (`unshare --mount`), so the
 //! /proc, /sys and /dev it mounts for the hooks vanish with it even when it is killed, and never
 //! appear on the host under the build directory. It runs in its own process group, so the build
 //! can be interrupted as a whole, and dies with the thread that started it.
@@ -21,21 +23,71 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use super::debootstrap;
 use super::recipe::ImageRecipe;
-use crate::config::Diagnostic;
+use crate::config::{Diagnostic, ImageBuilder};
 
-/// The tool that builds Debian images.
-pub const BUILDER: &str = "mmdebstrap";
 /// Lines of the builder's output kept to explain a failure.
 const TAIL_LINES: usize = 20;
 /// Marks the start of one of our hooks in the builder's output.
-const STEP_MARK: &str = "magestack-step ";
+pub(super) const STEP_MARK: &str = "magestack-step ";
 /// How long an interrupted builder may take to clean up before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// The environment of every command run chrooted in the image.
-const CHROOT_ENV: &str =
+pub(super) const CHROOT_ENV: &str =
     "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
      HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive";
+
+/// The tool that builds an image from a recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builder {
+    /// mmdebstrap in root mode, the recipe's steps as its customize hooks.
+    Mmdebstrap,
+    /// debootstrap, then a script running the same hooks.
+    Debootstrap,
+}
+
+impl Builder {
+    /// The program, also the Debian package that installs it.
+    pub fn program(self) -> &'static str {
+        match self {
+            Builder::Mmdebstrap => "mmdebstrap",
+            Builder::Debootstrap => debootstrap::PROGRAM,
+        }
+    }
+
+    /// The builder the operator's `choice` names, given which builders are `installed`:
+    /// mmdebstrap when there is a choice, debootstrap as the fallback; `None` when the one
+    /// needed is missing.
+    pub fn choose(choice: ImageBuilder, installed: impl Fn(Builder) -> bool) -> Option<Builder> {
+        let candidates: &[Builder] = match choice {
+            ImageBuilder::Auto => &[Builder::Mmdebstrap, Builder::Debootstrap],
+            ImageBuilder::Mmdebstrap => &[Builder::Mmdebstrap],
+            ImageBuilder::Debootstrap => &[Builder::Debootstrap],
+        };
+        candidates.iter().copied().find(|b| installed(*b))
+    }
+
+    /// Whether the builder's program is on PATH, for a clear error before a build starts.
+    pub fn installed(self) -> bool {
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .unwrap_or_else(|| {
+                ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                    .map(PathBuf::from)
+                    .to_vec()
+            })
+            .into_iter()
+            .map(|dir| dir.join(self.program()))
+            .any(|candidate| candidate.is_file())
+    }
+}
+
+impl fmt::Display for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.program())
+    }
+}
 
 /// The steps of a build, in order, as the progress display names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +143,7 @@ impl BuildProgress for LogProgress {
 /// Why a build failed.
 #[derive(Debug)]
 pub enum BuildFailure {
-    /// mmdebstrap or unshare could not be started.
+    /// The builder or unshare could not be started.
     Spawn(io::Error),
     /// The build ran and failed; the diagnostic points at the recipe field it failed on.
     Failed {
@@ -105,8 +157,8 @@ pub enum BuildFailure {
     },
 }
 
-/// The steps a recipe's build goes through, in order.
-pub fn steps(recipe: &ImageRecipe) -> Vec<BuildStep> {
+/// The steps a recipe's build with `builder` goes through, in order.
+pub fn steps(recipe: &ImageRecipe, builder: Builder) -> Vec<BuildStep> {
     let mut steps = vec![
         BuildStep::Update,
         BuildStep::Download,
@@ -114,8 +166,12 @@ pub fn steps(recipe: &ImageRecipe) -> Vec<BuildStep> {
         BuildStep::Essential,
     ];
     // mmdebstrap has nothing left to install after the essential packages only for the
-    // `essential` variant without packages of the recipe's own.
-    if recipe.variant != "essential" || !recipe.packages.is_empty() {
+    // `essential` variant without packages of the recipe's own; debootstrap always unpacks a
+    // base system (at least apt) after its core.
+    if builder == Builder::Debootstrap
+        || recipe.variant != "essential"
+        || !recipe.packages.is_empty()
+    {
         steps.push(BuildStep::Packages);
     }
     steps.extend((0..recipe.files.len()).map(BuildStep::File));
@@ -124,10 +180,11 @@ pub fn steps(recipe: &ImageRecipe) -> Vec<BuildStep> {
     steps
 }
 
-/// Builds `recipe` into the empty directory `rootfs`, using `work` (outside it) for staging, and
-/// returns the installed packages as sorted `name version` lines.
+/// Builds `recipe` with `builder` into the empty directory `rootfs`, using `work` (outside it)
+/// for staging, and returns the installed packages as sorted `name version` lines.
 pub fn build(
     recipe: &ImageRecipe,
+    builder: Builder,
     rootfs: &Path,
     work: &Path,
     progress: &dyn BuildProgress,
@@ -173,24 +230,38 @@ pub fn build(
     ));
 
     let mut command = Command::new("unshare");
-    command
-        .args(["--mount", "--propagation", "private", "--", BUILDER])
-        .arg("--mode=root")
-        .arg(format!("--variant={}", recipe.variant))
-        .arg("--format=directory");
-    if !recipe.packages.is_empty() {
-        let packages: Vec<&str> = recipe.packages.iter().map(|p| p.value.as_str()).collect();
-        command.arg(format!("--include={}", packages.join(",")));
+    command.args(["--mount", "--propagation", "private", "--"]);
+    match builder {
+        Builder::Mmdebstrap => {
+            command
+                .arg(builder.program())
+                .arg("--mode=root")
+                .arg(format!("--variant={}", recipe.variant))
+                .arg("--format=directory");
+            if !recipe.packages.is_empty() {
+                let packages: Vec<&str> =
+                    recipe.packages.iter().map(|p| p.value.as_str()).collect();
+                command.arg(format!("--include={}", packages.join(",")));
+            }
+            for hook in &hooks {
+                command.arg(format!("--customize-hook={hook}"));
+            }
+            command
+                .arg(&recipe.suite.value)
+                .arg(rootfs)
+                .arg(&recipe.mirror);
+        }
+        Builder::Debootstrap => {
+            // `$0` names the script in its own error messages; `$1` is the rootfs, as for
+            // mmdebstrap's hooks.
+            command
+                .args(["sh", "-ec", &debootstrap::script(recipe, &hooks)])
+                .arg("magestack-debootstrap")
+                .arg(rootfs);
+        }
     }
-    for hook in &hooks {
-        command.arg(format!("--customize-hook={hook}"));
-    }
-    command
-        .arg(&recipe.suite.value)
-        .arg(rootfs)
-        .arg(&recipe.mirror);
     let (child, output) = spawn(command)?;
-    let run = watch(child, output, recipe, progress, cancel)?;
+    let run = watch(child, output, recipe, builder, progress, cancel)?;
     if run.interrupted {
         return Err(BuildFailure::Interrupted);
     }
@@ -259,13 +330,20 @@ fn watch(
     mut child: Child,
     output: OwnedFd,
     recipe: &ImageRecipe,
+    builder: Builder,
     progress: &dyn BuildProgress,
     cancel: &AtomicBool,
 ) -> Result<Finished, BuildFailure> {
-    let total = steps(recipe).len();
+    let steps = steps(recipe, builder);
+    let mut seen = Seen {
+        recipe,
+        builder,
+        steps: &steps,
+        progress,
+        last_step: None,
+        tail: Vec::new(),
+    };
     let mut lines = LineSplitter::default();
-    let mut tail: Vec<String> = Vec::new();
-    let mut last_step = None;
     let mut interrupted_at: Option<Instant> = None;
     let group = Pid::from_raw(child.id() as i32);
     let mut file = fs::File::from(output);
@@ -302,52 +380,63 @@ fn watch(
             }
         };
         for line in lines.push(&buffer[..read]) {
-            handle_line(&line, recipe, progress, total, &mut last_step, &mut tail);
+            seen.line(&line);
         }
     }
     if let Some(line) = lines.finish() {
-        handle_line(&line, recipe, progress, total, &mut last_step, &mut tail);
+        seen.line(&line);
     }
     let status = child.wait().map_err(|source| BuildFailure::Io {
-        what: "wait for mmdebstrap".into(),
+        what: format!("wait for {builder}"),
         source,
     })?;
     Ok(Finished {
         status,
-        last_step,
-        tail,
+        last_step: seen.last_step,
+        tail: seen.tail,
         interrupted: interrupted_at.is_some(),
     })
 }
 
-fn handle_line(
-    line: &str,
-    recipe: &ImageRecipe,
-    progress: &dyn BuildProgress,
-    total: usize,
-    last_step: &mut Option<BuildStep>,
-    tail: &mut Vec<String>,
-) {
-    if let Some(step) = step_of(line) {
-        *last_step = Some(step);
-        let number = steps(recipe)
-            .iter()
-            .position(|s| *s == step)
-            .map_or(total, |i| i + 1);
-        progress.step(&recipe.name, step, number, total);
-        if line.starts_with(STEP_MARK) {
-            return;
-        }
-    }
-    progress.output(&recipe.name, line);
-    if tail.len() == TAIL_LINES {
-        tail.remove(0);
-    }
-    tail.push(line.to_owned());
+/// What the build's output told so far: the step it is at and its last lines.
+struct Seen<'a> {
+    recipe: &'a ImageRecipe,
+    builder: Builder,
+    steps: &'a [BuildStep],
+    progress: &'a dyn BuildProgress,
+    last_step: Option<BuildStep>,
+    tail: Vec<String>,
 }
 
-/// The step a line of mmdebstrap's output (or of our hooks) announces.
-fn step_of(line: &str) -> Option<BuildStep> {
+impl Seen<'_> {
+    fn line(&mut self, line: &str) {
+        let name = &self.recipe.name;
+        if let Some(step) = step_of(self.builder, line) {
+            // debootstrap announces some steps once per package.
+            if self.last_step != Some(step) {
+                self.last_step = Some(step);
+                let total = self.steps.len();
+                let number = self
+                    .steps
+                    .iter()
+                    .position(|s| *s == step)
+                    .map_or(total, |i| i + 1);
+                self.progress.step(name, step, number, total);
+            }
+            if line.starts_with(STEP_MARK) {
+                return;
+            }
+        }
+        self.progress.output(name, line);
+        if self.tail.len() == TAIL_LINES {
+            self.tail.remove(0);
+        }
+        self.tail.push(line.to_owned());
+    }
+}
+
+/// The step a line of the builder's output (or of our hooks) announces.
+fn step_of(builder: Builder, line: &str) -> Option<BuildStep> {
     if let Some(mark) = line.strip_prefix(STEP_MARK) {
         let mut words = mark.split_whitespace();
         let kind = words.next()?;
@@ -356,10 +445,14 @@ fn step_of(line: &str) -> Option<BuildStep> {
             ("file", Some(i)) => Some(BuildStep::File(i)),
             ("run", Some(i)) => Some(BuildStep::Run(i)),
             ("versions", None) => Some(BuildStep::Versions),
+            ("cleanup", None) => Some(BuildStep::Cleanup),
             _ => None,
         };
     }
     let info = line.strip_prefix("I: ")?;
+    if builder == Builder::Debootstrap {
+        return debootstrap::step_of(info);
+    }
     [
         ("running apt-get update", BuildStep::Update),
         ("downloading packages", BuildStep::Download),
@@ -381,7 +474,16 @@ fn blame(
     status: ExitStatus,
 ) -> Diagnostic {
     let name = &recipe.name;
-    let missing = tail.iter().find_map(|line| missing_package(line));
+    let missing: Vec<String> = tail
+        .iter()
+        .flat_map(|line| missing_packages(line))
+        .collect();
+    // Of several, one the recipe lists (apt may also miss a dependency of it).
+    let missing = missing
+        .iter()
+        .find(|m| recipe.packages.iter().any(|p| p.value == **m))
+        .or(missing.first())
+        .cloned();
     match (step, missing) {
         (_, Some(package)) => {
             let span = recipe
@@ -440,6 +542,14 @@ fn blame(
     }
 }
 
+/// The packages the builder says it cannot find, from a line of its output (apt's for
+/// mmdebstrap, debootstrap's own).
+fn missing_packages(line: &str) -> Vec<String> {
+    let mut missing = debootstrap::missing_packages(line);
+    missing.extend(missing_package(line));
+    missing
+}
+
 /// The package apt says it cannot find, from a line of its output.
 fn missing_package(line: &str) -> Option<String> {
     let line = line.trim_start_matches("E: ");
@@ -453,7 +563,7 @@ fn missing_package(line: &str) -> Option<String> {
 }
 
 /// Quotes one word for `sh`.
-fn quote(word: &str) -> String {
+pub(super) fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
@@ -483,16 +593,6 @@ impl LineSplitter {
         (!self.pending.is_empty())
             .then(|| String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned())
     }
-}
-
-/// Where the builder is installed, if it is, for a clear error before a build starts.
-pub fn builder_path() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_else(|| vec!["/usr/bin".into(), "/bin".into()])
-        .into_iter()
-        .map(|dir| dir.join(BUILDER))
-        .find(|candidate| candidate.is_file())
 }
 
 #[cfg(test)]
@@ -531,7 +631,10 @@ mod tests {
             "magestack-step versions",
             "I: cleaning package lists and apt cache...",
         ];
-        let steps: Vec<_> = lines.iter().filter_map(|l| step_of(l)).collect();
+        let steps: Vec<_> = lines
+            .iter()
+            .filter_map(|l| step_of(Builder::Mmdebstrap, l))
+            .collect();
         assert_eq!(
             steps,
             [
@@ -546,9 +649,87 @@ mod tests {
                 BuildStep::Cleanup,
             ]
         );
-        assert_eq!(step_of("I: success in 3 seconds"), None);
-        assert_eq!(step_of("magestack-step run x"), None);
-        assert_eq!(steps.len(), super::steps(&recipe()).len() - 1);
+        assert_eq!(
+            step_of(Builder::Mmdebstrap, "I: success in 3 seconds"),
+            None
+        );
+        assert_eq!(step_of(Builder::Mmdebstrap, "magestack-step run x"), None);
+        assert_eq!(
+            steps.len(),
+            super::steps(&recipe(), Builder::Mmdebstrap).len() - 1
+        );
+        // debootstrap's own lines mean nothing coming from mmdebstrap.
+        assert_eq!(
+            step_of(Builder::Mmdebstrap, "I: Installing core packages..."),
+            None
+        );
+    }
+
+    #[test]
+    fn steps_follow_debootstrap_and_our_script() {
+        let lines = [
+            "I: Retrieving InRelease ",
+            "I: Retrieving Packages ",
+            "I: Resolving dependencies of base packages...",
+            "I: Retrieving adduser 3.134",
+            "I: Chosen extractor for .deb packages: dpkg-deb",
+            "I: Installing core packages...",
+            "I: Unpacking the base system...",
+            "magestack-step file 0",
+            "magestack-step run 0",
+            "magestack-step run 1",
+            "magestack-step versions",
+            "magestack-step cleanup",
+        ];
+        let mut steps: Vec<BuildStep> = Vec::new();
+        for step in lines
+            .iter()
+            .filter_map(|l| step_of(Builder::Debootstrap, l))
+        {
+            if steps.last() != Some(&step) {
+                steps.push(step);
+            }
+        }
+        assert_eq!(steps, super::steps(&recipe(), Builder::Debootstrap));
+        assert_eq!(
+            step_of(Builder::Debootstrap, "I: running apt-get update..."),
+            None
+        );
+    }
+
+    #[test]
+    fn the_builder_is_mmdebstrap_when_installed_else_debootstrap_unless_forced() {
+        use Builder::{Debootstrap, Mmdebstrap};
+        let both = |_: Builder| true;
+        let only = |which: Builder| move |b: Builder| b == which;
+        let neither = |_: Builder| false;
+        assert_eq!(Builder::choose(ImageBuilder::Auto, both), Some(Mmdebstrap));
+        assert_eq!(
+            Builder::choose(ImageBuilder::Auto, only(Debootstrap)),
+            Some(Debootstrap)
+        );
+        assert_eq!(
+            Builder::choose(ImageBuilder::Auto, only(Mmdebstrap)),
+            Some(Mmdebstrap)
+        );
+        assert_eq!(Builder::choose(ImageBuilder::Auto, neither), None);
+        assert_eq!(
+            Builder::choose(ImageBuilder::Debootstrap, both),
+            Some(Debootstrap)
+        );
+        assert_eq!(
+            Builder::choose(ImageBuilder::Debootstrap, only(Mmdebstrap)),
+            None
+        );
+        assert_eq!(
+            Builder::choose(ImageBuilder::Mmdebstrap, only(Debootstrap)),
+            None
+        );
+        assert_eq!(
+            Builder::choose(ImageBuilder::Mmdebstrap, both),
+            Some(Mmdebstrap)
+        );
+        assert_eq!(Debootstrap.to_string(), "debootstrap");
     }
 
     #[test]
@@ -558,9 +739,11 @@ mod tests {
             &Source::new("t.toml", "suite = \"bookworm\"\nvariant = \"essential\"\n"),
         )
         .unwrap();
-        assert!(!super::steps(&bare).contains(&BuildStep::Packages));
-        assert_eq!(super::steps(&bare).len(), 6);
-        assert!(super::steps(&recipe()).contains(&BuildStep::Packages));
+        assert!(!super::steps(&bare, Builder::Mmdebstrap).contains(&BuildStep::Packages));
+        assert_eq!(super::steps(&bare, Builder::Mmdebstrap).len(), 6);
+        assert!(super::steps(&recipe(), Builder::Mmdebstrap).contains(&BuildStep::Packages));
+        // debootstrap always unpacks a base system after its core.
+        assert!(super::steps(&bare, Builder::Debootstrap).contains(&BuildStep::Packages));
     }
 
     #[test]
@@ -584,6 +767,26 @@ mod tests {
             missing_package("E: Package 'foo' has no installation candidate").as_deref(),
             Some("foo")
         );
+    }
+
+    #[test]
+    fn a_package_debootstrap_cannot_find_is_blamed_on_its_entry() {
+        let recipe = recipe();
+        let tail = [
+            "I: Checking component main on http://deb.debian.org/debian...".to_owned(),
+            "E: Couldn't find these debs: nope".to_owned(),
+        ];
+        let d = blame(&recipe, Some(BuildStep::Update), &tail, failed());
+        assert_eq!((d.line, d.column), (2, 23), "{d}");
+        assert!(
+            d.message
+                .contains("`packages`: `nope` is not a package of `bookworm`"),
+            "{d}"
+        );
+        // A suite debootstrap has no script for is the suite's fault.
+        let tail = ["E: No such script: /usr/share/debootstrap/scripts/bookwormx".to_owned()];
+        let d = blame(&recipe, None, &tail, failed());
+        assert!(d.message.contains("`suite` `bookworm`"), "{d}");
     }
 
     #[test]

@@ -8,18 +8,21 @@
 //! Two kinds of image:
 //! - the built-in `busybox`, assembled from the host's static busybox; its digest covers the
 //!   binary and the layout;
-//! - images from recipes (`images/<name>.toml`, see [`recipe`]), built with mmdebstrap
-//!   ([`debian`]). Their digest covers the recipe and the package versions dpkg reports installed
-//!   in the built rootfs, which are known only once the build ran: an identical recipe is found
-//!   by its recipe digest (kept in `image.json`) and never rebuilt; `refresh` builds it again
-//!   against the mirror of the day, and if the versions came out the same the existing image is
-//!   kept.
+//! - images from recipes (`images/<name>.toml`, see [`recipe`]), built with mmdebstrap, or
+//!   debootstrap when mmdebstrap is missing or `[host] image_builder` says so ([`debian`]). Their
+//!   digest covers the recipe and the package versions dpkg reports installed in the built
+//!   rootfs, which are known only once the build ran, and for debootstrap the builder (its tree
+//!   differs from mmdebstrap's with the same packages): an identical recipe is found by its
+//!   recipe digest (kept in `image.json`) and never rebuilt, whichever builder made it; `refresh`
+//!   builds it again against the mirror of the day, and if the digest came out the same the
+//!   existing image is kept.
 //!
 //! Nothing ever writes into a finished image: nodes mount it read-only (idmapped), below their
 //! own writable layer.
 
 mod busybox;
 mod debian;
+mod debootstrap;
 mod elf;
 pub mod recipe;
 
@@ -40,9 +43,9 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Diagnostic};
+use crate::config::{Config, Diagnostic, ImageBuilder};
 pub use busybox::HOST_BUSYBOX;
-pub use debian::{BuildProgress, BuildStep, LogProgress};
+pub use debian::{BuildProgress, BuildStep, Builder, LogProgress};
 pub use elf::ElfError;
 use recipe::{ImageRecipe, Recipes};
 
@@ -77,11 +80,8 @@ pub enum ImageError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error(
-        "image `{name}` is built with mmdebstrap, which is not installed; install it with \
-         `apt-get install mmdebstrap`"
-    )]
-    BuilderMissing { name: String },
+    #[error("image `{name}` {}", missing_builder(*.choice))]
+    BuilderMissing { name: String, choice: ImageBuilder },
     #[error("image `{name}`: cannot start the build: {source}")]
     BuilderSpawn { name: String, source: io::Error },
     #[error("{diagnostic}{}", tail_text(.tail))]
@@ -142,6 +142,24 @@ fn io_error(name: &str, action: &'static str, path: &Path) -> impl FnOnce(io::Er
     }
 }
 
+/// Why no builder can build, and how to install one.
+fn missing_builder(choice: ImageBuilder) -> String {
+    let forced = |builder: Builder| {
+        format!(
+            "is built with {builder} (`[host] image_builder = \"{builder}\"`), which is not \
+             installed; install it with `apt-get install {builder}`"
+        )
+    };
+    match choice {
+        ImageBuilder::Auto => "is built with mmdebstrap, or debootstrap when mmdebstrap is \
+             missing, and neither is installed; install one with `apt-get install mmdebstrap` \
+             (or `apt-get install debootstrap`)"
+            .to_owned(),
+        ImageBuilder::Mmdebstrap => forced(Builder::Mmdebstrap),
+        ImageBuilder::Debootstrap => forced(Builder::Debootstrap),
+    }
+}
+
 /// What one built image is, kept beside its rootfs as `image.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -154,6 +172,10 @@ pub struct ImageInfo {
     pub recipe_digest: Option<String>,
     /// The recipe file, or `built-in`.
     pub source: String,
+    /// The tool that built it from its recipe (`mmdebstrap`, `debootstrap`); `None` for built-in
+    /// images and for builds made before it was recorded.
+    #[serde(default)]
+    pub builder: Option<String>,
     /// Unix time the build finished.
     pub built_at: u64,
     /// Disk usage of the rootfs (hard links counted once).
@@ -178,6 +200,8 @@ pub struct ImageStore {
     root: PathBuf,
     busybox: PathBuf,
     recipes: Recipes,
+    /// Which tool builds recipes (`[host] image_builder`).
+    builder: ImageBuilder,
     /// The digest of the busybox recipe, with the binary's fingerprint it was computed for, so
     /// node starts do not rehash the binary.
     busybox_digest: Mutex<Option<(Fingerprint, String)>>,
@@ -199,7 +223,9 @@ impl ImageStore {
         let dir = (config.origin != crate::config::DEFAULT_CONFIG_NAME)
             .then(|| Path::new(&config.origin).parent().map(|d| d.join("images")))
             .flatten();
-        let mut store = Self::new(&config.host.state_dir).with_recipe_dir(dir);
+        let mut store = Self::new(&config.host.state_dir)
+            .with_recipe_dir(dir)
+            .with_builder(config.host.image_builder);
         store.root = config.host.image_dir.clone();
         store
     }
@@ -210,6 +236,12 @@ impl ImageStore {
         self
     }
 
+    /// Builds recipes with the tool `choice` names.
+    pub fn with_builder(mut self, choice: ImageBuilder) -> Self {
+        self.builder = choice;
+        self
+    }
+
     /// A store whose built-in `busybox` image copies `busybox` instead of the host's
     /// `/bin/busybox`.
     pub fn with_busybox(state_dir: &Path, busybox: &Path) -> Self {
@@ -217,6 +249,7 @@ impl ImageStore {
             root: state_dir.join("images"),
             busybox: busybox.to_path_buf(),
             recipes: Recipes::default(),
+            builder: ImageBuilder::Auto,
             busybox_digest: Mutex::new(None),
             build_lock: Mutex::new(()),
         }
@@ -324,11 +357,12 @@ impl ImageStore {
                 });
             }
         }
-        if debian::builder_path().is_none() {
-            return Err(ImageError::BuilderMissing {
+        let builder = Builder::choose(self.builder, Builder::installed).ok_or_else(|| {
+            ImageError::BuilderMissing {
                 name: name.to_owned(),
-            });
-        }
+                choice: self.builder,
+            }
+        })?;
         let _building = self
             .build_lock
             .lock()
@@ -345,10 +379,17 @@ impl ImageStore {
         let existing = self.list_of(name)?;
         let rootfs = self.publish(name, &recipe_digest, |partial, rootfs| {
             let work = partial.join("build");
-            let packages = debian::build(&recipe, rootfs, &work, progress, cancel)
+            let packages = debian::build(&recipe, builder, rootfs, &work, progress, cancel)
                 .map_err(|failure| build_error(name, failure))?;
             let mut hasher = Sha256::new();
             hasher.update(recipe_digest.as_bytes());
+            // mmdebstrap's images keep the digest they had before there was a fallback; a
+            // debootstrap tree differs from theirs even with the same package versions (device
+            // nodes, debootstrap's own files), so it is another image. No package line holds a
+            // NUL byte.
+            if builder == Builder::Debootstrap {
+                hasher.update(b"\0builder debootstrap");
+            }
             for package in &packages {
                 hasher.update(b"\n");
                 hasher.update(package.as_bytes());
@@ -358,6 +399,7 @@ impl ImageStore {
                 digest: format!("{:x}", hasher.finalize()),
                 recipe_digest: Some(recipe_digest.clone()),
                 source: recipe.source.name.clone(),
+                builder: Some(builder.to_string()),
                 built_at: 0,
                 size_bytes: 0,
                 packages,
@@ -500,6 +542,7 @@ impl ImageStore {
                     digest,
                     recipe_digest: None,
                     source: "built-in".into(),
+                    builder: None,
                     built_at,
                     size_bytes: disk_usage(&dir.join("rootfs")).unwrap_or(0),
                     packages: Vec::new(),
@@ -658,6 +701,7 @@ impl ImageStore {
                 digest: digest.to_owned(),
                 recipe_digest: None,
                 source: "built-in".into(),
+                builder: None,
                 built_at: 0,
                 size_bytes: 0,
                 packages: Vec::new(),
@@ -1177,6 +1221,7 @@ mod tests {
                     digest: "c".repeat(64),
                     recipe_digest: Some(recipe_digest.clone()),
                     source: "images/web.toml".into(),
+                    builder: Some("mmdebstrap".into()),
                     built_at: 0,
                     size_bytes: 0,
                     packages: vec!["procps 2:4.0.2-3".into()],
@@ -1279,6 +1324,29 @@ mod tests {
                 .unwrap()
                 .fresh
         );
+    }
+
+    #[test]
+    fn a_missing_builder_is_named_with_how_to_install_it() {
+        let missing = |choice| {
+            ImageError::BuilderMissing {
+                name: "web".into(),
+                choice,
+            }
+            .to_string()
+        };
+        let auto = missing(ImageBuilder::Auto);
+        assert!(auto.starts_with("image `web` is built with mmdebstrap, or debootstrap"));
+        assert!(
+            auto.contains("`apt-get install mmdebstrap` (or `apt-get install debootstrap`)"),
+            "{auto}"
+        );
+        assert_eq!(
+            missing(ImageBuilder::Debootstrap),
+            "image `web` is built with debootstrap (`[host] image_builder = \"debootstrap\"`), \
+             which is not installed; install it with `apt-get install debootstrap`"
+        );
+        assert!(missing(ImageBuilder::Mmdebstrap).ends_with("`apt-get install mmdebstrap`"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! description = "Debian bookworm with a shell's basics"
 //! suite = "bookworm"                          # Debian release (codename or suite)
 //! mirror = "http://deb.debian.org/debian"     # optional, this is the default
-//! variant = "minbase"                         # optional: mmdebstrap's --variant
+//! variant = "minbase"                         # optional: mmdebstrap's --variant (debootstrap
+//!                                             # gets the closest: minbase, or its default)
 //! packages = ["ca-certificates", "procps"]
 //! run = ["echo built > /etc/magestack-image"] # each in `/bin/sh -ec`, chrooted in the image,
 //!                                             # after the files are written
@@ -39,8 +40,9 @@ pub const SHIPPED: &[(&str, &str)] = &[
 /// Where the recipes of images nobody configured come from when a recipe does not say.
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 pub const DEFAULT_VARIANT: &str = "minbase";
-/// mmdebstrap's variants that give a usable system to add packages to.
-const VARIANTS: &[&str] = &[
+/// mmdebstrap's variants that give a usable system to add packages to (debootstrap gets the
+/// closest of its own, see [`super::debootstrap::variant`]).
+pub const VARIANTS: &[&str] = &[
     "essential",
     "apt",
     "required",
