@@ -266,6 +266,9 @@ command = ["sleep", "1000000"]
 
 [roles.other]
 image = "busybox"
+[[roles.other.volume]]
+name = "media"
+path = "/srv/media"
 [[roles.other.process]]
 name = "sleep"
 command = ["sleep", "1000000"]
@@ -346,13 +349,18 @@ fn a_shared_volume_is_one_for_every_node_of_the_role_each_seeing_its_own_ids() {
         ),
         "from-share1\nfrom-share2\n33:33\n0:0\n"
     );
-    // Per-node volumes stay per node, and a node of another role has no such volume.
+    // Per-node volumes stay per node, and another role's volume of the same name is its own.
     assert_eq!(
         host.exec_stdout("share2", &["sh", "-c", "ls -A /srv/data"]),
         ""
     );
+    host.exec_stdout("other1", &["sh", "-c", "echo other > /srv/media/own"]);
+    assert_eq!(
+        host.exec_stdout("other1", &["ls", "-A", "/srv/media"]),
+        "own\n"
+    );
     assert!(!host
-        .exec("other1", &["test", "-e", "/srv/media/root-file"])
+        .exec("share1", &["test", "-e", "/srv/media/own"])
         .status
         .success());
 
@@ -419,6 +427,42 @@ fn a_shared_volume_is_one_for_every_node_of_the_role_each_seeing_its_own_ids() {
     let removed = host.cli(&["volume", "rm", "@sharer", "media"]);
     assert!(removed.contains("dir removed"), "{removed}");
     assert!(!media.exists());
+}
+
+/// On btrfs, with nodes that have no user namespace: the nodes of the role start at once on a
+/// fresh state dir (one makes the subvolume, the other finds it), and root in either sees the
+/// files as root's while they are stored with the role's range.
+#[test]
+fn a_shared_subvolume_made_by_nodes_starting_at_once_serves_privileged_nodes_too() {
+    let fs = Btrfs::new("volshare");
+    let config = sharers(&[("share1", "sharer"), ("share2", "sharer")]).replace(
+        "[roles.sharer]\nimage = \"busybox\"\n",
+        "[roles.sharer]\nimage = \"busybox\"\nprivileged = true\nprivileged_reason = \"test: shared volume without user namespaces\"\n",
+    );
+    let mut host = TestHost::with_state_dir("volshbt", &config, &fs.mount.join("state"));
+    host.start_daemon();
+    host.wait_node_state("share1", "running");
+    host.wait_node_state("share2", "running");
+    let media = host.state_dir().join("volumes/@sharer/media");
+    assert_eq!(std::fs::metadata(&media).unwrap().ino(), 256, "a subvolume");
+    let left: Vec<_> = std::fs::read_dir(media.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("media")],
+        "no unfinished volume left"
+    );
+
+    host.exec_stdout("share1", &["sh", "-c", "echo one > /srv/media/file"]);
+    assert_eq!(
+        host.exec_stdout("share2", &["stat", "-c", "%u:%g %n", "/srv/media/file"]),
+        "0:0 /srv/media/file\n"
+    );
+    let shared = range_base(&host, "@sharer");
+    assert_eq!(owner_ids(&media.join("file")), (shared, shared));
 }
 
 fn is_btrfs(path: &Path) -> bool {

@@ -155,7 +155,9 @@ impl HostNetwork {
         Ok(())
     }
 
-    /// Runs `work` on the shared host netlink connection, connecting on first use.
+    /// Runs `work` on the shared host netlink connection, connecting on first use. After a
+    /// failure the connection is dropped: an exchange cut short may leave answers or a running
+    /// dump on it (the next dump would be refused), so the next caller starts afresh.
     fn with_host<T>(
         &self,
         work: impl FnOnce(&Netlink) -> Result<T, NetError>,
@@ -164,7 +166,11 @@ impl HostNetwork {
         if guard.is_none() {
             *guard = Some(Netlink::connect()?);
         }
-        work(guard.as_ref().expect("connected"))
+        let result = work(guard.as_ref().expect("connected"));
+        if result.is_err() {
+            *guard = None;
+        }
+        result
     }
 
     fn bridge_index(&self, host: &Netlink) -> Result<u32, NetError> {

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use rtnetlink::packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode,
@@ -68,6 +68,11 @@ const LOOPBACK_INDEX: u32 = 1;
 /// Room for one datagram from the kernel: a dump sends at most 32 KiB per datagram.
 const RECEIVE_BUFFER: usize = 64 * 1024;
 
+/// How long the kernel may take to answer an exchange.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How many times a dump the kernel marks interrupted is asked again.
+const DUMP_ATTEMPTS: usize = 3;
+
 /// Netlink messages start at 4-byte boundaries.
 fn aligned(length: usize) -> usize {
     (length + 3) & !3
@@ -112,6 +117,10 @@ struct Answer {
     replies: Vec<RouteNetlinkMessage>,
     /// The errno of a refusal.
     refused: Option<i32>,
+    /// A dump the kernel marked inconsistent (links changed while it ran): ask again.
+    interrupted: bool,
+    /// Replies that could not be decoded, skipped (an unknown kind of link in a dump).
+    undecodable: usize,
 }
 
 impl Answer {
@@ -132,7 +141,9 @@ impl Answer {
 }
 
 /// Files the messages of one datagram from the kernel under the requests they answer (the
-/// first request sent as `first`), and returns how many requests they finished.
+/// first request sent as `first`), and returns how many requests they finished. Messages of
+/// other exchanges (one cut short by an error) are skipped by their header alone, and a reply
+/// that does not decode is counted and skipped, so one odd link cannot fail a whole dump.
 fn file_answers(
     datagram: &[u8],
     first: u32,
@@ -141,26 +152,32 @@ fn file_answers(
     let mut finished = 0;
     let mut rest = datagram;
     while !rest.is_empty() {
-        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)?;
-        rest = rest
-            .get(aligned(message.header.length as usize)..)
-            .unwrap_or_default();
-        // Answers to an earlier exchange cut short by an error fall outside this one.
-        let slot = message.header.sequence_number.wrapping_sub(first) as usize;
+        let header = NetlinkBuffer::new_checked(rest)?;
+        let length = header.length() as usize;
+        let message = &rest[..length];
+        rest = rest.get(aligned(length)..).unwrap_or_default();
+        let slot = header.sequence_number().wrapping_sub(first) as usize;
         let Some(answer) = answers.get_mut(slot) else {
             continue;
         };
-        match message.payload {
-            NetlinkPayload::InnerMessage(reply) => answer.replies.push(reply),
-            NetlinkPayload::Error(error) => {
+        if header.flags() & NLM_F_DUMP_INTR != 0 {
+            answer.interrupted = true;
+        }
+        let kind = header.message_type();
+        let decoded = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message);
+        match decoded.map(|message| message.payload) {
+            Ok(NetlinkPayload::InnerMessage(reply)) => answer.replies.push(reply),
+            Ok(NetlinkPayload::Error(error)) => {
                 answer.refused = error.code.map(|code| -code.get());
                 finished += 1;
             }
-            NetlinkPayload::Done(done) => {
+            Ok(NetlinkPayload::Done(done)) => {
                 answer.refused = (done.code < 0).then_some(-done.code);
                 finished += 1;
             }
-            _ => {}
+            Ok(_) => {}
+            Err(_) if kind != NLMSG_ERROR && kind != NLMSG_DONE => answer.undecodable += 1,
+            Err(error) => return Err(error),
         }
     }
     Ok(finished)
@@ -183,6 +200,12 @@ impl Netlink {
             let mut socket = Socket::new(NETLINK_ROUTE)?;
             socket.bind_auto()?;
             socket.connect(&SocketAddr::new(0, 0))?;
+            // An answer the kernel never sends must not hold up every start and stop.
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0),
+            )?;
             Ok(socket)
         };
         let socket = open().map_err(|e| NetError::netlink("open netlink socket", e))?;
@@ -219,7 +242,17 @@ impl Netlink {
         let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
         while finished < count {
             buffer.clear();
-            let size = self.socket.recv(&mut buffer, libc::MSG_TRUNC).map_err(io)?;
+            let size = match self.socket.recv(&mut buffer, libc::MSG_TRUNC) {
+                Ok(size) => size,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(NetError::netlink(
+                        what,
+                        format!("no answer from the kernel in {ANSWER_TIMEOUT:?}"),
+                    ))
+                }
+                Err(error) => return Err(io(error)),
+            };
             if size > buffer.len() {
                 return Err(NetError::netlink(
                     what,
@@ -254,12 +287,25 @@ impl Netlink {
             }))
     }
 
-    /// Names of every link in this namespace.
+    /// Names of every link in this namespace, from a dump the kernel did not mark inconsistent
+    /// (links come and go while it runs) when one of a few attempts gives it.
     pub fn link_names(&self) -> Result<Vec<String>, NetError> {
-        let every = RouteNetlinkMessage::GetLink(LinkMessage::default());
-        let replies = self
-            .ask("list links", Request::dump(every))?
-            .accepted("list links")?;
+        let mut attempt = 1;
+        let answer = loop {
+            let every = RouteNetlinkMessage::GetLink(LinkMessage::default());
+            let answer = self.ask("list links", Request::dump(every))?;
+            if !answer.interrupted || attempt == DUMP_ATTEMPTS {
+                break answer;
+            }
+            attempt += 1;
+        };
+        if answer.undecodable > 0 {
+            tracing::debug!(
+                skipped = answer.undecodable,
+                "links netlink could not decode"
+            );
+        }
+        let replies = answer.accepted("list links")?;
         Ok(replies
             .iter()
             .filter_map(|reply| match reply {
@@ -558,6 +604,79 @@ mod tests {
         assert_eq!(answers[2].refused, Some(libc::EINTR));
         let error = answers.pop().unwrap().accepted("list links").unwrap_err();
         assert!(error.to_string().starts_with("list links: "), "{error}");
+    }
+
+    #[test]
+    fn stale_or_undecodable_replies_are_skipped_and_interrupted_dumps_marked() {
+        use rtnetlink::packet_core::Emitable;
+        let mut datagram = Vec::new();
+        // A message of an earlier exchange whose payload does not decode: skipped unread.
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = 3;
+        header.message_type = 16; // RTM_NEWLINK
+        header.length = 20;
+        let mut stale = vec![0u8; 20];
+        header.emit(&mut stale);
+        datagram.extend_from_slice(&stale);
+        // An undecodable reply of this exchange, marked interrupted, then the end of the dump.
+        let mut odd = vec![0u8; 20];
+        header.sequence_number = 10;
+        header.flags = NLM_F_DUMP_INTR;
+        header.emit(&mut odd);
+        datagram.extend_from_slice(&odd);
+        let mut done = rtnetlink::packet_core::DoneMessage::default();
+        done.code = 0;
+        emit(&mut datagram, 10, NetlinkPayload::Done(done));
+        let mut answers = vec![Answer::default()];
+        assert_eq!(file_answers(&datagram, 10, &mut answers).unwrap(), 1);
+        assert_eq!(answers[0].undecodable, 1);
+        assert!(answers[0].interrupted);
+        assert_eq!(answers[0].refused, None);
+    }
+
+    /// Runs `work` on a thread in a network namespace of its own (as root).
+    fn in_new_netns<T: Send>(work: impl FnOnce(&Netlink) -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("a network namespace (run as root)");
+                    work(&Netlink::connect().unwrap())
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// A veth pair `<name>` / `<name>p` (this kernel may have no dummy links).
+    fn pair(name: &str) -> Request {
+        Request::create(RouteNetlinkMessage::NewLink(
+            rtnetlink::LinkVeth::new(name, &format!("{name}p")).build(),
+        ))
+    }
+
+    #[test]
+    fn requests_in_one_datagram_are_answered_each_and_dumps_span_datagrams() {
+        in_new_netns(|netlink| {
+            let answers = netlink
+                .exchange("pairs", vec![pair("da"), pair("da"), pair("db")])
+                .unwrap();
+            let refused: Vec<_> = answers.iter().map(|a| a.refused).collect();
+            assert_eq!(refused, [None, Some(libc::EEXIST), None]);
+            // Enough links that their dump takes several datagrams of the kernel's.
+            let many: Vec<Request> = (0..75).map(|i| pair(&format!("d{i}"))).collect();
+            for answer in netlink.exchange("pairs", many).unwrap() {
+                assert_eq!(answer.refused, None);
+            }
+            let names = netlink.link_names().unwrap();
+            assert_eq!(names.len(), 1 + 2 * 2 + 2 * 75, "{names:?}");
+            assert!(names.iter().any(|n| n == "d74p") && names.iter().any(|n| n == "lo"));
+            assert_eq!(netlink.link_index("nothere").unwrap(), None);
+            assert!(netlink.link_index("db").unwrap().is_some());
+            netlink.delete_link("db").unwrap();
+            netlink.delete_link("db").unwrap();
+            assert_eq!(netlink.link_index("db").unwrap(), None);
+        });
     }
 
     proptest::proptest! {

@@ -23,6 +23,9 @@ pub const FIRST_HOST_ID: u32 = 1 << 20;
 pub struct IdMaps {
     path: PathBuf,
     slots: Mutex<BTreeMap<String, u32>>,
+    /// User namespaces made by [`mapping_namespace`], by (range stored, range seen): the
+    /// mapping between two ranges never changes, so each is made once per daemon.
+    mappings: Mutex<BTreeMap<(u32, u32), OwnedFd>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,7 +60,21 @@ impl IdMaps {
         Ok(IdMaps {
             path,
             slots: Mutex::new(slots),
+            mappings: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// A user namespace mapping the range starting at `stored` onto the one at `seen` (see
+    /// [`mapping_namespace`]), made on first use.
+    pub fn mapping(&self, stored: u32, seen: u32) -> std::io::Result<OwnedFd> {
+        let mut mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(namespace) = mappings.get(&(stored, seen)) {
+            return namespace.try_clone();
+        }
+        let namespace = mapping_namespace(stored, seen)?;
+        let copy = namespace.try_clone()?;
+        mappings.insert((stored, seen), namespace);
+        Ok(copy)
     }
 
     /// The first host id of `node`'s range, allocating (lowest free slot) and recording it on
@@ -109,7 +126,9 @@ fn encode(slots: &BTreeMap<String, u32>) -> std::io::Result<Vec<u8>> {
 }
 
 /// Each node's slot from the host owner of `state_dir/nodes/<node>/upper` or, for a node whose
-/// layer is gone, of one of its volumes; directories not owned by a range's root are skipped.
+/// layer is gone, of one of its volumes (a role's shared volumes under `@<role>`). Any id of a
+/// range names its slot (a volume may belong to the node's www-data or mysql); an owner whose
+/// uid and gid fall in different ranges, or below the first, is skipped.
 fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
     use std::os::unix::fs::MetadataExt;
     let mut slots = BTreeMap::new();
@@ -129,9 +148,9 @@ fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
                 } else {
                     entry.path().join(inner)
                 };
-                let uid = std::fs::symlink_metadata(probe).ok()?.uid();
-                let offset = uid.checked_sub(FIRST_HOST_ID)?;
-                (offset % RANGE == 0 && offset / RANGE < SLOTS).then_some((node, offset / RANGE))
+                let metadata = std::fs::symlink_metadata(probe).ok()?;
+                let slot = slot_of(metadata.uid())?;
+                (slot_of(metadata.gid()) == Some(slot)).then_some((node, slot))
             })
     };
     let found =
@@ -142,6 +161,12 @@ fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
         }
     }
     slots
+}
+
+/// The slot whose range holds host id `id`.
+fn slot_of(id: u32) -> Option<u32> {
+    let slot = id.checked_sub(FIRST_HOST_ID)? / RANGE;
+    (slot < SLOTS).then_some(slot)
 }
 
 fn host_base(slot: u32) -> u32 {
@@ -305,21 +330,40 @@ fn attach_idmapped(mount: &IdmappedMount<'_>) -> std::io::Result<()> {
 /// The namespace is made by a forked child that unshares it and waits; its maps are written
 /// from here, and the namespace outlives the child (killed at once) through the returned
 /// descriptor. The child is killed rather than released through a pipe: other forks of this
-/// multi-threaded daemon may hold copies of such a pipe, so its closing proves nothing.
+/// multi-threaded daemon may hold copies of such a pipe, so its closing proves nothing. It
+/// closes every descriptor but its report pipe at once and dies with the daemon, so it can
+/// never hold the daemon's lock, sockets or another start's pipes.
 pub fn mapping_namespace(inside: u32, outside: u32) -> std::io::Result<OwnedFd> {
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: the child only makes raw system calls (unshare, write, pause, _exit), which are
-    // async-signal-safe, so forking a multi-threaded process is sound here.
+    let parent = nix::unistd::getpid().as_raw();
+    let report = ready_write.as_raw_fd();
+    // SAFETY: the child only makes raw system calls (prctl, getppid, close_range, unshare,
+    // write, pause, _exit), which are async-signal-safe, so forking a multi-threaded process is
+    // sound here.
     let child = match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             // SAFETY: raw syscalls on a descriptor this child owns; no allocation, no locks.
             unsafe {
-                let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
-                    1
-                } else {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::getppid() != parent
+                {
+                    libc::_exit(1);
+                }
+                let report = report as libc::c_uint;
+                if report > 0 {
+                    libc::syscall(libc::SYS_close_range, 0, report - 1, 0);
+                }
+                libc::syscall(libc::SYS_close_range, report + 1, libc::c_uint::MAX, 0);
+                let errno: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
                     0
+                } else {
+                    *libc::__errno_location()
                 };
-                libc::write(ready_write.as_raw_fd(), (&status as *const u8).cast(), 1);
+                libc::write(
+                    report as i32,
+                    (&errno as *const i32).cast(),
+                    std::mem::size_of::<i32>(),
+                );
                 loop {
                     libc::pause();
                 }
@@ -329,12 +373,22 @@ pub fn mapping_namespace(inside: u32, outside: u32) -> std::io::Result<OwnedFd> 
     };
     drop(ready_write);
     let made = (|| -> std::io::Result<OwnedFd> {
-        let mut status = [0u8];
-        let read = nix::unistd::read(ready_read.as_raw_fd(), &mut status)?;
-        if read != 1 || status[0] != 1 {
+        let mut errno = [0u8; 4];
+        let read = nix::unistd::read(ready_read.as_raw_fd(), &mut errno)?;
+        if read != errno.len() {
             return Err(std::io::Error::other(
-                "the helper process could not make a user namespace",
+                "the helper process ended before making a user namespace",
             ));
+        }
+        match i32::from_ne_bytes(errno) {
+            0 => {}
+            errno => {
+                let error = std::io::Error::from_raw_os_error(errno);
+                return Err(std::io::Error::new(
+                    error.kind(),
+                    format!("unshare a user namespace: {error}"),
+                ));
+            }
         }
         let map = format!("{inside} {outside} {RANGE}\n");
         std::fs::write(format!("/proc/{child}/uid_map"), &map)?;
@@ -395,6 +449,95 @@ mod tests {
         );
         // The rebuilt record was written back.
         assert!(decode(&std::fs::read(dir.path().join("idmaps.json")).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn volumes_owned_by_any_id_of_a_range_recover_their_slot_shared_ones_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = IdMaps::load(dir.path()).unwrap();
+        let web = maps.base_of("web1").unwrap();
+        let shared = maps.base_of("@web").unwrap();
+        let db = maps.base_of("db1").unwrap();
+        // No layers left: only volumes, owned by www-data (33) and mysql (101) of their ranges.
+        for (owner, name, base, id) in [
+            ("web1", "cache", web, 33),
+            ("@web", "media", shared, 33),
+            ("db1", "mysql", db, 101),
+        ] {
+            let volume = dir.path().join("volumes").join(owner).join(name);
+            std::fs::create_dir_all(&volume).unwrap();
+            std::os::unix::fs::lchown(&volume, Some(base + id), Some(base + id)).unwrap();
+        }
+        // An owner whose uid and gid disagree names no slot.
+        let odd = dir.path().join("volumes/odd1/data");
+        std::fs::create_dir_all(&odd).unwrap();
+        std::os::unix::fs::lchown(&odd, Some(web + 1), Some(db + 1)).unwrap();
+        std::fs::write(dir.path().join("idmaps.json"), b"garbage").unwrap();
+
+        let recovered = IdMaps::load(dir.path()).unwrap();
+        assert_eq!(recovered.base_of("web1").unwrap(), web);
+        assert_eq!(recovered.base_of("@web").unwrap(), shared);
+        assert_eq!(recovered.base_of("db1").unwrap(), db);
+        let odd = recovered.base_of("odd1").unwrap();
+        assert!(![web, shared, db].contains(&odd), "odd1 got a taken range");
+    }
+
+    #[test]
+    fn a_mapping_namespace_maps_one_range_onto_another_and_leaves_no_process() {
+        let (stored, seen) = (FIRST_HOST_ID + RANGE, FIRST_HOST_ID);
+        let namespace = mapping_namespace(stored, seen).unwrap();
+        // A file stored with the first range, seen through an idmapped mount in a process's
+        // own mount namespace (so nothing is mounted on the host).
+        let dir = tempfile::tempdir().unwrap();
+        let (source, target) = (dir.path().join("source"), dir.path().join("target"));
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(source.join("file"), "x").unwrap();
+        std::os::unix::fs::lchown(source.join("file"), Some(stored + 33), Some(stored + 34))
+            .unwrap();
+        let mut holder = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let pid = holder.id() as i32;
+        let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == Some(ours.clone()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mounted = mount_idmapped(
+            pid,
+            &[IdmappedMount {
+                source: &source,
+                target: &target,
+                userns: std::os::fd::AsFd::as_fd(&namespace),
+                what: Mounted::Volume,
+            }],
+        );
+        let seen_owner = std::fs::metadata(format!("/proc/{pid}/root{}/file", target.display()))
+            .map(|m| {
+                (
+                    std::os::unix::fs::MetadataExt::uid(&m),
+                    std::os::unix::fs::MetadataExt::gid(&m),
+                )
+            });
+        let _ = holder.kill();
+        let _ = holder.wait();
+        mounted.unwrap();
+        assert_eq!(seen_owner.unwrap(), (seen + 33, seen + 34));
+        assert!(!target.join("file").exists(), "the mount reached the host");
+
+        // The helper is gone and reaped: no child of this process is left.
+        let children = std::fs::read_to_string(format!(
+            "/proc/self/task/{}/children",
+            nix::unistd::gettid()
+        ))
+        .unwrap_or_default();
+        assert_eq!(children.trim(), "");
     }
 
     #[test]

@@ -459,19 +459,31 @@ impl Runtime {
             } else {
                 id_base
             };
-            let (source, made) =
-                volume::create(&self.dirs, &owner, &volume.name).map_err(RuntimeError::Volume)?;
-            if made {
+            let (source, made) = volume::create(&self.dirs, &owner, &volume.name, |new| {
                 volume::take_over_image_dir(
-                    &source,
+                    new,
                     image_rootfs,
                     &volume.path,
                     owner_base.unwrap_or(0),
                 )
-                .map_err(io_error(
-                    node,
-                    format!("give {} its owner", source.display()),
-                ))?;
+            })
+            .map_err(RuntimeError::Volume)?;
+            if made {
+                tracing::info!(node, volume = volume.name, path = %source.display(), "volume made");
+            }
+            if volume.shared {
+                let own = self.dirs.node(node).volume(&volume.name);
+                if own.is_dir() {
+                    tracing::warn!(
+                        node,
+                        volume = volume.name,
+                        "{} is no longer mounted: the role shares {} instead; copy what it holds there (the node sees it at {}), then `volume rm {node} {}`",
+                        own.display(),
+                        source.display(),
+                        volume.path,
+                        volume.name
+                    );
+                }
             }
             let source = if volume.shared {
                 let staging = paths.shared_volume(&volume.name);
@@ -517,10 +529,12 @@ impl Runtime {
         let volume_userns = shared
             .iter()
             .map(|volume| {
-                idmap::mapping_namespace(volume.base, id_base.unwrap_or(0)).map_err(io_error(
-                    node,
-                    format!("make the id mapping for {}", volume.source.display()),
-                ))
+                self.idmaps
+                    .mapping(volume.base, id_base.unwrap_or(0))
+                    .map_err(io_error(
+                        node,
+                        format!("make the id mapping for {}", volume.source.display()),
+                    ))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let lower = paths.lower();

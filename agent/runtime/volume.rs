@@ -192,11 +192,19 @@ pub fn kind(path: &Path) -> std::io::Result<VolumeKind> {
 }
 
 /// Makes volume `name` of `node` (a node, or `@<role>`) unless it exists: a subvolume where the
-/// volume directory is on btrfs, else a directory, mode 0755 and owned by host root (the caller
-/// gives it to the node). Returns its path and whether it was made now. A role's shared volumes
-/// sit in a directory only host root can enter: nodes see them through idmapped mounts the
-/// agent makes, never by path.
-pub fn create(dirs: &HostDirs, node: &str, name: &str) -> Result<(PathBuf, bool), VolumeError> {
+/// volume directory is on btrfs, else a directory, which `prepare` gives its owner and mode
+/// before it appears under its name. Returns its path and whether it was made now. The volume
+/// is made under a temporary name and renamed into place without replacing: a start that dies
+/// half-way leaves no volume with the wrong owner (its temporary is swept by the next daemon),
+/// and of two nodes of a role making their shared volume at once, one makes it and the other
+/// uses it. A role's shared volumes sit in a directory only host root can enter: nodes see
+/// them through idmapped mounts the agent makes, never by path.
+pub fn create(
+    dirs: &HostDirs,
+    node: &str,
+    name: &str,
+    prepare: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(PathBuf, bool), VolumeError> {
     let path = checked_path(dirs, node, name)?;
     if path.is_dir() {
         return Ok((path, false));
@@ -212,24 +220,77 @@ pub fn create(dirs: &HostDirs, node: &str, name: &str) -> Result<(PathBuf, bool)
         }
     };
     let parent = dirs.node(node).volumes;
-    if is_shared(node) {
-        // Made apart first: the parents a create_dir makes get its mode too.
-        let all = dirs.state_dir.join("volumes");
-        paths::create_dir(&all, 0o755).map_err(io("creating", &all))?;
-        paths::create_dir(&parent, 0o700).map_err(io("creating", &parent))?;
-    } else {
-        paths::create_dir(&parent, 0o755).map_err(io("creating", &parent))?;
+    if !parent.is_dir() {
+        if is_shared(node) {
+            // Made apart first: the parents a create_dir makes get its mode too.
+            let all = dirs.state_dir.join("volumes");
+            if !all.is_dir() {
+                paths::create_dir(&all, 0o755).map_err(io("creating", &all))?;
+            }
+            paths::create_dir(&parent, 0o700).map_err(io("creating", &parent))?;
+        } else {
+            paths::create_dir(&parent, 0o755).map_err(io("creating", &parent))?;
+        }
     }
+    sweep_unfinished(&parent, name);
+    let temporary = parent.join(unfinished_name(name));
     let btrfs = on_btrfs(&parent).map_err(io("checking the filesystem of", &parent))?;
     if btrfs {
-        create_subvolume(&parent, OsStr::new(name))
-            .map_err(io("creating the btrfs subvolume", &path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("setting the mode of", &path))?;
+        create_subvolume(&parent, temporary.file_name().expect("a file name"))
+            .map_err(io("creating the btrfs subvolume", &temporary))?;
     } else {
-        paths::create_dir(&path, 0o755).map_err(io("creating", &path))?;
+        std::fs::create_dir(&temporary).map_err(io("creating", &temporary))?;
     }
-    Ok((path, true))
+    let placed = prepare(&temporary)
+        .map_err(io("giving its owner and mode to", &temporary))
+        .and_then(|()| {
+            match nix::fcntl::renameat2(
+                None,
+                &temporary,
+                None,
+                &path,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => Ok(true),
+                // Another start made it meanwhile.
+                Err(nix::errno::Errno::EEXIST) => Ok(false),
+                Err(errno) => Err(io("moving into place", &path)(errno.into())),
+            }
+        });
+    if placed.as_ref().map_or(true, |made| !made) {
+        // Our own, just made: emptied without following links; rmdir removes a directory and,
+        // as root, an empty subvolume.
+        let _ = std::fs::remove_dir_all(&temporary);
+    }
+    Ok((path, placed?))
+}
+
+/// `.<name>.unfinished-<pid>-<n>`: a volume being made by this process.
+fn unfinished_name(name: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}.unfinished-{}-{n}", std::process::id())
+}
+
+/// Removes what earlier processes left of making volume `name` (never this process's own, which
+/// another thread may be finishing).
+fn sweep_unfinished(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.unfinished-");
+    let ours = format!("{prefix}{}-", std::process::id());
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with(&prefix) && !file_name.starts_with(&ours) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed an unfinished volume")
+                }
+                Err(error) => {
+                    tracing::warn!(path = %entry.path().display(), "unfinished volume left: {error}")
+                }
+            }
+        }
+    }
 }
 
 /// Gives a new volume the owner and mode its mount point has in the image (the image's ids
@@ -333,6 +394,9 @@ pub fn list(dirs: &HostDirs, node: Option<&str>) -> Result<Vec<VolumeInfo>, Volu
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
+            if name.starts_with('.') {
+                continue; // one being made
+            }
             let path = entry.path();
             let Ok(metadata) = std::fs::symlink_metadata(&path) else {
                 continue;
@@ -689,12 +753,12 @@ mod tests {
             run_dir: base.path().join("run"),
             log_dir: base.path().join("log"),
         };
-        let (path, made) = create(&dirs, "web1", "media").unwrap();
+        let (path, made) = create(&dirs, "web1", "media", |_| Ok(())).unwrap();
         assert!(made);
         assert_eq!(kind(&path).unwrap(), expected);
         std::fs::write(path.join("file"), "kept").unwrap();
         std::os::unix::fs::symlink(&outside, path.join("link")).unwrap();
-        assert!(!create(&dirs, "web1", "media").unwrap().1);
+        assert!(!create(&dirs, "web1", "media", |_| Ok(())).unwrap().1);
         let listed = list(&dirs, None).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(
@@ -707,5 +771,60 @@ mod tests {
         assert!(outside.join("precious").exists());
         let error = remove(&dirs, "web1", "media").unwrap_err().to_string();
         assert!(error.contains("web1") && error.contains("media"), "{error}");
+    }
+
+    #[test]
+    fn a_volume_appears_only_once_prepared_and_once_for_concurrent_makers() {
+        let base = tempfile::tempdir().unwrap();
+        let dirs = HostDirs {
+            state_dir: base.path().join("state"),
+            run_dir: base.path().join("run"),
+            log_dir: base.path().join("log"),
+        };
+        // A failed preparation leaves neither the volume nor its temporary.
+        let failed = create(&dirs, "@web", "media", |_| {
+            Err(std::io::Error::other("no owner for you"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            failed.contains("volume media of the web nodes (shared)")
+                && failed.contains("no owner for you"),
+            "{failed}"
+        );
+        let parent = dirs.node("@web").volumes;
+        assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::metadata(&parent).unwrap().mode() & 0o777,
+            0o700,
+            "only host root enters a role's shared volumes"
+        );
+        // What a daemon that died half-way left is swept; the listing never shows it.
+        std::fs::create_dir(parent.join(".media.unfinished-1-0")).unwrap();
+        assert!(list(&dirs, None).unwrap().is_empty());
+        // Makers racing: one makes it (prepared), the others find it.
+        let made: Vec<bool> = std::thread::scope(|scope| {
+            let makers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        create(&dirs, "@web", "media", |new| {
+                            std::fs::write(new.join("prepared"), "")
+                        })
+                        .unwrap()
+                        .1
+                    })
+                })
+                .collect();
+            makers.into_iter().map(|m| m.join().unwrap()).collect()
+        });
+        assert_eq!(made.iter().filter(|m| **m).count(), 1, "{made:?}");
+        let volume = dirs.node("@web").volume("media");
+        assert!(volume.join("prepared").exists());
+        let left: Vec<_> = std::fs::read_dir(&parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("media")]);
     }
 }
