@@ -136,6 +136,39 @@ fn reload_restarts_only_what_changed() {
     assert!(!host.run_dir().join("nodes/s3").exists());
 }
 
+/// Nodes of roles outside the address plan get addresses in name order; one added before them
+/// (while the daemon was down, or by reload) must not renumber, and so restart, those running.
+#[test]
+fn a_node_added_before_running_ones_of_an_unplanned_role_renumbers_none() {
+    let mut host = running_host("keepip", &["s2", "s3"]);
+    let ip = |host: &TestHost, node: &str| host.node(node)["ip"].as_str().unwrap().to_string();
+    let before = [
+        (host.node_pid("s2"), ip(&host, "s2")),
+        (host.node_pid("s3"), ip(&host, "s3")),
+    ];
+    assert_eq!(before[0].1, host.net.ip(100));
+
+    host.kill_daemon(libc::SIGTERM);
+    host.write_config(&nodes(&["s1", "s2", "s3"]));
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    let after = [
+        (host.node_pid("s2"), ip(&host, "s2")),
+        (host.node_pid("s3"), ip(&host, "s3")),
+    ];
+    assert_eq!(after, before, "a running node was renumbered");
+    assert_eq!(ip(&host, "s1"), host.net.ip(102));
+
+    host.write_config(&nodes(&["s0", "s1", "s2", "s3"]));
+    let report = host.cli(&["reload"]);
+    assert!(report.contains("started: s0"), "{report}");
+    assert!(report.contains("unchanged: s1 s2 s3"), "{report}");
+    assert_eq!(ip(&host, "s0"), host.net.ip(103));
+    // Every node's hosts file names each node at the address it has.
+    let hosts = host.exec_stdout("s0", &["cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("{}\ts2.i", before[0].1)), "{hosts}");
+}
+
 #[test]
 fn start_up_sweeps_leftovers_of_nodes_it_does_not_have() {
     let mut host = TestHost::new("sweep", &nodes(&["s1"]));

@@ -14,6 +14,7 @@ mod shipped;
 mod size;
 mod source;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use model::{
@@ -100,16 +101,25 @@ fn host_dir_leniently(
 
 /// Reads and checks the configuration at `path`, or the embedded default when `None`.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load_keeping(path, &BTreeMap::new())
+}
+
+/// [`load`], where nodes outside the address plan keep the addresses in `kept` (the running
+/// nodes') while those are free.
+pub fn load_keeping(
+    path: Option<&Path>,
+    kept: &BTreeMap<String, std::net::Ipv4Addr>,
+) -> Result<Config, ConfigError> {
     let source = match path {
         Some(path) => Source::from_file(path)?,
         None => shipped::default_config(),
     };
-    parse(&source)
+    resolve::resolve(&source, kept)
 }
 
 /// Checks one configuration text.
 pub fn parse(source: &Source) -> Result<Config, ConfigError> {
-    resolve::resolve(source)
+    resolve::resolve(source, &BTreeMap::new())
 }
 
 #[cfg(test)]

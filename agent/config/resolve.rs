@@ -19,7 +19,10 @@ use super::shipped::{role_source, DEFAULT_NODES};
 use super::source::{Diagnostic, Source};
 use super::ConfigError;
 
-pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
+/// Checks and resolves one configuration text. `kept` are addresses nodes have now (those that
+/// run): a node of a role outside the address plan keeps its address when it is still free, so
+/// adding or removing another such node never renumbers it.
+pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(&source.text).map_err(|error| {
         ConfigError::Invalid(vec![source.at(error.span(), error.message().trim())])
     })?;
@@ -47,7 +50,7 @@ pub fn resolve(source: &Source) -> Result<Config, ConfigError> {
 
     let raw_nodes = raw.nodes.unwrap_or_else(default_nodes);
     let network = network.map(|(mut network, pending)| {
-        let mut nodes = node_specs(&mut checker, raw_nodes, &roles, &network);
+        let mut nodes = node_specs(&mut checker, raw_nodes, &roles, &network, kept);
         super::network::attach_nodes(&mut checker, &mut network, pending, &mut nodes);
         (network, nodes)
     });
@@ -304,6 +307,7 @@ fn node_specs(
     raw_nodes: BTreeMap<Spanned<String>, RawNode>,
     roles: &BTreeMap<String, Role>,
     network: &NetworkSettings,
+    kept: &BTreeMap<String, Ipv4Addr>,
 ) -> BTreeMap<String, NodeSpec> {
     let mut nodes = BTreeMap::new();
     let mut addresses: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -399,8 +403,25 @@ fn node_specs(
         );
     }
 
-    let mut offset = OTHER_ROLES_FROM;
+    // Nodes outside the plan keep the address they have where it is still free; the others take
+    // the lowest free ones from OTHER_ROLES_FROM, in name order.
+    let free = |ip: Ipv4Addr, addresses: &BTreeMap<Ipv4Addr, String>| {
+        network.subnet.is_usable_host(ip) && ip != network.host_ip && !addresses.contains_key(&ip)
+    };
+    let mut unplanned_left = Vec::new();
     for node in unplanned {
+        match kept.get(&node) {
+            Some(ip) if free(*ip, &addresses) => {
+                addresses.insert(*ip, node.clone());
+                if let Some(spec) = nodes.get_mut(&node) {
+                    spec.ip = *ip;
+                }
+            }
+            _ => unplanned_left.push(node),
+        }
+    }
+    let mut offset = OTHER_ROLES_FROM;
+    for node in unplanned_left {
         let free = loop {
             match network.subnet.host(offset) {
                 Some(ip) if addresses.contains_key(&ip) || ip == network.host_ip => offset += 1,

@@ -474,3 +474,57 @@ fn ssh_keys_are_checked_with_their_place() {
     );
     assert!(error.message.contains("one line"), "{error:?}");
 }
+
+#[test]
+fn nodes_outside_the_plan_keep_their_running_addresses_when_others_come() {
+    let text = |nodes: &[&str]| {
+        let mut text = SLEEPER.replace("[nodes.s1]\nrole = \"sleeper\"\n", "[nodes]\n");
+        for node in nodes {
+            text.push_str(&format!("[nodes.{node}]\nrole = \"sleeper\"\n"));
+        }
+        text
+    };
+    let resolve_with = |nodes: &[&str], kept: &BTreeMap<String, Ipv4Addr>| {
+        resolve::resolve(&Source::new("agent.toml", text(nodes)), kept).unwrap()
+    };
+    let host = |n: u8| Ipv4Addr::new(172, 16, 0, n);
+    let first = resolve_with(&["b1", "c1"], &BTreeMap::new());
+    assert_eq!(
+        (first.nodes["b1"].ip, first.nodes["c1"].ip),
+        (host(100), host(101))
+    );
+
+    // Without what runs, a1 sorts first and takes .100, moving b1 and c1.
+    let renumbered = resolve_with(&["a1", "b1", "c1"], &BTreeMap::new());
+    assert_eq!(renumbered.nodes["b1"].ip, host(101));
+    // With it, b1 and c1 keep theirs and a1 takes the next free one.
+    let running: BTreeMap<String, Ipv4Addr> = first
+        .nodes
+        .values()
+        .map(|spec| (spec.name.clone(), spec.ip))
+        .collect();
+    let kept = resolve_with(&["a1", "b1", "c1"], &running);
+    let ips: Vec<Ipv4Addr> = ["a1", "b1", "c1"]
+        .iter()
+        .map(|node| kept.nodes[*node].ip)
+        .collect();
+    assert_eq!(ips, [host(102), host(100), host(101)]);
+
+    // A kept address another node now claims explicitly goes to that node.
+    let claimed = text(&["b1", "c1"]).replace(
+        "[nodes.c1]\nrole = \"sleeper\"\n",
+        "[nodes.c1]\nrole = \"sleeper\"\nip = \"172.16.0.100\"\n",
+    );
+    let mut kept_c1_elsewhere = running.clone();
+    kept_c1_elsewhere.insert("c1".into(), host(101));
+    let config =
+        resolve::resolve(&Source::new("agent.toml", &claimed), &kept_c1_elsewhere).unwrap();
+    assert_eq!(
+        (config.nodes["b1"].ip, config.nodes["c1"].ip),
+        (host(101), host(100))
+    );
+    // Planned roles never move: the plan decides.
+    let planned: BTreeMap<String, Ipv4Addr> = [("web1".to_string(), host(150))].into();
+    let default = resolve::resolve(&crate::config::shipped::default_config(), &planned).unwrap();
+    assert_eq!(default.nodes["web1"].ip, host(21));
+}

@@ -35,8 +35,24 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 
 /// Loads the configuration and checks what parsing alone cannot: that every image exists, and
 /// that the recipes of those built from one are valid.
+///
+/// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
+/// outside the plan): the addresses are resolved again with theirs when they differ.
 pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, ConfigError> {
     let config = config::load(path)?;
+    let running: BTreeMap<String, std::net::Ipv4Addr> =
+        crate::runtime::live_records(&config.host.run_dir.join("nodes"))
+            .into_iter()
+            .map(|record| (record.name, record.spec.ip))
+            .collect();
+    let moved = running
+        .iter()
+        .any(|(node, ip)| config.nodes.get(node).is_some_and(|spec| spec.ip != *ip));
+    let config = if moved {
+        config::load_keeping(path, &running)?
+    } else {
+        config
+    };
     let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for node in config.nodes.values() {
         if !images.knows(&node.image) {
