@@ -114,6 +114,26 @@ fn nodes_get_planned_addresses_routes_and_names() {
             "{links:?}"
         );
     }
+    // Both ends of a node's veth were made with one queue each way.
+    let web1_netns = format!("--net=/proc/{}/ns/net", host.node_pid("web1"));
+    let host_link = format!("{}-web1", net.link_prefix);
+    for command in [
+        vec!["ip", "-d", "link", "show", &host_link],
+        vec!["nsenter", &web1_netns, "ip", "-d", "link", "show", "eth0"],
+    ] {
+        let shown = std::process::Command::new(command[0])
+            .args(&command[1..])
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&shown.stdout),
+            String::from_utf8_lossy(&shown.stderr),
+        );
+        assert!(
+            out.contains("numtxqueues 1 numrxqueues 1"),
+            "{command:?}: {out} {err}"
+        );
+    }
 }
 
 #[test]

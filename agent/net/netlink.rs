@@ -411,7 +411,14 @@ impl Netlink {
         peer_netns: &OwnedFd,
     ) -> Result<(), NetError> {
         let PeerIdentity { index, mac } = peer;
-        let mut peer = LinkMessageBuilder::<LinkUnspec>::default()
+        // One queue each way on both ends, asked for at creation: left out, the kernel makes one
+        // per possible CPU and then cuts veths down to one, waiting for an expedited RCU grace
+        // period per end while it holds the RTNL lock.
+        let single_queues = |link: LinkMessageBuilder<LinkUnspec>| {
+            link.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+        };
+        let mut peer = single_queues(LinkMessageBuilder::<LinkUnspec>::default())
             .name(peer_name.to_string())
             .setns_by_fd(peer_netns.as_fd().as_raw_fd());
         if let Some(index) = index {
@@ -421,10 +428,12 @@ impl Netlink {
             peer = peer.address(mac.to_vec());
         }
         let peer = peer.build();
-        let mut veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host_name.to_string())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .up();
+        let mut veth = single_queues(LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(
+            InfoKind::Veth,
+        ))
+        .name(host_name.to_string())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .up();
         if let Some(bridge) = bridge {
             veth = veth.controller(bridge);
         }
