@@ -443,6 +443,13 @@ fn a_shared_subvolume_made_by_nodes_starting_at_once_serves_privileged_nodes_too
     host.start_daemon();
     host.wait_node_state("share1", "running");
     host.wait_node_state("share2", "running");
+    let uid_map =
+        std::fs::read_to_string(format!("/proc/{}/uid_map", host.node_pid("share1"))).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295"],
+        "share1 has a user namespace"
+    );
     let media = host.state_dir().join("volumes/@sharer/media");
     assert_eq!(std::fs::metadata(&media).unwrap().ino(), 256, "a subvolume");
     let left: Vec<_> = std::fs::read_dir(media.parent().unwrap())

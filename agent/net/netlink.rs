@@ -278,6 +278,12 @@ impl Netlink {
         if answer.refused == Some(libc::ENODEV) {
             return Ok(None);
         }
+        if answer.undecodable > 0 {
+            return Err(NetError::netlink(
+                &what,
+                "the kernel's answer did not decode",
+            ));
+        }
         Ok(answer
             .accepted(&what)?
             .iter()
@@ -294,7 +300,11 @@ impl Netlink {
         let answer = loop {
             let every = RouteNetlinkMessage::GetLink(LinkMessage::default());
             let answer = self.ask("list links", Request::dump(every))?;
-            if !answer.interrupted || attempt == DUMP_ATTEMPTS {
+            if !answer.interrupted {
+                break answer;
+            }
+            if attempt == DUMP_ATTEMPTS {
+                tracing::warn!("links kept changing during {DUMP_ATTEMPTS} dumps: using the last");
                 break answer;
             }
             attempt += 1;

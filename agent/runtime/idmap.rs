@@ -24,7 +24,8 @@ pub struct IdMaps {
     path: PathBuf,
     slots: Mutex<BTreeMap<String, u32>>,
     /// User namespaces made by [`mapping_namespace`], by (range stored, range seen): the
-    /// mapping between two ranges never changes, so each is made once per daemon.
+    /// mapping between two ranges never changes, so each is made once per daemon and kept for
+    /// its life (one descriptor per role and node pair that ever shared a volume).
     mappings: Mutex<BTreeMap<(u32, u32), OwnedFd>>,
 }
 
@@ -139,18 +140,23 @@ fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
             .flatten()
             .filter_map(move |entry| {
                 let node = entry.file_name().to_str()?.to_string();
-                let probe = if inner.is_empty() {
+                let probes: Vec<PathBuf> = if inner.is_empty() {
+                    // Its volumes, not one being made (`.<name>.unfinished`, maybe host root's).
                     std::fs::read_dir(entry.path())
                         .ok()?
                         .flatten()
-                        .next()?
-                        .path()
+                        .filter(|volume| !volume.file_name().to_string_lossy().starts_with('.'))
+                        .map(|volume| volume.path())
+                        .collect()
                 } else {
-                    entry.path().join(inner)
+                    vec![entry.path().join(inner)]
                 };
-                let metadata = std::fs::symlink_metadata(probe).ok()?;
-                let slot = slot_of(metadata.uid())?;
-                (slot_of(metadata.gid()) == Some(slot)).then_some((node, slot))
+                let slot = probes.iter().find_map(|probe| {
+                    let metadata = std::fs::symlink_metadata(probe).ok()?;
+                    let slot = slot_of(metadata.uid())?;
+                    (slot_of(metadata.gid()) == Some(slot)).then_some(slot)
+                })?;
+                Some((node, slot))
             })
     };
     let found =
@@ -349,11 +355,14 @@ pub fn mapping_namespace(inside: u32, outside: u32) -> std::io::Result<OwnedFd> 
                 {
                     libc::_exit(1);
                 }
+                // Never live on holding the daemon's descriptors: without close_range (Linux
+                // 5.9, also required by the node clone) give up; the parent reports it.
                 let report = report as libc::c_uint;
-                if report > 0 {
-                    libc::syscall(libc::SYS_close_range, 0, report - 1, 0);
+                if (report > 0 && libc::syscall(libc::SYS_close_range, 0, report - 1, 0) != 0)
+                    || libc::syscall(libc::SYS_close_range, report + 1, libc::c_uint::MAX, 0) != 0
+                {
+                    libc::_exit(1);
                 }
-                libc::syscall(libc::SYS_close_range, report + 1, libc::c_uint::MAX, 0);
                 let errno: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
                     0
                 } else {
@@ -468,6 +477,11 @@ mod tests {
             std::fs::create_dir_all(&volume).unwrap();
             std::os::unix::fs::lchown(&volume, Some(base + id), Some(base + id)).unwrap();
         }
+        // A volume being made (host root's) and one of another owner do not hide db1's slot.
+        let unfinished = dir.path().join("volumes/db1/.cache.unfinished");
+        std::fs::create_dir_all(&unfinished).unwrap();
+        let unowned = dir.path().join("volumes/db1/aaa");
+        std::fs::create_dir_all(&unowned).unwrap();
         // An owner whose uid and gid disagree names no slot.
         let odd = dir.path().join("volumes/odd1/data");
         std::fs::create_dir_all(&odd).unwrap();

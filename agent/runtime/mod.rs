@@ -711,6 +711,7 @@ impl Runtime {
         if let Err(error) = self.images.sweep_partial() {
             tracing::warn!("sweeping partial image builds: {error}");
         }
+        volume::sweep_unfinished(&self.dirs);
     }
 }
 

@@ -194,19 +194,25 @@ pub fn kind(path: &Path) -> std::io::Result<VolumeKind> {
 /// Makes volume `name` of `node` (a node, or `@<role>`) unless it exists: a subvolume where the
 /// volume directory is on btrfs, else a directory, which `prepare` gives its owner and mode
 /// before it appears under its name. Returns its path and whether it was made now. The volume
-/// is made under a temporary name and renamed into place without replacing: a start that dies
-/// half-way leaves no volume with the wrong owner (its temporary is swept by the next daemon),
-/// and of two nodes of a role making their shared volume at once, one makes it and the other
-/// uses it. A role's shared volumes sit in a directory only host root can enter: nodes see
-/// them through idmapped mounts the agent makes, never by path.
+/// is made as `.<name>.unfinished` and renamed into place: a start that dies half-way leaves no
+/// volume with the wrong owner (the next daemon's start-up sweep removes the temporary, see
+/// [`sweep_unfinished`]). Making volumes is serialised within the daemon (the only process
+/// that makes them, under its run-dir lock), so two nodes of a role starting at once make their
+/// shared volume once. A role's shared volumes sit in a directory only host root can enter:
+/// nodes see them through idmapped mounts the agent makes, never by path.
 pub fn create(
     dirs: &HostDirs,
     node: &str,
     name: &str,
     prepare: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(PathBuf, bool), VolumeError> {
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let path = checked_path(dirs, node, name)?;
-    if path.is_dir() {
+    if existing_volume(node, name, &path)? {
+        return Ok((path, false));
+    }
+    let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    if existing_volume(node, name, &path)? {
         return Ok((path, false));
     }
     let io = |what, path: &Path| {
@@ -232,8 +238,11 @@ pub fn create(
             paths::create_dir(&parent, 0o755).map_err(io("creating", &parent))?;
         }
     }
-    sweep_unfinished(&parent, name);
-    let temporary = parent.join(unfinished_name(name));
+    let temporary = parent.join(format!(".{name}{UNFINISHED}"));
+    if std::fs::symlink_metadata(&temporary).is_ok() {
+        // Left by a daemon that died before its start-up sweep ran; ours is made under the lock.
+        std::fs::remove_dir_all(&temporary).map_err(io("removing", &temporary))?;
+    }
     let btrfs = on_btrfs(&parent).map_err(io("checking the filesystem of", &parent))?;
     if btrfs {
         create_subvolume(&parent, temporary.file_name().expect("a file name"))
@@ -243,50 +252,59 @@ pub fn create(
     }
     let placed = prepare(&temporary)
         .map_err(io("giving its owner and mode to", &temporary))
-        .and_then(|()| {
-            match nix::fcntl::renameat2(
-                None,
-                &temporary,
-                None,
-                &path,
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            ) {
-                Ok(()) => Ok(true),
-                // Another start made it meanwhile.
-                Err(nix::errno::Errno::EEXIST) => Ok(false),
-                Err(errno) => Err(io("moving into place", &path)(errno.into())),
-            }
-        });
-    if placed.as_ref().map_or(true, |made| !made) {
+        .and_then(|()| std::fs::rename(&temporary, &path).map_err(io("moving into place", &path)));
+    if placed.is_err() {
         // Our own, just made: emptied without following links; rmdir removes a directory and,
         // as root, an empty subvolume.
         let _ = std::fs::remove_dir_all(&temporary);
     }
-    Ok((path, placed?))
+    placed.map(|()| (path, true))
 }
 
-/// `.<name>.unfinished-<pid>-<n>`: a volume being made by this process.
-fn unfinished_name(name: &str) -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(".{name}.unfinished-{}-{n}", std::process::id())
+/// What marks a volume being made: `.<name>.unfinished`.
+const UNFINISHED: &str = ".unfinished";
+
+/// Whether a volume is at `path`; something else there is an error (never taken for one).
+fn existing_volume(node: &str, name: &str, path: &Path) -> Result<bool, VolumeError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => Ok(true),
+        Ok(_) => Err(VolumeError::NotADirectory {
+            node: node.into(),
+            name: name.into(),
+            path: path.to_path_buf(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(VolumeError::Io {
+            node: node.into(),
+            name: name.into(),
+            what: "checking",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
-/// Removes what earlier processes left of making volume `name` (never this process's own, which
-/// another thread may be finishing).
-fn sweep_unfinished(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.unfinished-");
-    let ours = format!("{prefix}{}-", std::process::id());
-    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if file_name.starts_with(&prefix) && !file_name.starts_with(&ours) {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed an unfinished volume")
-                }
-                Err(error) => {
-                    tracing::warn!(path = %entry.path().display(), "unfinished volume left: {error}")
+/// Removes what a daemon that died while making volumes left of them: run at start-up, before
+/// any node starts, under the daemon's lock, so no temporary on disk is still being made.
+pub fn sweep_unfinished(dirs: &HostDirs) {
+    let owners = std::fs::read_dir(dirs.state_dir.join("volumes"));
+    for owner in owners.into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(owner.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if file_name.starts_with('.') && file_name.ends_with(UNFINISHED) {
+                let path = entry.path();
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed an unfinished volume")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), "unfinished volume left: {error}")
+                    }
                 }
             }
         }
@@ -799,9 +817,14 @@ mod tests {
             0o700,
             "only host root enters a role's shared volumes"
         );
-        // What a daemon that died half-way left is swept; the listing never shows it.
-        std::fs::create_dir(parent.join(".media.unfinished-1-0")).unwrap();
+        // What a daemon that died half-way left is never listed, and the start-up sweep
+        // removes it with what it held.
+        std::fs::create_dir(parent.join(".media.unfinished")).unwrap();
+        std::fs::write(parent.join(".media.unfinished/half"), "").unwrap();
         assert!(list(&dirs, None).unwrap().is_empty());
+        sweep_unfinished(&dirs);
+        assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0);
+        std::fs::create_dir(parent.join(".media.unfinished")).unwrap();
         // Makers racing: one makes it (prepared), the others find it.
         let made: Vec<bool> = std::thread::scope(|scope| {
             let makers: Vec<_> = (0..4)
@@ -826,5 +849,12 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, [std::ffi::OsString::from("media")]);
+        // Something that is not a directory is never taken for the volume.
+        std::fs::write(parent.join("notes"), "").unwrap();
+        let error = create(&dirs, "@web", "notes", |_| Ok(())).unwrap_err();
+        assert!(
+            matches!(error, VolumeError::NotADirectory { .. }),
+            "{error}"
+        );
     }
 }
