@@ -226,6 +226,11 @@ fn churn_leaves_the_machine_as_it_was() {
 fn kill_test_config(names: &[&str], big: &[String]) -> String {
     let mut body = nodes(names);
     body.push_str("[roles.sleeper.resources]\nmemory = \"64M\"\n");
+    // A shared volume: each start forks a helper for its id mapping, which a killed daemon
+    // must not leave behind (it would carry the daemon's command line and descriptors).
+    body.push_str(
+        "[[roles.sleeper.volume]]\nname = \"shared\"\npath = \"/srv/shared\"\nshared = true\n",
+    );
     for node in big {
         body.push_str(&format!("[nodes.{node}.resources]\nmemory = \"48M\"\n"));
     }
