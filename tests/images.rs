@@ -275,39 +275,71 @@ fn failed_and_interrupted_builds_leave_nothing_and_name_the_field() {
     assert_eq!(entries(&image_dir(&host, "bad-run")), Vec::<String>::new());
 
     // SIGTERM half-way: the builder is stopped and the partial build removed.
-    let mut child = Command::new(AGENT)
-        .arg("--config")
-        .arg(&host.config)
-        .args(["image", "build", "slow"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        seen.push_str(&line);
-        if line.contains("downloading packages") || line.contains("extracting") {
-            break;
-        }
-        line.clear();
-    }
+    let build = Build::until(&host, "slow", |line| {
+        line.contains("downloading packages") || line.contains("extracting")
+    });
     assert!(
         entries(&image_dir(&host, "slow"))
             .iter()
             .any(|e| e.starts_with(".tmp-")),
-        "a partial build exists half-way: {seen}"
+        "a partial build exists half-way: {}",
+        build.seen
     );
-    // SAFETY: kill on the pid of a child we have not reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert!(!status.success());
-    assert!(rest.contains("the build was interrupted"), "{seen}{rest}");
-    assert_eq!(entries(&image_dir(&host, "slow")), Vec::<String>::new());
+    build.interrupt(&host, "slow");
+}
+
+/// `image build` running in the background, its output read up to a line.
+struct Build {
+    child: std::process::Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    /// The output read so far.
+    seen: String,
+}
+
+impl Build {
+    /// Starts building `image` and reads its output until `wanted` accepts a line.
+    fn until(host: &TestHost, image: &str, wanted: impl Fn(&str) -> bool) -> Build {
+        let mut child = Command::new(AGENT)
+            .arg("--config")
+            .arg(&host.config)
+            .args(["image", "build", image])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap() > 0 {
+            seen.push_str(&line);
+            if wanted(&line) {
+                break;
+            }
+            line.clear();
+        }
+        Build {
+            child,
+            stderr,
+            seen,
+        }
+    }
+
+    /// SIGTERM: the build must say it was interrupted, fail, and leave nothing of `image`.
+    fn interrupt(mut self, host: &TestHost, image: &str) {
+        // SAFETY: kill on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stderr, &mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(!status.success());
+        assert!(
+            rest.contains("the build was interrupted"),
+            "{}{rest}",
+            self.seen
+        );
+        assert_eq!(entries(&image_dir(host, image)), Vec::<String>::new());
+    }
 }
 
 /// Sets `[host] image_builder` in the host's configuration file.
@@ -403,25 +435,10 @@ fn debootstrap_builds_a_recipe_when_forced_and_failures_leave_nothing() {
 
     // SIGTERM half-way: debootstrap is stopped and the partial build removed.
     let began = Instant::now();
-    let mut child = Command::new(AGENT)
-        .arg("--config")
-        .arg(&host.config)
-        .args(["image", "build", "small"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        seen.push_str(&line);
-        if line.contains("reading the package lists (1/9)") {
-            break;
-        }
-        line.clear();
-    }
+    let build = Build::until(&host, "small", |line| {
+        line.contains("reading the package lists (1/9)")
+    });
+    let seen = &build.seen;
     let partial: Vec<PathBuf> = entries(&image_dir(&host, "small"))
         .iter()
         .filter(|e| e.starts_with(".tmp-"))
@@ -438,18 +455,11 @@ fn debootstrap_builds_a_recipe_when_forced_and_failures_leave_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // SAFETY: kill on the pid of a child we have not reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = child.wait().unwrap();
+    build.interrupt(&host, "small");
     eprintln!(
         "timing: interrupted debootstrap build: {:.1?}",
         began.elapsed()
     );
-    assert!(!status.success());
-    assert!(rest.contains("the build was interrupted"), "{seen}{rest}");
-    assert_eq!(entries(&image_dir(&host, "small")), Vec::<String>::new());
 
     // The whole build: every step reported, the image listed with its builder.
     let began = Instant::now();
