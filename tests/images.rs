@@ -123,12 +123,7 @@ fn recipe_image_is_built_by_run_reused_listed_and_guarded() {
             .lines()
             .find_map(|l| l.strip_prefix("Version: "))
             .unwrap();
-        let packages: Vec<&str> = image["packages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap())
-            .collect();
+        let packages = package_lines(image);
         assert!(
             packages.contains(&format!("{package} {version}").as_str()),
             "{package} {version} is part of the digest's input"
@@ -236,14 +231,7 @@ fn failed_and_interrupted_builds_leave_nothing_and_name_the_field() {
     let dead = image_dir(&host, "no-package").join(format!(".tmp-0123-{}", i32::MAX));
     std::fs::create_dir_all(dead.join("rootfs/etc")).unwrap();
 
-    let began = Instant::now();
-    let output = host.try_cli(&["image", "build", "no-package"]);
-    eprintln!(
-        "timing: build failing on a missing package: {:.1?}",
-        began.elapsed()
-    );
-    assert!(!output.status.success());
-    let message = String::from_utf8_lossy(&output.stderr);
+    let message = failed_build(&host, "no-package", "build failing on a missing package");
     let file = recipes.join("no-package.toml");
     assert!(
         message.contains(&format!(
@@ -286,6 +274,25 @@ fn failed_and_interrupted_builds_leave_nothing_and_name_the_field() {
         build.seen
     );
     build.interrupt(&host, "slow");
+}
+
+/// The `name version` lines of an image's listing (part of its digest's input).
+fn package_lines(image: &Value) -> Vec<&str> {
+    image["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect()
+}
+
+/// `image build IMAGE`, which must fail: its error output, its time printed as `what`.
+fn failed_build(host: &TestHost, image: &str, what: &str) -> String {
+    let began = Instant::now();
+    let output = host.try_cli(&["image", "build", image]);
+    eprintln!("timing: {what}: {:.1?}", began.elapsed());
+    assert!(!output.status.success(), "building {image} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// `image build` running in the background, its output read up to a line.
@@ -410,14 +417,11 @@ fn debootstrap_builds_a_recipe_when_forced_and_failures_leave_nothing() {
     assert!(host.cli(&["config", "check"]).contains("ok"));
 
     // An unknown package is blamed on its `packages` entry.
-    let began = Instant::now();
-    let output = host.try_cli(&["image", "build", "missing"]);
-    eprintln!(
-        "timing: debootstrap build failing on a missing package: {:.1?}",
-        began.elapsed()
+    let message = failed_build(
+        &host,
+        "missing",
+        "debootstrap build failing on a missing package",
     );
-    assert!(!output.status.success());
-    let message = String::from_utf8_lossy(&output.stderr);
     let file = recipes.join("missing.toml");
     assert!(
         message.contains(&format!(
@@ -492,12 +496,7 @@ fn debootstrap_builds_a_recipe_when_forced_and_failures_leave_nothing() {
     assert_eq!(image["builder"], "debootstrap");
     let digest = image["digest"].as_str().unwrap();
     assert_eq!(entries(&image_dir(&host, "small")), [&digest[..16]]);
-    let packages: Vec<&str> = image["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let packages = package_lines(image);
     let netbase = packages
         .iter()
         .find(|p| p.starts_with("netbase "))
