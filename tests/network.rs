@@ -1,5 +1,6 @@
 //! The internal network: planned addresses, names, fw1's public entry with DNAT keeping the
-//! client address, masquerade, the DOS filter, the inter-node policy, reload, clean-up.
+//! client address, masquerade (over the host veth and over a real uplink with a macvlan), the
+//! DOS filter, the inter-node policy, reload, clean-up.
 
 mod common;
 
@@ -11,6 +12,11 @@ use common::{wait_for, TestHost, DB_STAND_IN, LB_STAND_IN, WEB_STAND_IN};
 
 /// fw1, lb1 (busybox httpd with a CGI that prints the client address), web1, db1.
 fn stack(name: &str, extra: &str) -> TestHost {
+    stack_with(name, extra, |_| {})
+}
+
+/// [`stack`], with `prepare` run on the host before its daemon starts.
+fn stack_with(name: &str, extra: &str, prepare: impl FnOnce(&TestHost)) -> TestHost {
     let mut host = TestHost::new(
         name,
         &format!(
@@ -27,6 +33,7 @@ role = "db"
 {extra}"#
         ),
     );
+    prepare(&host);
     host.start_daemon();
     for node in ["fw1", "lb1", "web1", "db1"] {
         host.wait_node_state(node, "running");
@@ -177,6 +184,175 @@ fn the_public_side_dnats_to_lb1_keeps_the_client_and_masquerades_outbound() {
         Duration::from_millis(500),
     );
     assert!(other.is_none());
+}
+
+/// The world beyond a real uplink: a network namespace held by a sleeping process, reached from
+/// the host through a veth whose host end is the uplink fw1's macvlan sits on; the far end holds
+/// the public gateway's address. Removed on drop.
+struct Outside {
+    holder: std::process::Child,
+    uplink: String,
+}
+
+impl Outside {
+    fn new(host: &TestHost) -> Outside {
+        let holder = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .spawn()
+            .unwrap();
+        let outside = Outside {
+            uplink: format!("{}up", host.net.link_prefix),
+            holder,
+        };
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        wait_for("the outside namespace", Duration::from_secs(5), || {
+            std::fs::read_link(outside.netns()).is_ok_and(|ns| ns != ours)
+        });
+        let pid = outside.holder.id().to_string();
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &outside.uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan",
+            "netns",
+            &pid,
+        ]);
+        run(&["ip", "link", "set", &outside.uplink, "up"]);
+        let gateway = format!("{}/24", host.net.public_gateway());
+        outside.run(&["ip", "addr", "add", &gateway, "dev", "wan"]);
+        outside.run(&["ip", "link", "set", "wan", "up"]);
+        outside.run(&["ip", "link", "set", "lo", "up"]);
+        outside
+    }
+
+    fn netns(&self) -> String {
+        format!("/proc/{}/ns/net", self.holder.id())
+    }
+
+    /// Moves the calling thread into the outside namespace (sockets it opens belong there).
+    fn enter(&self) {
+        let netns = std::fs::File::open(self.netns()).unwrap();
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+
+    /// `work` on a thread in the outside namespace.
+    fn within<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter();
+                    work()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// A command in the outside namespace; its standard output.
+    fn run(&self, command: &[&str]) -> String {
+        let netns = format!("--net={}", self.netns());
+        let mut args = vec!["nsenter", netns.as_str()];
+        args.extend_from_slice(command);
+        run(&args)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.uplink])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn run(command: &[&str]) -> String {
+    let output = std::process::Command::new(command[0])
+        .args(&command[1..])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A production uplink (`uplink = "<interface>"`): fw1's public side is a macvlan on it, in
+/// fw1's namespace, and the outside reaches lb1 through it (client address kept) while a node's
+/// outbound connection leaves with the public address.
+#[test]
+fn on_a_real_uplink_fw1_gets_a_macvlan_the_outside_reaches_lb1_through() {
+    let mut outside = None;
+    let host = stack_with("netuplink", "", |host| {
+        let world = Outside::new(host);
+        let text = std::fs::read_to_string(&host.config).unwrap();
+        let text = text.replacen(
+            "uplink = \"host\"",
+            &format!("uplink = \"{}\"", world.uplink),
+            1,
+        );
+        std::fs::write(&host.config, text).unwrap();
+        outside = Some(world);
+    });
+    let outside = outside.unwrap();
+    let net = &host.net;
+
+    let fw1_netns = format!("--net=/proc/{}/ns/net", host.node_pid("fw1"));
+    let eth1 = run(&["nsenter", &fw1_netns, "ip", "-d", "address", "show", "eth1"]);
+    assert!(eth1.contains("macvlan mode bridge"), "{eth1}");
+    assert!(
+        eth1.contains(&format!("inet {}/24", net.public_ip())),
+        "{eth1}"
+    );
+    assert!(
+        !host.net.links().iter().any(|l| l.contains('_')),
+        "no veth to the host with a real uplink: {:?}",
+        host.net.links()
+    );
+
+    let public = format!("{}:80", net.public_ip());
+    let page = outside.within(|| http_get(&public, "/cgi-bin/ip", Duration::from_secs(3)));
+    let page = page.expect("the public address does not answer from outside");
+    assert!(
+        page.contains(&format!("client=[::ffff:{}]", net.public_gateway())),
+        "{page}"
+    );
+
+    // web1 connects out: the outside sees fw1's public address.
+    let gateway = net.public_gateway();
+    let (port_sender, port) = std::sync::mpsc::channel();
+    let peer = std::thread::scope(|scope| {
+        let listening = scope.spawn(|| {
+            outside.enter();
+            let listener = TcpListener::bind(format!("{gateway}:0")).unwrap();
+            port_sender
+                .send(listener.local_addr().unwrap().port())
+                .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            (0..150).find_map(|_| match listener.accept() {
+                Ok((_, peer)) => Some(peer),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    None
+                }
+            })
+        });
+        let port = port.recv().unwrap();
+        let connect = format!("echo out | timeout 2 nc -w 1 {gateway} {port}");
+        let _ = host.exec("web1", &["sh", "-c", &connect]);
+        listening.join().unwrap()
+    });
+    let peer = peer.expect("web1's outbound connection never arrived");
+    assert_eq!(peer.ip().to_string(), net.public_ip(), "not masqueraded");
 }
 
 #[test]
