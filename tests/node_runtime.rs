@@ -203,6 +203,30 @@ fn exec_gives_a_node_pty_when_stdin_is_a_terminal() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("/dev/pts/0"), "not a node pty: {text}");
+
+    // The terminal belongs to the command's user, group tty, as a login's would.
+    host.exec_stdout(
+        "s1",
+        &[
+            "sh",
+            "-c",
+            "echo 'www:x:33:33:www:/tmp:/bin/sh' >> /etc/passwd && echo 'tty:x:5:' >> /etc/group",
+        ],
+    );
+    for (user, owner) in [("root", "0 5 620"), ("www", "33 5 620")] {
+        let command = format!(
+            "{AGENT} --config {} exec --user {user} s1 -- sh -c 'stat -c \"%u %g %a\" $(tty)'",
+            host.config.display()
+        );
+        let output = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{text}");
+        assert!(text.contains(owner), "{user}'s terminal: {text}");
+    }
 }
 
 #[test]

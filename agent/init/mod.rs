@@ -13,7 +13,7 @@ pub mod rootfs;
 pub mod supervisor;
 
 /// `exec` looks users up and builds the environment the way role processes get them.
-pub(crate) use process::{find_account, Account, DEFAULT_PATH};
+pub(crate) use process::{find_account, find_group, Account, DEFAULT_PATH};
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};

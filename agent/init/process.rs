@@ -50,6 +50,16 @@ pub fn find_account(passwd: &str, user: &str) -> Option<Account> {
     })
 }
 
+/// The id of a group in the node's /etc/group text, by name.
+pub fn find_group(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 3 && fields[0] == name)
+            .then(|| fields[2].parse().ok())
+            .flatten()
+    })
+}
+
 pub fn prepare(spec: &ProcessSpec, passwd: &str) -> Result<Launch, String> {
     let user = spec.user.as_deref().unwrap_or("root");
     let account = find_account(passwd, user)
@@ -206,6 +216,11 @@ mod tests {
         assert_eq!(find_account(PASSWD, "33").unwrap().home, "/var/www");
         assert!(find_account(PASSWD, "nobody").is_none());
         assert!(find_account("garbage\n::::\n", "root").is_none());
+        let group = "root:x:0:\ntty:x:5:\nbroken:x\nodd:x:notanumber:\n";
+        assert_eq!(find_group(group, "tty"), Some(5));
+        assert_eq!(find_group(group, "broken"), None);
+        assert_eq!(find_group(group, "odd"), None);
+        assert_eq!(find_group(group, "www-data"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use nix::unistd::{self, ForkResult};
 
 use super::clone::pidfd_open;
 use crate::confinement::Confinement;
-use crate::init::{find_account, Account, DEFAULT_PATH};
+use crate::init::{find_account, find_group, Account, DEFAULT_PATH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnterError {
@@ -101,7 +101,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     );
     let home = CString::new(account.home.as_str()).unwrap_or_else(|_| c"/".into());
     let pty = if request.tty {
-        Some(open_node_pty().map_err(fail("open a pty in the node"))?)
+        Some(open_node_pty(&account).map_err(fail("open a pty in the node"))?)
     } else {
         None
     };
@@ -228,8 +228,27 @@ fn become_command(
     result.err().unwrap_or(nix::errno::Errno::UnknownErrno)
 }
 
-/// A pty from the node's devpts (we are in its mount namespace), sized like the caller's terminal.
-fn open_node_pty() -> std::io::Result<(PtyMaster, String)> {
+/// A pty from the node's devpts (we are in its mount namespace), sized like the caller's
+/// terminal, and owned like a login's: by the command's user and group `tty` of the node (else
+/// the user's group), mode 0620 (the devpts mount's). devpts gives a new terminal the opener's
+/// filesystem ids, so they are set to those first: made as host root, the terminal would show
+/// as nobody's in the node and could not be given away from inside its user namespace.
+fn open_node_pty(account: &Account) -> std::io::Result<(PtyMaster, String)> {
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let group = find_group(&groups, "tty").unwrap_or(account.gid);
+    unistd::setfsgid(unistd::Gid::from_raw(group));
+    unistd::setfsuid(unistd::Uid::from_raw(account.uid));
+    // setfs[ug]id report no errors: asking again returns the ids in force.
+    let in_force = (
+        unistd::setfsuid(unistd::Uid::from_raw(account.uid)).as_raw(),
+        unistd::setfsgid(unistd::Gid::from_raw(group)).as_raw(),
+    );
+    if in_force != (account.uid, group) {
+        return Err(std::io::Error::other(format!(
+            "could not take uid {} and gid {group} to make the terminal",
+            account.uid
+        )));
+    }
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     grantpt(&master)?;
     unlockpt(&master)?;
