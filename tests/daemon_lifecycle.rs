@@ -5,19 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{process_alive, wait_for, TestHost, SLEEPER_ROLE};
-
-fn nodes(names: &[&str]) -> String {
-    let mut body = String::new();
-    for name in names {
-        body.push_str(&format!("[nodes.{name}]\nrole = \"sleeper\"\n"));
-    }
-    body.push_str(SLEEPER_ROLE);
-    body
-}
+use common::{process_alive, sleeper_nodes, wait_for, TestHost};
 
 fn running_host(name: &str, names: &[&str]) -> TestHost {
-    let mut host = TestHost::new(name, &nodes(names));
+    let mut host = TestHost::new(name, &sleeper_nodes(names));
     host.start_daemon();
     for node in names {
         host.wait_node_state(node, "running");
@@ -104,7 +95,7 @@ fn reload_restarts_only_what_changed() {
     // Invalid: nothing changes.
     host.write_config(&format!(
         "{}[nodes.s4]\nrole = \"nope\"\n",
-        nodes(&["s1", "s2"])
+        sleeper_nodes(&["s1", "s2"])
     ));
     let refused = host.try_cli(&["reload"]);
     assert!(!refused.status.success());
@@ -115,7 +106,7 @@ fn reload_restarts_only_what_changed() {
     // s1 changes, s2 stays, s3 goes, s4 arrives.
     host.write_config(&format!(
         "{}[nodes.s1.resources]\nmemory = \"32M\"\n[nodes.s4]\nrole = \"sleeper\"\n",
-        nodes(&["s1", "s2"])
+        sleeper_nodes(&["s1", "s2"])
     ));
     let report = host.cli(&["reload"]);
     assert!(report.contains("restarted: s1"), "{report}");
@@ -149,7 +140,7 @@ fn a_node_added_before_running_ones_of_an_unplanned_role_renumbers_none() {
     assert_eq!(before[0].1, host.net.ip(100));
 
     host.kill_daemon(libc::SIGTERM);
-    host.write_config(&nodes(&["s1", "s2", "s3"]));
+    host.write_config(&sleeper_nodes(&["s1", "s2", "s3"]));
     host.start_daemon();
     host.wait_node_state("s1", "running");
     let after = [
@@ -159,7 +150,7 @@ fn a_node_added_before_running_ones_of_an_unplanned_role_renumbers_none() {
     assert_eq!(after, before, "a running node was renumbered");
     assert_eq!(ip(&host, "s1"), host.net.ip(102));
 
-    host.write_config(&nodes(&["s0", "s1", "s2", "s3"]));
+    host.write_config(&sleeper_nodes(&["s0", "s1", "s2", "s3"]));
     let report = host.cli(&["reload"]);
     assert!(report.contains("started: s0"), "{report}");
     assert!(report.contains("unchanged: s1 s2 s3"), "{report}");
@@ -171,7 +162,7 @@ fn a_node_added_before_running_ones_of_an_unplanned_role_renumbers_none() {
 
 #[test]
 fn start_up_sweeps_leftovers_of_nodes_it_does_not_have() {
-    let mut host = TestHost::new("sweep", &nodes(&["s1"]));
+    let mut host = TestHost::new("sweep", &sleeper_nodes(&["s1"]));
     // A half-made node: a cgroup holding a process, a run dir with a torn state file.
     let roots = common::cgroup_roots();
     let mut stray = std::process::Command::new("sleep")
@@ -204,7 +195,7 @@ fn start_up_sweeps_leftovers_of_nodes_it_does_not_have() {
 #[test]
 fn a_daemon_killed_while_starting_or_stopping_leaves_a_consistent_host() {
     let names = ["s1", "s2", "s3", "s4"];
-    let mut host = TestHost::new("crash", &nodes(&names));
+    let mut host = TestHost::new("crash", &sleeper_nodes(&names));
     for delay_ms in [0u64, 15, 40] {
         host.start_daemon_no_wait();
         std::thread::sleep(Duration::from_millis(delay_ms));

@@ -190,18 +190,24 @@ fn exec_passes_stdio_and_exit_code_and_joins_the_cgroup() {
     assert!(!stopped.status.success());
 }
 
-#[test]
-fn exec_gives_a_node_pty_when_stdin_is_a_terminal() {
-    let host = sleeper_host("pty", "");
-    // `script` runs the CLI on a terminal, as an operator's shell would.
-    let command = format!("{AGENT} --config {} exec s1 -- tty", host.config.display());
+/// `magestack-agent ARGS` run on a terminal by `script`, as an operator's shell would; its
+/// output, once it succeeded.
+fn on_a_terminal(host: &TestHost, args: &str) -> String {
+    let command = format!("{AGENT} --config {} {args}", host.config.display());
     let output = Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{args}: {text}");
+    text
+}
+
+#[test]
+fn exec_gives_a_node_pty_when_stdin_is_a_terminal() {
+    let host = sleeper_host("pty", "");
+    let text = on_a_terminal(&host, "exec s1 -- tty");
     assert!(text.contains("/dev/pts/0"), "not a node pty: {text}");
 
     // The terminal belongs to the command's user, group tty, as a login's would.
@@ -214,17 +220,10 @@ fn exec_gives_a_node_pty_when_stdin_is_a_terminal() {
         ],
     );
     for (user, owner) in [("root", "0 5 620"), ("www", "33 5 620")] {
-        let command = format!(
-            "{AGENT} --config {} exec --user {user} s1 -- sh -c 'stat -c \"%u %g %a\" $(tty)'",
-            host.config.display()
+        let text = on_a_terminal(
+            &host,
+            &format!("exec --user {user} s1 -- sh -c 'stat -c \"%u %g %a\" $(tty)'"),
         );
-        let output = Command::new("script")
-            .args(["-qec", &command, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{text}");
         assert!(text.contains(owner), "{user}'s terminal: {text}");
     }
 }

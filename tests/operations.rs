@@ -13,17 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{wait_for, TestHost, AGENT, SLEEPER_ROLE};
+use common::{sleeper_nodes, wait_for, TestHost, AGENT};
 use openmetrics_parser::{MetricFamily, OpenMetricsType, OpenMetricsValue};
-
-fn sleepers(names: &[&str]) -> String {
-    let mut body = String::new();
-    for name in names {
-        body.push_str(&format!("[nodes.{name}]\nrole = \"sleeper\"\n"));
-    }
-    body.push_str(SLEEPER_ROLE);
-    body
-}
 
 /// A daemon this test starts itself (with an environment or a namespace `TestHost` does not
 /// give), killed by its pid if the test ends early. The nodes are left to `TestHost`.
@@ -132,7 +123,7 @@ fn receive_until(socket: &UnixDatagram, limit: Instant) -> Vec<(Instant, Vec<u8>
 
 #[test]
 fn systemd_gets_ready_status_and_watchdog_pings_at_half_the_timeout() {
-    let host = TestHost::new("notify", &sleepers(&["n1"]));
+    let host = TestHost::new("notify", &sleeper_nodes(&["n1"]));
     let socket_path = host.dir.join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let mut daemon = OwnDaemon::start(
@@ -207,7 +198,7 @@ fn systemd_gets_ready_status_and_watchdog_pings_at_half_the_timeout() {
 
 #[test]
 fn without_a_watchdog_for_this_pid_no_pings_are_sent() {
-    let host = TestHost::new("nowdog", &sleepers(&["n1"]));
+    let host = TestHost::new("nowdog", &sleeper_nodes(&["n1"]));
     let socket_path = host.dir.join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let mut daemon = OwnDaemon::start(
@@ -278,7 +269,7 @@ fn the_systemd_unit_has_what_the_agent_needs_and_verifies() {
 
 #[test]
 fn the_daemon_logs_to_the_journal_with_node_role_and_process_fields() {
-    let host = TestHost::new("journal", &sleepers(&["j1"]));
+    let host = TestHost::new("journal", &sleeper_nodes(&["j1"]));
     // A journal socket of our own, seen at the fixed path only by the daemon: it runs in a mount
     // namespace of its own with a private /run.
     let journal = host.dir.join("journal");
@@ -381,7 +372,7 @@ fn metrics_parse_as_openmetrics_and_have_per_node_series() {
         "metrics",
         &format!(
             "{}[nodes.m2.resources]\nmemory = \"64M\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            sleepers(&["m1", "m2"])
+            sleeper_nodes(&["m1", "m2"])
         ),
     );
     host.start_daemon();
@@ -624,7 +615,7 @@ keep = 2
 
 #[test]
 fn exec_passes_the_exit_code_runs_in_the_node_and_as_a_user() {
-    let mut host = TestHost::new("exec", &sleepers(&["e1"]));
+    let mut host = TestHost::new("exec", &sleeper_nodes(&["e1"]));
     host.start_daemon();
     host.wait_node_state("e1", "running");
 
@@ -675,7 +666,7 @@ fn exec_passes_the_exit_code_runs_in_the_node_and_as_a_user() {
 fn memory_config(r1: &str, r2: &str) -> String {
     format!(
         "{}[nodes.r1.resources]\nmemory = \"{r1}\"\n[nodes.r2.resources]\nmemory = \"{r2}\"\n",
-        sleepers(&["r1", "r2"])
+        sleeper_nodes(&["r1", "r2"])
     )
 }
 
@@ -761,7 +752,7 @@ fn config_check_names_the_line_of_an_error() {
         "cfgline",
         &format!(
             "{}[nodes.bad]\nrole = \"sleeper\"\nmemroy = \"1G\"\n",
-            sleepers(&["c1"])
+            sleeper_nodes(&["c1"])
         ),
     );
     let text = std::fs::read_to_string(&host.config).unwrap();
@@ -775,7 +766,7 @@ fn config_check_names_the_line_of_an_error() {
         "{located} not in {message}"
     );
 
-    host.write_config(&sleepers(&["c1"]));
+    host.write_config(&sleeper_nodes(&["c1"]));
     let ok = host.cli(&["config", "check"]);
     assert!(ok.contains("ok, 1 nodes: c1"), "{ok}");
 }

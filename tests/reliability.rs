@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cgroup_roots, process_alive, wait_for, TestHost, AGENT, SLEEPER_ROLE};
+use common::{cgroup_roots, process_alive, sleeper_nodes, wait_for, TestHost, AGENT};
 
 /// Start/stop cycles of the churn test; each cycle starts and stops three nodes, every tenth
 /// one restarts them in between (300 cycles take 15-30 s on the 2-core development VM).
@@ -19,15 +19,6 @@ const CHURN_CYCLES: usize = 300;
 /// Rounds of the kill test; each kills the daemon once and restarts it (100 rounds take about
 /// 20 s on the 2-core development VM).
 const KILL_ROUNDS: usize = 100;
-
-fn nodes(names: &[&str]) -> String {
-    let mut body = String::new();
-    for name in names {
-        body.push_str(&format!("[nodes.{name}]\nrole = \"sleeper\"\n"));
-    }
-    body.push_str(SLEEPER_ROLE);
-    body
-}
 
 /// splitmix64: small, good enough, and the same on every machine for a given seed.
 struct Rng(u64);
@@ -160,7 +151,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn churn_leaves_the_machine_as_it_was() {
     let names = ["c1", "c2", "c3"];
-    let mut host = TestHost::new("churn", &nodes(&names));
+    let mut host = TestHost::new("churn", &sleeper_nodes(&names));
     host.start_daemon();
     for node in names {
         host.wait_node_state(node, "running");
@@ -224,7 +215,7 @@ fn churn_leaves_the_machine_as_it_was() {
 
 /// The config of the kill test: `names` with a 64M limit, those in `big` at 48M instead.
 fn kill_test_config(names: &[&str], big: &[String]) -> String {
-    let mut body = nodes(names);
+    let mut body = sleeper_nodes(names);
     body.push_str("[roles.sleeper.resources]\nmemory = \"64M\"\n");
     // A shared volume: each start forks a helper for its id mapping, which a killed daemon
     // must not leave behind (it would carry the daemon's command line and descriptors).
@@ -534,7 +525,7 @@ fn a_daemon_killed_at_random_moments_always_recovers_a_consistent_host() {
 #[test]
 fn corrupt_state_files_and_a_power_cut_are_recovered_from() {
     let names = ["p1", "p2", "p3"];
-    let mut host = TestHost::new("powercut", &nodes(&names));
+    let mut host = TestHost::new("powercut", &sleeper_nodes(&names));
     host.start_daemon();
     for node in names {
         host.wait_node_state(node, "running");
@@ -675,7 +666,7 @@ impl Drop for SmallFilesystem {
 
 #[test]
 fn a_full_state_disk_fails_a_start_cleanly_and_running_nodes_keep_running() {
-    let mut host = TestHost::new("fulldisk", &nodes(&["f1"]));
+    let mut host = TestHost::new("fulldisk", &sleeper_nodes(&["f1"]));
     let disk = SmallFilesystem::mount(&host.state_dir(), "size=16m,nr_inodes=2048,mode=0755");
     host.start_daemon();
     host.wait_node_state("f1", "running");
@@ -683,7 +674,7 @@ fn a_full_state_disk_fails_a_start_cleanly_and_running_nodes_keep_running() {
     disk.fill();
 
     // A new node cannot even be given its id range: a clear error, nothing made.
-    host.write_config(&nodes(&["f1", "f2"]));
+    host.write_config(&sleeper_nodes(&["f1", "f2"]));
     let reload = host.try_cli(&["reload"]);
     let stderr = String::from_utf8_lossy(&reload.stderr);
     eprintln!("reload on a full disk: {stderr}");

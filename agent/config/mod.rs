@@ -84,10 +84,7 @@ fn host_dir_leniently(
     key: &str,
     default: &str,
 ) -> Result<PathBuf, ConfigError> {
-    let source = match path {
-        Some(path) => Source::from_file(path)?,
-        None => shipped::default_config(),
-    };
+    let source = read(path)?;
     let table: toml::Table = toml::from_str(&source.text).map_err(|error| {
         ConfigError::Invalid(vec![source.at(error.span(), error.message().trim())])
     })?;
@@ -101,25 +98,29 @@ fn host_dir_leniently(
 
 /// Reads and checks the configuration at `path`, or the embedded default when `None`.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    load_keeping(path, &BTreeMap::new())
+    parse(&read(path)?)
 }
 
-/// [`load`], where nodes outside the address plan keep the addresses in `kept` (the running
-/// nodes') while those are free.
-pub fn load_keeping(
-    path: Option<&Path>,
-    kept: &BTreeMap<String, std::net::Ipv4Addr>,
-) -> Result<Config, ConfigError> {
-    let source = match path {
-        Some(path) => Source::from_file(path)?,
-        None => shipped::default_config(),
-    };
-    resolve::resolve(&source, kept)
+/// The configuration text at `path`, or the embedded default when `None`.
+pub fn read(path: Option<&Path>) -> Result<Source, ConfigError> {
+    match path {
+        Some(path) => Source::from_file(path),
+        None => Ok(shipped::default_config()),
+    }
 }
 
 /// Checks one configuration text.
 pub fn parse(source: &Source) -> Result<Config, ConfigError> {
-    resolve::resolve(source, &BTreeMap::new())
+    parse_keeping(source, &BTreeMap::new())
+}
+
+/// [`parse`], where nodes outside the address plan keep the addresses in `kept` (the running
+/// nodes') while those are free.
+pub fn parse_keeping(
+    source: &Source,
+    kept: &BTreeMap<String, std::net::Ipv4Addr>,
+) -> Result<Config, ConfigError> {
+    resolve::resolve(source, kept)
 }
 
 #[cfg(test)]

@@ -39,7 +39,8 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 /// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
 /// outside the plan): the addresses are resolved again with theirs when they differ.
 pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, ConfigError> {
-    let config = config::load(path)?;
+    let source = config::read(path)?;
+    let config = config::parse(&source)?;
     let running: BTreeMap<String, std::net::Ipv4Addr> =
         crate::runtime::live_records(&config.host.run_dir.join("nodes"))
             .into_iter()
@@ -49,7 +50,7 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
         .iter()
         .any(|(node, ip)| config.nodes.get(node).is_some_and(|spec| spec.ip != *ip));
     let config = if moved {
-        config::load_keeping(path, &running)?
+        config::parse_keeping(&source, &running)?
     } else {
         config
     };

@@ -215,16 +215,7 @@ pub fn create(
     if existing_volume(node, name, &path)? {
         return Ok((path, false));
     }
-    let io = |what, path: &Path| {
-        let (node, name, path) = (node.to_string(), name.to_string(), path.to_path_buf());
-        move |source| VolumeError::Io {
-            node,
-            name,
-            what,
-            path,
-            source,
-        }
-    };
+    let io = |what, path: &Path| io_error(node, name, what, path);
     let parent = dirs.node(node).volumes;
     if !parent.is_dir() {
         if is_shared(node) {
@@ -261,6 +252,23 @@ pub fn create(
     placed.map(|()| (path, true))
 }
 
+/// An I/O error `what`ing `path` for volume `name` of `node`.
+fn io_error(
+    node: &str,
+    name: &str,
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let (node, name, path) = (node.to_string(), name.to_string(), path.to_path_buf());
+    move |source| VolumeError::Io {
+        node,
+        name,
+        what,
+        path,
+        source,
+    }
+}
+
 /// What marks a volume being made: `.<name>.unfinished`.
 const UNFINISHED: &str = ".unfinished";
 
@@ -274,13 +282,7 @@ fn existing_volume(node: &str, name: &str, path: &Path) -> Result<bool, VolumeEr
             path: path.to_path_buf(),
         }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(VolumeError::Io {
-            node: node.into(),
-            name: name.into(),
-            what: "checking",
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(io_error(node, name, "checking", path)(source)),
     }
 }
 
@@ -422,13 +424,8 @@ pub fn list(dirs: &HostDirs, node: Option<&str>) -> Result<Vec<VolumeInfo>, Volu
             if !metadata.is_dir() {
                 continue;
             }
-            let kind = kind(&path).map_err(|source| VolumeError::Io {
-                node: node.clone(),
-                name: name.clone(),
-                what: "checking the filesystem of",
-                path: path.clone(),
-                source,
-            })?;
+            let kind =
+                kind(&path).map_err(io_error(&node, &name, "checking the filesystem of", &path))?;
             found.push(VolumeInfo {
                 size_bytes: disk_usage(&path, metadata.dev()),
                 node: node.clone(),
@@ -469,16 +466,7 @@ fn disk_usage(dir: &Path, dev: u64) -> u64 {
 /// caller's to check. Returns what it was.
 pub fn remove(dirs: &HostDirs, node: &str, name: &str) -> Result<VolumeKind, VolumeError> {
     let path = checked_path(dirs, node, name)?;
-    let io = |what| {
-        let (node, name, path) = (node.to_string(), name.to_string(), path.clone());
-        move |source| VolumeError::Io {
-            node,
-            name,
-            what,
-            path,
-            source,
-        }
-    };
+    let io = |what| io_error(node, name, what, &path);
     let metadata = match std::fs::symlink_metadata(&path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {

@@ -215,6 +215,16 @@ name = "sleep"
 command = ["sleep", "1000000"]
 "#;
 
+/// `[nodes]` of the sleeper role, one per name, followed by the role itself.
+pub fn sleeper_nodes(names: &[&str]) -> String {
+    let mut body = String::new();
+    for name in names {
+        body.push_str(&format!("[nodes.{name}]\nrole = \"sleeper\"\n"));
+    }
+    body.push_str(SLEEPER_ROLE);
+    body
+}
+
 impl TestHost {
     /// A host whose config is the given `[nodes]`/`[roles]` text after a generated `[host]`.
     pub fn new(name: &str, body: &str) -> TestHost {
