@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
+use common::descriptors::{descriptors, foreign_descriptors};
+use common::network::{can_connect, http_get, run, stack};
 use common::{process_alive, wait_for, TestHost, AGENT, SLEEPER_ROLE};
 
 /// Two nodes: `s1`, the attacker, with small limits, and `s2`, its neighbour.
@@ -47,19 +50,13 @@ fn attempt(host: &TestHost, node: &str, line: &str) -> (bool, String) {
 }
 
 fn refused(host: &TestHost, line: &str) -> String {
-    let (succeeded, text) = attempt(host, "s1", line);
-    assert!(!succeeded, "`{line}` succeeded in the node: {text}");
-    text
+    refused_in(host, "s1", line)
 }
 
-/// Host pids of every process in a node's cgroup (the first v1 hierarchy or the v2 one).
-fn node_processes(host: &TestHost, node: &str) -> Vec<i32> {
-    let dir = host.cgroup_dirs()[0].join(node);
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect()
+fn refused_in(host: &TestHost, node: &str, line: &str) -> String {
+    let (succeeded, text) = attempt(host, node, line);
+    assert!(!succeeded, "`{line}` succeeded in the node: {text}");
+    text
 }
 
 /// The node's role process (`sleep`): in its cgroup, not its init.
@@ -67,7 +64,8 @@ fn role_process(host: &TestHost, node: &str) -> i32 {
     let init = host.node_pid(node);
     let mut found = 0;
     wait_for("the role process", Duration::from_secs(10), || {
-        found = node_processes(host, node)
+        found = host
+            .node_processes(node)
             .into_iter()
             .find(|pid| {
                 *pid != init
@@ -366,5 +364,187 @@ fn even_a_privileged_node_reaches_only_its_minimal_devices() {
     refused(
         &host,
         &format!("mknod /disk b {major} {minor} || head -c 512 /dev/block/{major}:{minor}"),
+    );
+}
+
+#[test]
+fn no_descriptor_of_the_host_reaches_a_node() {
+    let mut host = TestHost::new(
+        "descriptors",
+        &format!(
+            r#"
+[nodes.s1]
+role = "sleeper"
+{SLEEPER_ROLE}
+[roles.sleeper.health]
+exec = ["sleep", "1"]
+interval = "200ms"
+"#
+        ),
+    );
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    role_process(&host, "s1");
+
+    // An `exec` whose caller holds descriptors of its own (a host file, a host directory).
+    let mut session = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7</etc/passwd 8<{}; exec {AGENT} --config {} exec s1 -- sleep 3",
+            host.dir.display(),
+            host.config.display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let command_line =
+        |pid: &i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut exec_session = 0;
+    let mut health_check = 0;
+    wait_for(
+        "the exec session and a health check",
+        Duration::from_secs(10),
+        || {
+            for pid in host.node_processes("s1") {
+                match command_line(&pid).as_slice() {
+                    b"sleep\x003\x00" => exec_session = pid,
+                    b"sleep\x001\x00" => health_check = pid,
+                    _ => {}
+                }
+            }
+            exec_session != 0 && health_check != 0
+        },
+    );
+    let foreign = foreign_descriptors(&host, "s1");
+    assert!(
+        foreign.is_empty(),
+        "host descriptors in the node: {foreign:#?}"
+    );
+    for pid in [exec_session, role_process(&host, "s1")] {
+        let fds: Vec<u32> = descriptors(pid).into_iter().map(|(fd, _)| fd).collect();
+        assert_eq!(fds, [0, 1, 2], "pid {pid} holds more than stdio");
+    }
+    // The init keeps its own (5: the host's log dir of the node): nothing in the node may
+    // follow them.
+    refused_in(&host, "s1", "ls /proc/1/fd/5/");
+    refused_in(&host, "s1", "readlink /proc/1/fd/5");
+    drop(session.stdin.take());
+    let output = session.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+/// Whether `from` gets an answer over TCP from `[address]:port` within one second.
+fn can_connect_v6(host: &TestHost, from: &str, address: &str, port: u16) -> bool {
+    let line = format!("echo ping | nc -w 1 {address} {port} | grep -q .");
+    attempt(host, from, &line).0
+}
+
+#[test]
+fn ipv6_is_no_way_around_the_policy() {
+    let host = stack("ipv6", "");
+    let nodes = ["fw1", "lb1", "web1", "db1"];
+    // Off on every link of the internal network: no address a node could be reached at.
+    for link in host.net.links().iter().chain([&host.net.bridge]) {
+        let addresses = run(&["ip", "-6", "-o", "address", "show", "dev", link]);
+        assert_eq!(addresses, "", "IPv6 on {link}");
+    }
+    for node in nodes {
+        let addresses = host.exec_stdout(node, &["cat", "/proc/net/if_inet6"]);
+        assert!(
+            !addresses.contains("eth"),
+            "IPv6 on a link of {node}: {addresses}"
+        );
+    }
+
+    // Turned back on from outside, as a mistake on the host could: every flow is dropped over
+    // IPv6 whatever its IPv4 verdict, and the host's listeners stay out of reach.
+    let v6 = |n: u32| format!("fd00:{}::{n}", host.net.k);
+    let bridge_sysctl = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", host.net.bridge);
+    std::fs::write(&bridge_sysctl, "0").unwrap();
+    let host_address = format!("{}/64", v6(254));
+    run(&[
+        "ip",
+        "-6",
+        "address",
+        "add",
+        &host_address,
+        "dev",
+        &host.net.bridge,
+        "nodad",
+    ]);
+    for (node, n) in [("fw1", 1), ("lb1", 11), ("web1", 21), ("db1", 41)] {
+        let netns = format!("--net=/proc/{}/ns/net", host.node_pid(node));
+        run(&[
+            "nsenter",
+            &netns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.eth0.disable_ipv6=0",
+        ]);
+        let address = format!("{}/64", v6(n));
+        run(&[
+            "nsenter", &netns, "ip", "-6", "address", "add", &address, "dev", "eth0", "nodad",
+        ]);
+    }
+    // The path works: the host reaches lb1 and web1 over IPv6 (host output is not filtered).
+    for n in [11, 21] {
+        let target = format!("[{}]:80", v6(n));
+        assert!(
+            http_get(&target, "/", Duration::from_secs(2)).is_some(),
+            "the host does not reach {target}"
+        );
+    }
+    let flows = [
+        ("lb1", "web1", 21, true),
+        ("web1", "lb1", 11, false),
+        ("db1", "web1", 21, false),
+        ("fw1", "lb1", 11, true),
+    ];
+    for (from, to, n, allowed_over_ipv4) in flows {
+        assert_eq!(
+            can_connect(&host, from, &format!("{to}.i:80")),
+            allowed_over_ipv4,
+            "{from} -> {to}:80 over IPv4"
+        );
+        assert!(
+            !can_connect_v6(&host, from, &v6(n), 80),
+            "{from} -> {to}:80 passed over IPv6"
+        );
+    }
+    let listener = TcpListener::bind(format!("[{}]:0", v6(254))).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    can_connect_v6(&host, "web1", &v6(254), port);
+    assert!(
+        listener.accept().is_err(),
+        "web1 reached the host over IPv6"
+    );
+    std::fs::write(&bridge_sysctl, "1").unwrap();
+}
+
+#[test]
+fn the_host_uplink_is_no_way_to_the_host() {
+    let host = stack("uplink", "");
+    let net = &host.net;
+    // A host service on the host end of fw1's public link.
+    let listener = TcpListener::bind(format!("{}:0", net.public_gateway())).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    for node in ["web1", "fw1"] {
+        let line = format!("echo x | timeout 2 nc -w 1 {} {port}", net.public_gateway());
+        attempt(&host, node, &line);
+        assert!(
+            listener.accept().is_err(),
+            "{node} reached the host through fw1's public link"
+        );
+    }
+    // What the host itself opens through the public side still gets its answers.
+    let public = format!("{}:80", net.public_ip());
+    assert!(
+        http_get(&public, "/", Duration::from_secs(2)).is_some(),
+        "the public address does not answer the host"
     );
 }

@@ -4,79 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::time::Duration;
 
+use common::network::{can_connect, http_get, run, stack, stack_with, Outside};
 use common::{wait_for, TestHost, DB_STAND_IN, LB_STAND_IN, WEB_STAND_IN};
-
-/// fw1, lb1 (busybox httpd with a CGI that prints the client address), web1, db1.
-fn stack(name: &str, extra: &str) -> TestHost {
-    stack_with(name, extra, |_| {})
-}
-
-/// [`stack`], with `prepare` run on the host before its daemon starts.
-fn stack_with(name: &str, extra: &str, prepare: impl FnOnce(&TestHost)) -> TestHost {
-    let mut host = TestHost::new(
-        name,
-        &format!(
-            r#"
-[nodes.fw1]
-role = "fw"
-[nodes.lb1]
-role = "lb"
-[nodes.web1]
-role = "web"
-[nodes.db1]
-role = "db"
-{LB_STAND_IN}{DB_STAND_IN}{WEB_STAND_IN}
-{extra}"#
-        ),
-    );
-    prepare(&host);
-    host.start_daemon();
-    for node in ["fw1", "lb1", "web1", "db1"] {
-        host.wait_node_state(node, "running");
-    }
-    host.exec_stdout(
-        "lb1",
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /var/www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho client=$REMOTE_ADDR\\n' > /var/www/cgi-bin/ip && chmod +x /var/www/cgi-bin/ip",
-        ],
-    );
-    host
-}
-
-/// One HTTP GET with short, bounded timeouts; the body, or None if the connection failed.
-fn http_get(address: &str, path: &str, timeout: Duration) -> Option<String> {
-    let address: SocketAddr = address.parse().unwrap();
-    let mut stream = TcpStream::connect_timeout(&address, timeout).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-/// Whether `from` gets an answer over TCP from `target` (`host:port`) within one second (the
-/// test servers echo, or answer a stray line with an HTTP error).
-fn can_connect(host: &TestHost, from: &str, target: &str) -> bool {
-    let (name, port) = target.split_once(':').unwrap();
-    host.exec(
-        from,
-        &[
-            "sh",
-            "-c",
-            &format!("echo ping | nc -w 1 {name} {port} | grep -q ."),
-        ],
-    )
-    .status
-    .success()
-}
 
 #[test]
 fn nodes_get_planned_addresses_routes_and_names() {
@@ -143,6 +75,41 @@ fn nodes_get_planned_addresses_routes_and_names() {
     }
 }
 
+/// A network the host routes fw1's public side to (`uplink = "host"`): an [`Outside`] on a veth
+/// of its own, with forwarding on for this test's two links only (the host's global setting is
+/// left alone).
+struct BeyondTheHost {
+    outside: Outside,
+    address: String,
+}
+
+impl BeyondTheHost {
+    fn new(host: &TestHost) -> BeyondTheHost {
+        let k = host.net.k;
+        let uplink = format!("{}ox", host.net.link_prefix);
+        let outside = Outside::new(&uplink, &format!("10.211.{k}.1/24"));
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.211.{k}.254/24"),
+            "dev",
+            &uplink,
+        ]);
+        let public_net = format!("10.210.{k}.0/24");
+        let via = format!("10.211.{k}.254");
+        outside.run(&["ip", "route", "add", &public_net, "via", &via]);
+        let public_link = format!("{}_fw1", host.net.link_prefix);
+        for link in [&uplink, &public_link] {
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{link}/forwarding"), "1").unwrap();
+        }
+        BeyondTheHost {
+            outside,
+            address: format!("10.211.{k}.1"),
+        }
+    }
+}
+
 #[test]
 fn the_public_side_dnats_to_lb1_keeps_the_client_and_masquerades_outbound() {
     let host = stack("netpublic", "");
@@ -157,24 +124,13 @@ fn the_public_side_dnats_to_lb1_keeps_the_client_and_masquerades_outbound() {
     let client = format!("client=[::ffff:{}]", net.public_gateway());
     assert!(response.contains(&client), "{response}");
 
-    // web1 opens a connection out: it leaves fw1 with fw1's public address.
-    let listener = TcpListener::bind(format!("{}:0", net.public_gateway())).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    // The listener is read only after exec returns: bound nc's life with timeout.
-    let connect = format!(
-        "echo out | timeout 2 nc -w 1 {} {port}",
-        net.public_gateway()
-    );
-    let _ = host.exec("web1", &["sh", "-c", &connect]);
-    let mut peer = None;
-    for _ in 0..50 {
-        if let Ok((_, address)) = listener.accept() {
-            peer = Some(address);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // web1 opens a connection out: it leaves fw1 with fw1's public address, and the host
+    // routes it on (the host's own services are not reachable that way: see isolation.rs).
+    let beyond = BeyondTheHost::new(&host);
+    let peer = beyond.outside.accept_from(&beyond.address, |port| {
+        let connect = format!("echo out | timeout 2 nc -w 1 {} {port}", beyond.address);
+        let _ = host.exec("web1", &["sh", "-c", &connect]);
+    });
     let peer = peer.expect("web1's outbound connection never arrived");
     assert_eq!(peer.ip().to_string(), net.public_ip(), "not masqueraded");
     // Nothing else is open on the public side.
@@ -186,106 +142,6 @@ fn the_public_side_dnats_to_lb1_keeps_the_client_and_masquerades_outbound() {
     assert!(other.is_none());
 }
 
-/// The world beyond a real uplink: a network namespace held by a sleeping process, reached from
-/// the host through a veth whose host end is the uplink fw1's macvlan sits on; the far end holds
-/// the public gateway's address. Removed on drop.
-struct Outside {
-    holder: std::process::Child,
-    uplink: String,
-}
-
-impl Outside {
-    fn new(host: &TestHost) -> Outside {
-        let holder = std::process::Command::new("unshare")
-            .args(["--net", "sleep", "120"])
-            .spawn()
-            .unwrap();
-        let outside = Outside {
-            uplink: format!("{}up", host.net.link_prefix),
-            holder,
-        };
-        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
-        wait_for("the outside namespace", Duration::from_secs(5), || {
-            std::fs::read_link(outside.netns()).is_ok_and(|ns| ns != ours)
-        });
-        let pid = outside.holder.id().to_string();
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &outside.uplink,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "wan",
-            "netns",
-            &pid,
-        ]);
-        run(&["ip", "link", "set", &outside.uplink, "up"]);
-        let gateway = format!("{}/24", host.net.public_gateway());
-        outside.run(&["ip", "addr", "add", &gateway, "dev", "wan"]);
-        outside.run(&["ip", "link", "set", "wan", "up"]);
-        outside.run(&["ip", "link", "set", "lo", "up"]);
-        outside
-    }
-
-    fn netns(&self) -> String {
-        format!("/proc/{}/ns/net", self.holder.id())
-    }
-
-    /// Moves the calling thread into the outside namespace (sockets it opens belong there).
-    fn enter(&self) {
-        let netns = std::fs::File::open(self.netns()).unwrap();
-        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    }
-
-    /// `work` on a thread in the outside namespace.
-    fn within<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    self.enter();
-                    work()
-                })
-                .join()
-                .unwrap()
-        })
-    }
-
-    /// A command in the outside namespace; its standard output.
-    fn run(&self, command: &[&str]) -> String {
-        let netns = format!("--net={}", self.netns());
-        let mut args = vec!["nsenter", netns.as_str()];
-        args.extend_from_slice(command);
-        run(&args)
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.uplink])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
-
-fn run(command: &[&str]) -> String {
-    let output = std::process::Command::new(command[0])
-        .args(&command[1..])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 /// A production uplink (`uplink = "<interface>"`): fw1's public side is a macvlan on it, in
 /// fw1's namespace, and the outside reaches lb1 through it (client address kept) while a node's
 /// outbound connection leaves with the public address.
@@ -293,7 +149,8 @@ fn run(command: &[&str]) -> String {
 fn on_a_real_uplink_fw1_gets_a_macvlan_the_outside_reaches_lb1_through() {
     let mut outside = None;
     let host = stack_with("netuplink", "", |host| {
-        let world = Outside::new(host);
+        let uplink = format!("{}up", host.net.link_prefix);
+        let world = Outside::new(&uplink, &format!("{}/24", host.net.public_gateway()));
         let text = std::fs::read_to_string(&host.config).unwrap();
         let text = text.replacen(
             "uplink = \"host\"",
@@ -329,27 +186,9 @@ fn on_a_real_uplink_fw1_gets_a_macvlan_the_outside_reaches_lb1_through() {
 
     // web1 connects out: the outside sees fw1's public address.
     let gateway = net.public_gateway();
-    let (port_sender, port) = std::sync::mpsc::channel();
-    let peer = std::thread::scope(|scope| {
-        let listening = scope.spawn(|| {
-            outside.enter();
-            let listener = TcpListener::bind(format!("{gateway}:0")).unwrap();
-            port_sender
-                .send(listener.local_addr().unwrap().port())
-                .unwrap();
-            listener.set_nonblocking(true).unwrap();
-            (0..150).find_map(|_| match listener.accept() {
-                Ok((_, peer)) => Some(peer),
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(20));
-                    None
-                }
-            })
-        });
-        let port = port.recv().unwrap();
+    let peer = outside.accept_from(&gateway, |port| {
         let connect = format!("echo out | timeout 2 nc -w 1 {gateway} {port}");
         let _ = host.exec("web1", &["sh", "-c", &connect]);
-        listening.join().unwrap()
     });
     let peer = peer.expect("web1's outbound connection never arrived");
     assert_eq!(peer.ip().to_string(), net.public_ip(), "not masqueraded");

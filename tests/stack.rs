@@ -1,7 +1,7 @@
 //! The MageStack stack end to end on its real images (as root): from the host, a request to the
 //! public address goes fw1 (DNAT) -> lb1 (haproxy) -> web1/web2 (nginx + php-fpm) -> db1
 //! (MariaDB and both Redis instances) and back, with mail1 (Postfix) and acc1 (sshd) running
-//! beside them; a file web1's www-data puts in the shared media volume is served by web2;
+//! beside them, monit watching them all; a file web1's www-data puts in the shared media volume is served by web2;
 //! stopping web1 takes it out of rotation without a failed request, starting it brings it back.
 
 mod common;
@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::descriptors::foreign_descriptors;
 use common::stack::{build_images, cached_host, get, ip, wait_processes, wait_running};
 use common::TestHost;
 
@@ -27,7 +28,13 @@ role = "db"
 role = "mail"
 [nodes.acc1]
 role = "acc"
+[nodes.monitor1]
+role = "monitor"
 "#;
+
+const NODES: [&str; 8] = [
+    "fw1", "lb1", "web1", "web2", "db1", "mail1", "acc1", "monitor1",
+];
 
 /// The web nodes that answered `rounds` requests to the public address with 200.
 fn web_nodes_answering(public_ip: &str, rounds: usize) -> BTreeSet<String> {
@@ -63,10 +70,10 @@ fn wait_in_rotation(host: &TestHost, public_ip: &str, webs: &[&str], limit: Dura
 #[test]
 fn a_request_from_outside_goes_through_fw_lb_and_web_to_the_database() {
     let mut host = cached_host("stack", STACK);
-    build_images(&host, &["lb", "web", "db", "mail", "acc"]);
+    build_images(&host, &["lb", "web", "db", "mail", "acc", "monitor"]);
     let began = Instant::now();
     host.start_daemon();
-    for node in ["fw1", "lb1", "web1", "web2", "db1", "mail1", "acc1"] {
+    for node in NODES {
         wait_running(&host, node, Duration::from_secs(120));
     }
     eprintln!(
@@ -77,6 +84,7 @@ fn a_request_from_outside_goes_through_fw_lb_and_web_to_the_database() {
     wait_processes(&host, "lb1", &["haproxy"]);
     wait_processes(&host, "mail1", &["master"]);
     wait_processes(&host, "acc1", &["sshd"]);
+    wait_processes(&host, "monitor1", &["monit"]);
     for web in ["web1", "web2"] {
         wait_processes(&host, web, &["nginx", "php-fpm8.2"]);
     }
@@ -92,6 +100,14 @@ fn a_request_from_outside_goes_through_fw_lb_and_web_to_the_database() {
         "timing: daemon start to both web nodes answering from outside: {:?}",
         began.elapsed()
     );
+    // Every process of every shipped role holds only what is its node's own.
+    for node in NODES {
+        let foreign = foreign_descriptors(&host, node);
+        assert!(
+            foreign.is_empty(),
+            "host descriptors in {node}: {foreign:#?}"
+        );
+    }
     let health = get(&public_ip, "/health_check.php").unwrap();
     assert_eq!(health.status, 200, "{health:?}");
     for checked in ["ok", "mysql", "redis-cache", "redis-session"] {

@@ -43,6 +43,12 @@ const SIGNAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs the init; the return value is its exit status.
 pub fn main() -> i32 {
+    // Handed over open across the exec; from here on no program the init starts may inherit
+    // them, whatever path starts it.
+    if let Err(error) = crate::confinement::keep_private(&[HANDSHAKE_FD, CONTROL_FD, LOG_DIR_FD]) {
+        eprintln!("magestack-agent init: close-on-exec on the daemon's descriptors: {error}");
+        return 1;
+    }
     // SAFETY: the daemon passes these descriptors open at these numbers and nothing else in this
     // process owns them.
     let (handshake, control, log_dir) = unsafe {

@@ -163,6 +163,7 @@ fn become_process(
         unistd::dup2(null.as_raw_fd(), 0)?;
         unistd::dup2(output.as_raw_fd(), 1)?;
         unistd::dup2(output.as_raw_fd(), 2)?;
+        crate::confinement::close_on_exec_beyond_stdio()?;
         if let Some(confinement) = confinement {
             confined(confinement.narrow())?;
         }

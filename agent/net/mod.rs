@@ -74,7 +74,7 @@ impl HostNetwork {
 
     /// `<prefix>_<node>`: the host end of fw1's public veth (`uplink = "host"`).
     pub fn public_link(&self, node: &str) -> String {
-        format!("{}_{node}", self.settings.link_prefix)
+        public_link(&self.settings.link_prefix, node)
     }
 
     /// The bridge with the host's address, created if missing (idempotent); bridged traffic is
@@ -89,6 +89,7 @@ impl HostNetwork {
                 self.settings.subnet.prefix,
             )
         })?;
+        disable_ipv6(&self.settings.bridge)?;
         let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
         match std::fs::read_to_string(sysctl) {
             Ok(value) if value.trim() == "1" => Ok(()),
@@ -135,6 +136,7 @@ impl HostNetwork {
             host.delete_link(&link)?;
             host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns)?;
         }
+        disable_ipv6(&link)?;
         if let Some(public) = spec.network.public.as_ref() {
             if public.uplink == "host" {
                 let link = self.public_link(&spec.name);
@@ -146,6 +148,7 @@ impl HostNetwork {
                     PeerIdentity::default(),
                     netns,
                 )?;
+                disable_ipv6(&link)?;
                 host.address_link(&link, public.gateway, public.address.prefix)?;
             } else {
                 host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns)?;
@@ -227,10 +230,19 @@ impl HostNetwork {
     }
 }
 
+/// `<prefix>_<node>`: the host end of a gateway node's public veth (`uplink = "host"`).
+pub fn public_link(prefix: &str, node: &str) -> String {
+    format!("{prefix}_{node}")
+}
+
 /// Run by the node's init inside its network namespace (where it holds CAP_NET_ADMIN): loopback
 /// up, `eth0` addressed and up, the default route, and for fw1 its public address and
 /// forwarding.
 pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
+    // Before any link is up: no link-local address, so no IPv6 path the policy does not plan.
+    for interface in ["all", "default"] {
+        disable_ipv6(interface)?;
+    }
     let node = Netlink::connect()?;
     // fw1's default route leaves by its public link, made ready below.
     let gateway = match network.public {
@@ -258,6 +270,25 @@ pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
         })?;
     }
     Ok(())
+}
+
+/// Turns IPv6 off on an interface (or `all`/`default`) of the caller's network namespace: the
+/// internal network and the policy are IPv4, and a link-local IPv6 address (predictable from
+/// the MAC) would be a way around both. A kernel without IPv6 has nothing to turn off.
+fn disable_ipv6(interface: &str) -> Result<(), NetError> {
+    let sysctl = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+    match std::fs::write(&sysctl, "1") {
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        result => result.map_err(|source| NetError::Io {
+            what: format!("turn IPv6 off: {sysctl}"),
+            source,
+        }),
+    }
 }
 
 fn open_netns(pid: i32) -> Result<OwnedFd, NetError> {

@@ -1,7 +1,9 @@
 //! The inter-node policy: one nftables table owned by the agent, on the host, for traffic
 //! bridged between nodes. Node-to-node traffic is dropped unless a role's `[[allow]]` admits
 //! it; replies (established, related) pass; acc and monitor reach every node; new connections
-//! from nodes to the host itself are refused.
+//! from nodes to the host itself are refused, through the bridge and, with `uplink = "host"`,
+//! through the host end of fw1's public link. IPv6 is off on every link of the internal
+//! network; the table drops what IPv6 might still cross it all the same.
 //!
 //! Bridged frames reach the inet family's forward hook through br_netfilter, with the bridge
 //! as both input and output interface.
@@ -103,16 +105,37 @@ pub fn render(config: &Config) -> String {
     for rule in &rules {
         let _ = writeln!(text, "    {rule}");
     }
-    let _ = writeln!(text, "    meta nfproto ipv4 drop\n  }}");
+    let _ = writeln!(text, "    drop\n  }}");
     let _ = writeln!(
         text,
         "  chain input {{\n    type filter hook input priority filter; policy accept;"
     );
-    let _ = writeln!(
-        text,
-        "    iifname \"{bridge}\" ip saddr {subnet} ct state new drop\n  }}\n}}"
-    );
+    let _ = writeln!(text, "    iifname \"{bridge}\" ct state new drop");
+    // With `uplink = "host"` the gateway's public link ends on the host: only replies to the
+    // host's own connections come in there (what fw1 forwards out is routed, not input).
+    for link in host_public_links(config) {
+        let _ = writeln!(
+            text,
+            "    iifname \"{link}\" ct state established,related accept\n    iifname \"{link}\" drop"
+        );
+    }
+    let _ = writeln!(text, "  }}\n}}");
     text
+}
+
+/// The host ends of the public links of gateway nodes whose uplink is the host itself.
+fn host_public_links(config: &Config) -> Vec<String> {
+    config
+        .nodes
+        .values()
+        .filter(|node| {
+            node.network
+                .public
+                .as_ref()
+                .is_some_and(|public| public.uplink == "host")
+        })
+        .map(|node| super::public_link(&config.network.link_prefix, &node.name))
+        .collect()
 }
 
 fn set<T: std::fmt::Display>(items: &BTreeSet<T>) -> String {
@@ -161,6 +184,17 @@ mod tests {
             "{rules}"
         );
         assert!(rules.trim_end().ends_with('}'));
+        // Whatever is not accepted is dropped, IPv6 included; the host takes nothing new from
+        // the bridge (either family) or from fw1's public link.
+        assert!(rules.contains("    drop\n  }\n  chain input"), "{rules}");
+        assert!(
+            rules.contains("    iifname \"msbr0\" ct state new drop\n"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("iifname \"ms_fw1\" ct state established,related accept\n    iifname \"ms_fw1\" drop"),
+            "{rules}"
+        );
         // Node-to-node is dropped by default; lb to db on 3306 is not among the accepts.
         assert!(
             !rules.contains("ip saddr 172.16.0.11 ip daddr 172.16.0.41"),

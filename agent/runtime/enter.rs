@@ -222,6 +222,7 @@ fn become_command(
         if unistd::chdir(home.as_c_str()).is_err() {
             unistd::chdir("/")?;
         }
+        crate::confinement::close_on_exec_beyond_stdio()?;
         confined(confinement.seal())?;
         unistd::execvpe(&command[0], command, env)
     })();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod descriptors;
+pub mod network;
 pub mod stack;
 
 use std::path::{Path, PathBuf};
@@ -421,6 +423,16 @@ impl TestHost {
             .into_iter()
             .map(|root| root.join(&self.cgroup))
             .filter(|dir| dir.exists())
+            .collect()
+    }
+
+    /// Host pids of every process in a node's cgroup (the first v1 hierarchy or the v2 one).
+    pub fn node_processes(&self, node: &str) -> Vec<i32> {
+        let procs = self.cgroup_dirs()[0].join(node).join("cgroup.procs");
+        std::fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
             .collect()
     }
 

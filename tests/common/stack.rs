@@ -160,11 +160,9 @@ pub fn processes(host: &TestHost, node: &str) -> Vec<String> {
 /// The command names (`comm`) of every process in `node`'s cgroup, read on the host: images
 /// need no `ps` for it.
 pub fn commands_in(host: &TestHost, node: &str) -> Vec<String> {
-    let procs = host.cgroup_dirs()[0].join(node).join("cgroup.procs");
-    std::fs::read_to_string(procs)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{}/comm", pid.trim())).ok())
+    host.node_processes(node)
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
         .map(|comm| comm.trim().to_string())
         .collect()
 }
