@@ -239,8 +239,10 @@ pub fn public_link(prefix: &str, node: &str) -> String {
 /// up, `eth0` addressed and up, the default route, and for fw1 its public address and
 /// forwarding.
 pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
-    // Before any link is up: no link-local address, so no IPv6 path the policy does not plan.
-    for interface in ["all", "default"] {
+    // Before any link is up: no link-local address, so no IPv6 path the policy does not plan
+    // (loopback keeps ::1, which leaves no namespace).
+    let public = network.public.as_ref().map(|_| PUBLIC_INTERFACE);
+    for interface in ["default", NODE_INTERFACE].into_iter().chain(public) {
         disable_ipv6(interface)?;
     }
     let node = Netlink::connect()?;
