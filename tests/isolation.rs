@@ -548,3 +548,32 @@ fn the_host_uplink_is_no_way_to_the_host() {
         "the public address does not answer the host"
     );
 }
+
+/// The memory limit holds swap too wherever the kernel accounts it (cgroup v1's memsw, v2's
+/// swap.max), and status says whether it does.
+#[test]
+fn swap_is_no_way_past_the_memory_limit() {
+    let host = two_nodes("swap");
+    let limited = host.status()["host"]["swap_limited"].as_bool();
+    let memory = host
+        .cgroup_dirs()
+        .into_iter()
+        .map(|dir| dir.join("s1"))
+        .find(|dir| dir.join("memory.limit_in_bytes").exists() || dir.join("memory.max").exists())
+        .expect("s1's memory cgroup");
+    let read = |file: &str| std::fs::read_to_string(memory.join(file)).ok();
+    match (read("memory.memsw.limit_in_bytes"), read("memory.swap.max")) {
+        (Some(memsw), _) => {
+            assert_eq!(memsw.trim(), (64u64 << 20).to_string(), "memory + swap");
+            assert_eq!(limited, Some(true));
+        }
+        (None, Some(swap)) => {
+            assert_eq!(swap.trim(), "0", "swap");
+            assert_eq!(limited, Some(true));
+        }
+        (None, None) => {
+            assert_eq!(limited, Some(false));
+            assert!(host.cli(&["status"]).contains("swap not limited"));
+        }
+    }
+}

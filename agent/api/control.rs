@@ -54,6 +54,10 @@ pub struct HostStatus {
     pub uptime_s: u64,
     pub config: String,
     pub cgroup_version: String,
+    /// Whether the nodes' memory limits hold their swap too (the kernel accounts swap); when
+    /// false a node can swap past its limit on a host with swap.
+    #[serde(default)]
+    pub swap_limited: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,8 +12,13 @@ const MEMORY_ALARM: f64 = 0.95;
 
 pub fn render(report: &StatusReport, colour: bool) -> String {
     let states: Vec<NodeState> = report.nodes.iter().map(|n| n.state).collect();
+    let swap = if report.host.swap_limited {
+        ""
+    } else {
+        " (swap not limited: no swap accounting)"
+    };
     let mut out = format!(
-        "{}  magestack-agent {}  up {}  {}  cgroup {}  {}\n",
+        "{}  magestack-agent {}  up {}  {}  cgroup {}{swap}  {}\n",
         report.host.name,
         report.host.version,
         duration(report.host.uptime_s),
@@ -164,6 +169,7 @@ mod tests {
                 uptime_s: 200_000,
                 config: "/etc/magestack/agent.toml".into(),
                 cgroup_version: "v2".into(),
+                swap_limited: true,
             },
             nodes: vec![
                 node.clone(),
@@ -207,6 +213,16 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "colour without a terminal: {text}");
+        let mut unlimited = report();
+        unlimited.host.swap_limited = false;
+        assert!(
+            render(&unlimited, false)
+                .lines()
+                .next()
+                .unwrap()
+                .contains("cgroup v2 (swap not limited: no swap accounting)"),
+            "{text}"
+        );
     }
 
     #[test]

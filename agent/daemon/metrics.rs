@@ -326,6 +326,7 @@ mod tests {
                 uptime_s: 5,
                 config: "agent.toml".into(),
                 cgroup_version: "v2".into(),
+                swap_limited: true,
             },
             nodes: vec![
                 node("web1", NodeState::Running),

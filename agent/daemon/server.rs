@@ -122,6 +122,7 @@ impl Server {
             uptime_s: self.started.elapsed().as_secs(),
             config: snapshot.config,
             cgroup_version: format!("{:?}", self.runtime.cgroups.version()).to_lowercase(),
+            swap_limited: self.runtime.cgroups.limits_swap(),
         };
         Ok(status::report(host, snapshot.nodes).await)
     }

@@ -326,6 +326,16 @@ impl Cgroups {
         }
     }
 
+    /// Whether a node's memory limit also holds its swap: the kernel has swap accounting
+    /// (`memory.memsw.limit_in_bytes` on v1, `memory.swap.max` on v2). Without it a node can
+    /// swap past its limit on a host with swap, and `status` says so.
+    pub fn limits_swap(&self) -> bool {
+        match &self.layout {
+            Layout::V1(hierarchies) => v1::limits_swap(hierarchies),
+            Layout::V2 { root } => v2::limits_swap(root),
+        }
+    }
+
     /// The cgroup of one node: `<hierarchy>/<parent>/<node>` in every used hierarchy.
     ///
     /// Names are checked by the calls that touch the filesystem, so a bad name fails there.

@@ -98,6 +98,15 @@ pub(super) fn hierarchies(mounts: &[Mount]) -> Vec<Hierarchy> {
     hierarchies
 }
 
+/// Whether the kernel accounts swap in the memory hierarchy, so a node's memory limit can hold
+/// its swap too (`memory.memsw.*`, absent without swap accounting).
+pub(super) fn limits_swap(hierarchies: &[Hierarchy]) -> bool {
+    hierarchies
+        .iter()
+        .find(|h| h.has(Controller::Memory))
+        .is_some_and(|h| h.mount.join("memory.memsw.limit_in_bytes").exists())
+}
+
 /// The node's directory in the hierarchy carrying `controller`, if one is mounted.
 fn dir_of(node: &NodeCgroup, hierarchies: &[Hierarchy], controller: Controller) -> Option<PathBuf> {
     hierarchies
@@ -123,6 +132,12 @@ pub(super) fn limit_writes(
     if let Some(bytes) = limits.memory_bytes {
         let dir = required(Controller::Memory)?;
         writes.push(ControlWrite::new(dir.join("memory.limit_in_bytes"), bytes));
+        // Memory and swap together, so swap is no way past the limit (after the memory limit:
+        // the kernel refuses a memsw limit below it). Only with swap accounting in the kernel.
+        writes.push(ControlWrite::if_present(
+            dir.join("memory.memsw.limit_in_bytes"),
+            bytes,
+        ));
     }
     if let Some(cpus) = limits.cpus {
         let quota = node.cpu_quota_usec(cpus)?;
@@ -284,10 +299,14 @@ mod tests {
         let writes = limit_writes(&node, &hierarchies, &limits).unwrap();
         let base = Path::new("/sys/fs/cgroup");
         assert_eq!(
-            writes[..4],
+            writes[..5],
             [
                 ControlWrite::new(
                     base.join("memory/magestack/web1/memory.limit_in_bytes"),
+                    "67108864"
+                ),
+                ControlWrite::if_present(
+                    base.join("memory/magestack/web1/memory.memsw.limit_in_bytes"),
                     "67108864"
                 ),
                 ControlWrite::new(base.join("cpu/magestack/web1/cpu.cfs_period_us"), "100000"),
@@ -296,7 +315,7 @@ mod tests {
             ]
         );
         let device_writes = devices::v1_writes(&base.join("devices/magestack/web1"));
-        assert_eq!(writes[4..], device_writes);
+        assert_eq!(writes[5..], device_writes);
         assert_eq!(
             limit_writes(&node, &hierarchies, &Limits::default()).unwrap(),
             device_writes

@@ -104,6 +104,18 @@ fn enable_controllers(
 
 /// Opens the node directory read-only with O_DIRECTORY (std adds O_CLOEXEC), as
 /// `CLONE_INTO_CGROUP` wants.
+/// Whether the kernel accounts swap (`memory.swap.max` exists in cgroups with the memory
+/// controller; the root has none, so its children are looked at).
+pub(super) fn limits_swap(root: &Path) -> bool {
+    let has_swap_max = |dir: &Path| dir.join("memory.swap.max").exists();
+    has_swap_max(root)
+        || std::fs::read_dir(root).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.path().is_dir() && has_swap_max(&entry.path()))
+        })
+}
+
 pub(super) fn open_dir(node: &NodeCgroup, root: &Path) -> Result<OwnedFd, CgroupError> {
     let dir = node.dir_in(root);
     OpenOptions::new()
