@@ -116,6 +116,11 @@ fn root_in_a_node_cannot_reach_the_host_or_its_neighbour() {
         "/proc/sched_debug",
         "/proc/acpi",
         "/sys/firmware",
+        "/sys/block",
+        "/sys/class/block",
+        "/sys/dev/block",
+        "/proc/partitions",
+        "/proc/diskstats",
     ]
     .into_iter()
     .filter(|path| std::path::Path::new(path).exists())

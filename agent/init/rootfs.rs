@@ -21,9 +21,11 @@ pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
+    "/proc/diskstats",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
+    "/proc/partitions",
     "/proc/sched_debug",
     "/proc/scsi",
     "/proc/sysrq-trigger",
@@ -31,6 +33,11 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/timer_stats",
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
+    // The host's disks: a node's storage is its overlay and volumes, never a block device.
+    "/sys/block",
+    "/sys/class/block",
+    "/sys/dev/block",
+    "/sys/devices/virtual/block",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
