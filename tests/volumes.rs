@@ -156,7 +156,7 @@ fn on_btrfs_a_volume_is_a_subvolume_kept_until_volume_rm() {
     assert_eq!(std::fs::metadata(&volume).unwrap().ino(), 256);
     run("btrfs", &["subvolume", "show", volume.to_str().unwrap()]);
     assert!(
-        std::fs::metadata(&volume).unwrap().uid() >= 1 << 20,
+        std::fs::metadata(&volume).unwrap().uid() >= host.net.id_base(),
         "the volume belongs to the node's shifted root"
     );
     let listed = volumes(&host);
@@ -282,7 +282,7 @@ fn sharers(nodes: &[(&str, &str)]) -> String {
     config
 }
 
-/// The first host id of a range recorded in `state_dir/idmaps.json` (1 << 20 + slot * 65536).
+/// The first host id of a range recorded in `state_dir/idmaps.json` (`id_base + slot * 65536`).
 fn range_base(host: &TestHost, owner: &str) -> u32 {
     let recorded: Value =
         serde_json::from_slice(&std::fs::read(host.state_dir().join("idmaps.json")).unwrap())
@@ -290,7 +290,7 @@ fn range_base(host: &TestHost, owner: &str) -> u32 {
     let slot = recorded["slots"][owner]
         .as_u64()
         .unwrap_or_else(|| panic!("no range for {owner}: {recorded}"));
-    (1 << 20) + slot as u32 * 65536
+    host.net.id_base() + slot as u32 * 65536
 }
 
 fn owner_ids(path: &Path) -> (u32, u32) {

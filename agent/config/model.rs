@@ -68,6 +68,25 @@ pub struct HostSettings {
     pub cgroup: String,
     /// How long a node's processes get between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// The first host id of the nodes' id ranges (`[host] id_base`): distinct for unrelated
+    /// agents on one machine, the same on both hosts of a pair.
+    pub id_base: u32,
+}
+
+/// Ids a node maps: 0..65536 inside, a range of as many on the host.
+pub const ID_RANGE: u32 = 65536;
+/// The first host id given to nodes unless `[host] id_base` says otherwise: above the host's
+/// system and login ids and the usual subordinate id ranges (100000-165535 for a first user).
+pub const DEFAULT_ID_BASE: u32 = 1 << 20;
+/// At least this many ranges fit above any `id_base`.
+pub const MIN_ID_RANGES: u32 = 1024;
+/// The highest `id_base` that leaves [`MIN_ID_RANGES`] below 2^32 - 1 (the last id is no id).
+pub const LAST_ID_BASE: u32 = (u32::MAX / ID_RANGE - MIN_ID_RANGES) * ID_RANGE;
+
+/// Whether `base` can start the nodes' id ranges: whole ranges, none of them the host's own
+/// ids 0..65536, room for [`MIN_ID_RANGES`].
+pub fn valid_id_base(base: u32) -> bool {
+    base.is_multiple_of(ID_RANGE) && (ID_RANGE..=LAST_ID_BASE).contains(&base)
 }
 
 /// The operator's choice of the tool that builds images from recipes.

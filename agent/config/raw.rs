@@ -50,6 +50,8 @@ pub struct RawHost {
     pub log_dir: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
     pub stop_timeout: Option<Spanned<String>>,
+    /// The first host id of the nodes' id ranges.
+    pub id_base: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

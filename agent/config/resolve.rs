@@ -9,8 +9,9 @@ use toml::Spanned;
 
 use super::duration::parse_duration;
 use super::model::{
-    Cidr, Config, HostSettings, ImageBuilder, LogRotation, MetricsSettings, NetworkSettings,
-    NodeNetwork, NodeSpec, TemplateText,
+    valid_id_base, Cidr, Config, HostSettings, ImageBuilder, LogRotation, MetricsSettings,
+    NetworkSettings, NodeNetwork, NodeSpec, TemplateText, DEFAULT_ID_BASE, ID_RANGE, LAST_ID_BASE,
+    MIN_ID_RANGES,
 };
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
 use super::raw::{RawConfig, RawHost, RawLogs, RawMetrics, RawNode, RawRole};
@@ -156,6 +157,21 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
         },
         None => Duration::from_secs(10),
     };
+    let id_base = match raw.id_base {
+        Some(value) => u32::try_from(*value.get_ref())
+            .ok()
+            .filter(|base| valid_id_base(*base))
+            .unwrap_or_else(|| {
+                checker.error(
+                    &value,
+                    format!(
+                        "host.id_base: a multiple of {ID_RANGE} from {ID_RANGE} to {LAST_ID_BASE}, so that no node's id is the host's own and {MIN_ID_RANGES} id ranges fit below 2^32"
+                    ),
+                );
+                DEFAULT_ID_BASE
+            }),
+        None => DEFAULT_ID_BASE,
+    };
     (checker.diagnostics.len() == errors_before).then_some(HostSettings {
         name,
         state_dir,
@@ -165,6 +181,7 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
         log_dir,
         cgroup,
         stop_timeout,
+        id_base,
     })
 }
 

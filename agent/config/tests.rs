@@ -100,6 +100,23 @@ fn image_builder_is_auto_unless_forced() {
 }
 
 #[test]
+fn the_id_base_is_a_whole_range_above_the_hosts_own_ids() {
+    assert_eq!(parse_text(SLEEPER).unwrap().host.id_base, DEFAULT_ID_BASE);
+    let with = |value: &str| SLEEPER.replace("[host]\n", &format!("[host]\nid_base = {value}\n"));
+    assert_eq!(parse_text(&with("16777216")).unwrap().host.id_base, 1 << 24);
+    for bad in ["0", "1000", "65535", "-65536", "4294901760", "99999999999"] {
+        let error = first_error(&with(bad));
+        assert_eq!((error.line, error.column), (3, 11), "{bad}: {error}");
+        assert!(
+            error
+                .to_string()
+                .contains("host.id_base: a multiple of 65536 from 65536 to"),
+            "{bad}: {error}"
+        );
+    }
+}
+
+#[test]
 fn inline_tables_merge_key_by_key_and_arrays_replace() {
     let config = parse_text(
         r#"

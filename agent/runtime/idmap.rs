@@ -13,15 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use super::record::write_atomic;
 
-/// Ids a node maps: 0..65536 inside.
-pub const RANGE: u32 = 65536;
-/// The first host id given to nodes: above the host's system and login ids and the usual
-/// subordinate id ranges (100000-165535 for a first user).
-pub const FIRST_HOST_ID: u32 = 1 << 20;
+pub use crate::config::ID_RANGE as RANGE;
 
 /// The recorded allocation, `state_dir/idmaps.json`: node name to slot.
 pub struct IdMaps {
     path: PathBuf,
+    /// The first host id of slot 0 (`[host] id_base`).
+    base: u32,
     slots: Mutex<BTreeMap<String, u32>>,
     /// User namespaces made by [`mapping_namespace`], by (range stored, range seen): the
     /// mapping between two ranges never changes, so each is made once per daemon and kept for
@@ -38,13 +36,14 @@ impl IdMaps {
     /// Reads the recorded ranges. A file that does not decode (a torn write, a bad edit) is
     /// reported and rebuilt from the owners of the nodes' writable layers and volumes, which
     /// carry each node's root id on the host.
-    pub fn load(state_dir: &Path) -> std::io::Result<IdMaps> {
+    pub fn load(state_dir: &Path, base: u32) -> std::io::Result<IdMaps> {
+        let ranges = Ranges { base };
         let path = state_dir.join("idmaps.json");
         let slots = match std::fs::read(&path) {
-            Ok(data) => match decode(&data) {
+            Ok(data) => match decode(&data, ranges) {
                 Ok(slots) => slots,
                 Err(error) => {
-                    let slots = recover_from_owners(state_dir);
+                    let slots = recover_from_owners(state_dir, ranges);
                     tracing::error!(
                         file = %path.display(),
                         %error,
@@ -60,6 +59,7 @@ impl IdMaps {
         };
         Ok(IdMaps {
             path,
+            base,
             slots: Mutex::new(slots),
             mappings: Mutex::new(BTreeMap::new()),
         })
@@ -82,14 +82,17 @@ impl IdMaps {
     /// first use. A range is never given to another node, even after this one is removed: its
     /// volumes keep files owned by it.
     pub fn base_of(&self, node: &str) -> std::io::Result<u32> {
+        let ranges = Ranges { base: self.base };
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = slots.get(node) {
-            return Ok(host_base(*slot));
+            return Ok(ranges.host_base(*slot));
         }
         let slot = first_free(slots.values().copied());
-        if slot >= SLOTS {
+        if slot >= ranges.slots() {
             return Err(std::io::Error::other(format!(
-                "all {SLOTS} id ranges are taken (see {})",
+                "all {} id ranges above {} are taken (see {})",
+                ranges.slots(),
+                self.base,
                 self.path.display()
             )));
         }
@@ -99,18 +102,38 @@ impl IdMaps {
             slots.remove(node);
             return Err(error);
         }
-        Ok(host_base(slot))
+        Ok(ranges.host_base(slot))
     }
 }
 
-/// How many ranges fit above [`FIRST_HOST_ID`] in 32-bit ids (the last id, -1, is not an id).
-const SLOTS: u32 = ((u32::MAX - FIRST_HOST_ID) / RANGE) - 1;
+/// The slots above one base: slot `n` is the range starting at `base + n * RANGE`.
+#[derive(Clone, Copy)]
+struct Ranges {
+    base: u32,
+}
 
-fn decode(data: &[u8]) -> Result<BTreeMap<String, u32>, String> {
+impl Ranges {
+    /// How many ranges fit above the base in 32-bit ids (the last id, -1, is not an id).
+    fn slots(self) -> u32 {
+        ((u32::MAX - self.base) / RANGE) - 1
+    }
+
+    /// The slot whose range holds host id `id`.
+    fn slot_of(self, id: u32) -> Option<u32> {
+        let slot = id.checked_sub(self.base)? / RANGE;
+        (slot < self.slots()).then_some(slot)
+    }
+
+    fn host_base(self, slot: u32) -> u32 {
+        self.base + slot * RANGE
+    }
+}
+
+fn decode(data: &[u8], ranges: Ranges) -> Result<BTreeMap<String, u32>, String> {
     let recorded: Recorded = serde_json::from_slice(data).map_err(|e| e.to_string())?;
     let mut seen = std::collections::BTreeSet::new();
     for (node, slot) in &recorded.slots {
-        if *slot >= SLOTS || !seen.insert(*slot) {
+        if *slot >= ranges.slots() || !seen.insert(*slot) {
             return Err(format!(
                 "node {node}: slot {slot} is out of range or given twice"
             ));
@@ -130,7 +153,7 @@ fn encode(slots: &BTreeMap<String, u32>) -> std::io::Result<Vec<u8>> {
 /// layer is gone, of one of its volumes (a role's shared volumes under `@<role>`). Any id of a
 /// range names its slot (a volume may belong to the node's www-data or mysql); an owner whose
 /// uid and gid fall in different ranges, or below the first, is skipped.
-fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
+fn recover_from_owners(state_dir: &Path, ranges: Ranges) -> BTreeMap<String, u32> {
     use std::os::unix::fs::MetadataExt;
     let mut slots = BTreeMap::new();
     let owners = |dir: PathBuf, inner: &'static str| {
@@ -153,8 +176,8 @@ fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
                 };
                 let slot = probes.iter().find_map(|probe| {
                     let metadata = std::fs::symlink_metadata(probe).ok()?;
-                    let slot = slot_of(metadata.uid())?;
-                    (slot_of(metadata.gid()) == Some(slot)).then_some(slot)
+                    let slot = ranges.slot_of(metadata.uid())?;
+                    (ranges.slot_of(metadata.gid()) == Some(slot)).then_some(slot)
                 })?;
                 Some((node, slot))
             })
@@ -167,16 +190,6 @@ fn recover_from_owners(state_dir: &Path) -> BTreeMap<String, u32> {
         }
     }
     slots
-}
-
-/// The slot whose range holds host id `id`.
-fn slot_of(id: u32) -> Option<u32> {
-    let slot = id.checked_sub(FIRST_HOST_ID)? / RANGE;
-    (slot < SLOTS).then_some(slot)
-}
-
-fn host_base(slot: u32) -> u32 {
-    FIRST_HOST_ID + slot * RANGE
 }
 
 fn first_free(taken: impl Iterator<Item = u32>) -> u32 {
@@ -416,17 +429,22 @@ fn path_cstring(path: &Path) -> std::io::Result<CString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_ID_BASE as FIRST_HOST_ID;
+
+    const DEFAULT: Ranges = Ranges {
+        base: FIRST_HOST_ID,
+    };
 
     #[test]
     fn ranges_are_allocated_once_recorded_and_never_overlap() {
         let dir = tempfile::tempdir().unwrap();
-        let maps = IdMaps::load(dir.path()).unwrap();
+        let maps = IdMaps::load(dir.path(), FIRST_HOST_ID).unwrap();
         let web1 = maps.base_of("web1").unwrap();
         let db1 = maps.base_of("db1").unwrap();
         assert_eq!(web1, FIRST_HOST_ID);
         assert_eq!(db1, FIRST_HOST_ID + RANGE);
         assert_eq!(maps.base_of("web1").unwrap(), web1);
-        let reloaded = IdMaps::load(dir.path()).unwrap();
+        let reloaded = IdMaps::load(dir.path(), FIRST_HOST_ID).unwrap();
         assert_eq!(reloaded.base_of("db1").unwrap(), db1);
         assert_eq!(reloaded.base_of("acc1").unwrap(), FIRST_HOST_ID + 2 * RANGE);
     }
@@ -434,7 +452,7 @@ mod tests {
     #[test]
     fn a_corrupt_record_is_rebuilt_from_the_owners_of_node_layers() {
         let dir = tempfile::tempdir().unwrap();
-        let maps = IdMaps::load(dir.path()).unwrap();
+        let maps = IdMaps::load(dir.path(), FIRST_HOST_ID).unwrap();
         for node in ["web1", "db1", "acc1"] {
             let base = maps.base_of(node).unwrap();
             let upper = dir.path().join("nodes").join(node).join("upper");
@@ -446,7 +464,7 @@ mod tests {
             b"{\"slots\": {\"web1\": 0, \"db",
         )
         .unwrap();
-        let recovered = IdMaps::load(dir.path()).unwrap();
+        let recovered = IdMaps::load(dir.path(), FIRST_HOST_ID).unwrap();
         assert_eq!(recovered.base_of("db1").unwrap(), FIRST_HOST_ID + RANGE);
         assert_eq!(
             recovered.base_of("acc1").unwrap(),
@@ -457,13 +475,17 @@ mod tests {
             FIRST_HOST_ID + 3 * RANGE
         );
         // The rebuilt record was written back.
-        assert!(decode(&std::fs::read(dir.path().join("idmaps.json")).unwrap()).is_ok());
+        assert!(decode(
+            &std::fs::read(dir.path().join("idmaps.json")).unwrap(),
+            DEFAULT
+        )
+        .is_ok());
     }
 
     #[test]
     fn volumes_owned_by_any_id_of_a_range_recover_their_slot_shared_ones_too() {
         let dir = tempfile::tempdir().unwrap();
-        let maps = IdMaps::load(dir.path()).unwrap();
+        let maps = IdMaps::load(dir.path(), FIRST_HOST_ID).unwrap();
         let web = maps.base_of("web1").unwrap();
         let shared = maps.base_of("@web").unwrap();
         let db = maps.base_of("db1").unwrap();
@@ -488,7 +510,7 @@ mod tests {
         std::os::unix::fs::lchown(&odd, Some(web + 1), Some(db + 1)).unwrap();
         std::fs::write(dir.path().join("idmaps.json"), b"garbage").unwrap();
 
-        let recovered = IdMaps::load(dir.path()).unwrap();
+        let recovered = IdMaps::load(dir.path(), FIRST_HOST_ID).unwrap();
         assert_eq!(recovered.base_of("web1").unwrap(), web);
         assert_eq!(recovered.base_of("@web").unwrap(), shared);
         assert_eq!(recovered.base_of("db1").unwrap(), db);
@@ -556,16 +578,29 @@ mod tests {
 
     #[test]
     fn slots_out_of_range_or_shared_are_refused() {
-        assert!(decode(br#"{"slots": {"a": 4000000000}}"#).is_err());
-        assert!(decode(br#"{"slots": {"a": 1, "b": 1}}"#).is_err());
-        assert_eq!(decode(br#"{"slots": {"a": 1}}"#).unwrap()["a"], 1);
+        assert!(decode(br#"{"slots": {"a": 4000000000}}"#, DEFAULT).is_err());
+        assert!(decode(br#"{"slots": {"a": 1, "b": 1}}"#, DEFAULT).is_err());
+        assert_eq!(decode(br#"{"slots": {"a": 1}}"#, DEFAULT).unwrap()["a"], 1);
     }
 
     proptest::proptest! {
         #[test]
         fn any_bytes_decode_or_fail_without_panicking(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let _ = decode(&data);
+            let _ = decode(&data, DEFAULT);
         }
+    }
+
+    #[test]
+    fn ranges_start_at_the_configured_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = 1 << 24;
+        let maps = IdMaps::load(dir.path(), base).unwrap();
+        assert_eq!(maps.base_of("web1").unwrap(), base);
+        assert_eq!(maps.base_of("db1").unwrap(), base + RANGE);
+        let ranges = Ranges { base };
+        assert_eq!(ranges.slot_of(base + RANGE + 33), Some(1));
+        assert_eq!(ranges.slot_of(FIRST_HOST_ID), None, "below the base");
+        assert_eq!(ranges.slots(), (u32::MAX - base) / RANGE - 1);
     }
 
     #[test]

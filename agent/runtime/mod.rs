@@ -149,9 +149,11 @@ impl Runtime {
             stop_timeout: host.stop_timeout,
             log_rotation: config.logs,
             init_binary: PathBuf::from("/proc/self/exe"),
-            idmaps: IdMaps::load(&host.state_dir).map_err(|source| RuntimeError::Host {
-                what: "reading the node id ranges".into(),
-                source,
+            idmaps: IdMaps::load(&host.state_dir, host.id_base).map_err(|source| {
+                RuntimeError::Host {
+                    what: "reading the node id ranges".into(),
+                    source,
+                }
             })?,
         })
     }

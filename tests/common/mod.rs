@@ -97,6 +97,12 @@ impl TestNet {
         format!("10.210.{}.10", self.k)
     }
 
+    /// `[host] id_base`: 64 id ranges of this host's own, so test hosts on one machine never map
+    /// nodes onto the same host ids.
+    pub fn id_base(&self) -> u32 {
+        (self.k + 1) * 64 * 65536
+    }
+
     pub fn public_gateway(&self) -> String {
         format!("10.210.{}.1", self.k)
     }
@@ -277,12 +283,13 @@ impl TestHost {
             None => String::new(),
         };
         let text = format!(
-            "[host]\nname = \"{name}\"\n{image_dir}state_dir = \"{state}\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\n\n{network}\n{body}",
+            "[host]\nname = \"{name}\"\n{image_dir}state_dir = \"{state}\"\nrun_dir = \"{dir}/run\"\nlog_dir = \"{dir}/log\"\ncgroup = \"{cgroup}\"\nstop_timeout = \"2s\"\nid_base = {id_base}\n\n{network}\n{body}",
             name = self.name,
             dir = self.dir.display(),
             state = self.state_dir.display(),
             cgroup = self.cgroup,
             network = self.net.config(),
+            id_base = self.net.id_base(),
         );
         std::fs::write(&self.config, text).unwrap();
     }
