@@ -231,7 +231,7 @@ fn db_role_runs_mariadb_and_two_redis_instances_with_data_on_volumes() {
     let mysql_on_host = (root + mysql_uid, root + mysql_gid);
     let redis_on_host = (root + redis_uid, root + redis_gid);
     assert!(
-        root >= u64::from(host.net.id_base()),
+        root >= host.net.id_base(),
         "the node runs in a user namespace: {root}"
     );
     for path in ["mysql", "mysql/mysql", "mysql/ibdata1"] {
