@@ -313,3 +313,85 @@ fn reload_adds_names_everywhere_and_stop_removes_links() {
         host.net.links().is_empty()
     });
 }
+
+/// The bridge a host link is a port of, from sysfs.
+fn bridge_of(link: &str) -> Option<String> {
+    let master = std::fs::read_link(format!("/sys/class/net/{link}/master")).ok()?;
+    Some(master.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Waits (bounded) until every node's link is on the bridge, no node shows degraded, and lb1
+/// reaches web1 and the host reaches lb1 again.
+fn wait_network_whole(host: &TestHost, nodes: &[&str]) {
+    wait_for(
+        "the network to be put back",
+        Duration::from_secs(15),
+        || {
+            nodes.iter().all(|node| {
+                bridge_of(&format!("{}-{node}", host.net.link_prefix)).as_deref()
+                    == Some(host.net.bridge.as_str())
+                    && host.node(node)["degraded"].is_null()
+            })
+        },
+    );
+    assert!(can_connect(host, "lb1", "web1.i:80"), "lb1 -> web1");
+    let lb1 = format!("{}:80", host.net.ip(11));
+    assert!(
+        http_get(&lb1, "/", Duration::from_secs(2)).is_some(),
+        "the host does not reach lb1"
+    );
+}
+
+#[test]
+fn a_lost_link_or_bridge_is_put_back_without_restarting_nodes() {
+    let mut host = stack("netrepair", "");
+    let nodes = ["fw1", "lb1", "web1", "db1"];
+    let pids: Vec<i32> = nodes.iter().map(|node| host.node_pid(node)).collect();
+    let prefix = host.net.link_prefix.clone();
+    let bridge = host.net.bridge.clone();
+
+    // A node's link: eth0 goes with it; both are made again, eth0 addressed inside.
+    run(&["ip", "link", "del", &format!("{prefix}-web1")]);
+    wait_network_whole(&host, &nodes);
+    let eth0 = host.exec_stdout("web1", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(eth0.contains(&host.net.ip(21)), "{eth0}");
+    assert!(
+        host.daemon_log().contains("its link (eth0) was gone"),
+        "the repair is not logged with its reason"
+    );
+
+    // The bridge: made again with its address, every node's link attached to it.
+    run(&["ip", "link", "del", &bridge]);
+    wait_network_whole(&host, &nodes);
+
+    // The bridge deleted while the agent is down: the next one puts it back at start-up and
+    // attaches the nodes it re-adopts.
+    host.kill_daemon(libc::SIGKILL);
+    run(&["ip", "link", "del", &bridge]);
+    host.start_daemon();
+    wait_network_whole(&host, &nodes);
+    let after: Vec<i32> = nodes.iter().map(|node| host.node_pid(node)).collect();
+    assert_eq!(after, pids, "a node was restarted");
+
+    // fw1's public link carries its address, routes and rules: fw1 restarts to have it back.
+    run(&["ip", "link", "del", &format!("{prefix}_fw1")]);
+    wait_for("fw1 to restart", Duration::from_secs(15), || {
+        let fw1 = host.node("fw1");
+        fw1["state"] == "running" && fw1["pid"].as_i64() != Some(i64::from(pids[0]))
+    });
+    assert_eq!(
+        host.node("fw1")["restarts"],
+        1,
+        "the restart is not counted"
+    );
+    assert!(
+        host.daemon_log().contains("its public link was gone"),
+        "the restart is not logged with its reason"
+    );
+    let public = format!("{}:80", host.net.public_ip());
+    wait_for(
+        "the public address to answer",
+        Duration::from_secs(10),
+        || http_get(&public, "/", Duration::from_secs(1)).is_some(),
+    );
+}

@@ -84,6 +84,10 @@ pub struct NodeStatus {
     pub processes: Vec<ProcessStatus>,
     /// Why the node is failed or was last restarted.
     pub error: Option<String>,
+    /// While a running node's network is being repaired: what was missing (`status` shows the
+    /// node as degraded).
+    #[serde(default)]
+    pub degraded: Option<String>,
     /// Whether the node should be running (false after `stop`).
     pub desired: String,
 }

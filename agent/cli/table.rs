@@ -42,7 +42,10 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
         table.add_row([
             Cell::new(&node.name),
             Cell::new(&node.role),
-            paint(Cell::new(node.state.as_str()), state_color(node.state)),
+            match node.degraded {
+                Some(_) => paint(Cell::new("degraded"), Some(Color::Yellow)),
+                None => paint(Cell::new(node.state.as_str()), state_color(node.state)),
+            },
             Cell::new(&node.ip),
             Cell::new(node.uptime_s.map(duration).unwrap_or_else(|| "-".into())),
             Cell::new(
@@ -60,12 +63,10 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
     }
     out.push_str(&table.to_string());
     out.push('\n');
-    for node in report.nodes.iter().filter(|n| n.error.is_some()) {
-        out.push_str(&format!(
-            "{}: {}\n",
-            node.name,
-            node.error.as_deref().unwrap_or("")
-        ));
+    for node in &report.nodes {
+        for reason in [&node.degraded, &node.error].into_iter().flatten() {
+            out.push_str(&format!("{}: {reason}\n", node.name));
+        }
     }
     out
 }
@@ -160,6 +161,7 @@ mod tests {
             health: "healthy".into(),
             processes: Vec::new(),
             error: None,
+            degraded: None,
             desired: "running".into(),
         };
         StatusReport {
@@ -181,6 +183,7 @@ mod tests {
                     restarts: 3,
                     health: "unhealthy".into(),
                     error: Some("process mariadbd: crash loop".into()),
+                    degraded: None,
                     ..node
                 },
             ],
@@ -213,6 +216,15 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "colour without a terminal: {text}");
+        let mut degraded = report();
+        degraded.nodes[0].degraded = Some("network: its link (eth0) was gone; repairing".into());
+        let screen = render(&degraded, false);
+        let row = screen.lines().find(|l| l.contains("web1")).unwrap();
+        assert!(row.contains("degraded"), "{screen}");
+        assert!(
+            screen.contains("web1: network: its link (eth0) was gone; repairing\n"),
+            "{screen}"
+        );
         let mut unlimited = report();
         unlimited.host.swap_limited = false;
         assert!(

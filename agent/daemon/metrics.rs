@@ -317,6 +317,7 @@ mod tests {
                 last_error: None,
             }],
             error: None,
+            degraded: None,
             desired: "running".into(),
         };
         StatusReport {

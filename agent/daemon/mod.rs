@@ -26,7 +26,7 @@ use desired::DesiredState;
 use metrics::Metrics;
 use notify::ServiceManager;
 use server::Server;
-use world::World;
+use world::{Event, NetworkEvent, World};
 
 /// The control socket's path under the run dir.
 pub fn socket_path(run_dir: &Path) -> PathBuf {
@@ -175,6 +175,10 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         };
         let metrics = Arc::new(Metrics::default());
         let (events, mut inbox) = mpsc::unbounded_channel();
+        let notifications = events.clone();
+        crate::net::watch_links(&runtime.network.settings, move || {
+            let _ = notifications.send(Event::Network(NetworkEvent::Changed));
+        })?;
         let server = Arc::new(Server {
             events: events.clone(),
             config_path,

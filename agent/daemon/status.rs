@@ -71,6 +71,7 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         health: health.into(),
         processes,
         error,
+        degraded: snapshot.degraded,
         desired: if snapshot.desired_running {
             "running".into()
         } else {

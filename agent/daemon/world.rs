@@ -17,6 +17,11 @@ use crate::config::{Config, NodeSpec};
 use crate::runtime::{NodeHandle, Runtime};
 use crate::template::{Rendered, Running};
 
+mod network;
+
+use network::NetworkAudit;
+pub use network::NetworkEvent;
+
 /// First delay before restarting a node whose init died; doubles up to [`RETRY_CAP`].
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
@@ -38,6 +43,8 @@ pub enum Event {
     /// The health a node's init (by its pid) reported, sent when it differs from the last one
     /// that init reported.
     Health(String, i32, String),
+    /// The network audit's notifications and findings.
+    Network(NetworkEvent),
 }
 
 pub enum Command {
@@ -95,6 +102,8 @@ pub struct NodeSnapshot {
     pub started_at: Option<u64>,
     pub restarts: u32,
     pub error: Option<String>,
+    /// Why the node's network is not whole, while it is repaired.
+    pub degraded: Option<String>,
     pub desired_running: bool,
     pub handle: Option<Arc<NodeHandle>>,
 }
@@ -121,6 +130,8 @@ pub struct World {
     /// The running nodes (with their health) the templates were last rendered with; `None`
     /// forces a render (a new configuration may bring new template texts).
     templates_rendered_for: Option<Running>,
+    /// The network audit: when it is due, and the nodes whose network it is repairing.
+    network: NetworkAudit,
 }
 
 impl World {
@@ -140,6 +151,7 @@ impl World {
             waiters: Vec::new(),
             events,
             templates_rendered_for: None,
+            network: NetworkAudit::new(),
         };
         for spec in world.config.nodes.values() {
             world
@@ -185,7 +197,8 @@ impl World {
 
     /// When the core must wake up even without events.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.nodes.values().filter_map(|entry| entry.retry_at).min()
+        let retries = self.nodes.values().filter_map(|entry| entry.retry_at);
+        retries.chain(self.network.due()).min()
     }
 
     pub fn handle(&mut self, event: Event) {
@@ -198,8 +211,10 @@ impl World {
             Event::Stopped(node) => self.stopped(&node),
             Event::InitExited(node, pid) => self.init_exited(&node, pid),
             Event::Health(node, pid, health) => self.health_reported(&node, pid, health),
+            Event::Network(event) => self.network_event(event),
         }
         self.reconcile();
+        self.audit_network_when_due();
         self.refresh_templates();
         self.answer_waiters();
     }
@@ -207,6 +222,7 @@ impl World {
     /// Called when a retry time passes.
     pub fn tick(&mut self) {
         self.reconcile();
+        self.audit_network_when_due();
         self.refresh_templates();
         self.answer_waiters();
     }
@@ -407,6 +423,7 @@ impl World {
                     started_at: entry.handle.as_ref().map(|h| h.record.started_at),
                     restarts: entry.restarts,
                     error: entry.error.clone(),
+                    degraded: self.network.degraded.get(name).cloned(),
                     desired_running: entry.spec.is_some() && self.desired.wants_running(name),
                     handle: entry.handle.clone(),
                 }

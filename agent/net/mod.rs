@@ -3,17 +3,21 @@
 //! every node sees.
 
 mod firewall;
+mod monitor;
 mod names;
 mod netlink;
 mod nft;
 mod policy;
+mod repair;
 
 use std::os::fd::OwnedFd;
 
 pub use firewall::render as render_firewall;
+pub use monitor::watch_links;
 pub use names::{hosts_file, resolv_conf};
 pub use netlink::{Netlink, PeerIdentity};
 pub use policy::{render as render_policy, table_name as policy_table};
+pub use repair::{plan as plan_repairs, Observed, Repair, RunningNode};
 
 use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec};
 
@@ -119,24 +123,8 @@ impl HostNetwork {
         spec: &NodeSpec,
         netns: &OwnedFd,
     ) -> Result<(), NetError> {
-        let bridge = self.bridge_index(host)?;
-        let link = self.node_link(&spec.name);
-        let eth0 = PeerIdentity {
-            index: Some(NODE_INTERFACE_INDEX),
-            mac: Some(netlink::node_mac(spec.network.address.address)),
-        };
-        if let Err(error) = host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns) {
-            tracing::debug!(node = %spec.name, "creating {link} again: {error}");
-            // A link of the node's previous life still goes away with its old namespace, and
-            // may be gone by the time we look (churn hits that window): remove it if it is
-            // still there and try once more. The bridge may have been made again meanwhile.
-            self.bridge_index
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            let bridge = self.bridge_index(host)?;
-            host.delete_link(&link)?;
-            host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns)?;
-        }
-        disable_ipv6(&link)?;
+        let eth0 = repair::node_peer(&spec.network);
+        self.attach_node_link(host, &spec.name, eth0, netns)?;
         if let Some(public) = spec.network.public.as_ref() {
             if public.uplink == "host" {
                 let link = self.public_link(&spec.name);
@@ -156,6 +144,31 @@ impl HostNetwork {
             nft::apply(&firewall::render(public), Some(netns))?;
         }
         Ok(())
+    }
+
+    /// The node's veth: the host end on the bridge, `eth0` (as `eth0` says) made directly in
+    /// the node's network namespace `netns`, IPv6 off on the host end.
+    fn attach_node_link(
+        &self,
+        host: &Netlink,
+        node: &str,
+        eth0: PeerIdentity,
+        netns: &OwnedFd,
+    ) -> Result<(), NetError> {
+        let bridge = self.bridge_index(host)?;
+        let link = self.node_link(node);
+        if let Err(error) = host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns) {
+            tracing::debug!(node, "creating {link} again: {error}");
+            // A link of the node's previous life still goes away with its old namespace, and
+            // may be gone by the time we look (churn hits that window): remove it if it is
+            // still there and try once more. The bridge may have been made again meanwhile.
+            self.bridge_index
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            let bridge = self.bridge_index(host)?;
+            host.delete_link(&link)?;
+            host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns)?;
+        }
+        disable_ipv6(&link)
     }
 
     /// Runs `work` on the shared host netlink connection, connecting on first use. After a

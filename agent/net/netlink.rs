@@ -14,16 +14,24 @@ use rtnetlink::packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode,
 };
-use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use rtnetlink::{
     AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
 };
 
 use super::NetError;
+
+/// A link as the network audit sees it: its index and the bridge it is a port of, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub controller: Option<u32>,
+}
 
 /// What a veth's far end is given at creation beyond its name; `None` leaves it to the kernel.
 #[derive(Debug, Clone, Copy, Default)]
@@ -272,6 +280,11 @@ impl Netlink {
 
     /// The index of a link, or `None` when there is no such link.
     pub fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        Ok(self.link_state(name)?.map(|link| link.index))
+    }
+
+    /// A link's index and bridge, or `None` when there is no such link.
+    pub fn link_state(&self, name: &str) -> Result<Option<LinkState>, NetError> {
         let what = format!("look up link {name}");
         let lookup = RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name(name).build());
         let answer = self.ask(&what, Request::change(lookup))?;
@@ -288,9 +301,45 @@ impl Netlink {
             .accepted(&what)?
             .iter()
             .find_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+                RouteNetlinkMessage::NewLink(link) => Some(LinkState {
+                    index: link.header.index,
+                    controller: link.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Controller(index) => Some(*index),
+                        _ => None,
+                    }),
+                }),
                 _ => None,
             }))
+    }
+
+    /// Makes the link `index` a port of the bridge `controller`, up.
+    pub fn set_controller(&self, index: u32, controller: u32, link: &str) -> Result<(), NetError> {
+        let what = format!("attach {link} to its bridge");
+        let change = LinkUnspec::new_with_index(index)
+            .controller(controller)
+            .up()
+            .build();
+        self.ask(&what, Request::change(RouteNetlinkMessage::SetLink(change)))?
+            .accepted(&what)
+            .map(drop)
+    }
+
+    /// Whether the link `index` holds the IPv4 `address`.
+    pub fn has_address(&self, index: u32, address: Ipv4Addr) -> Result<bool, NetError> {
+        let what = format!("list the addresses of link {index}");
+        let mut every = AddressMessage::default();
+        every.header.family = AddressFamily::Inet;
+        every.header.index = index;
+        let answer = self.ask(&what, Request::dump(RouteNetlinkMessage::GetAddress(every)))?;
+        Ok(answer.accepted(&what)?.iter().any(|reply| match reply {
+            RouteNetlinkMessage::NewAddress(found) => {
+                found.header.index == index
+                    && found.attributes.iter().any(|a| {
+                        matches!(a, AddressAttribute::Local(ip) if *ip == std::net::IpAddr::V4(address))
+                    })
+            }
+            _ => false,
+        }))
     }
 
     /// Names of every link in this namespace, from a dump the kernel did not mark inconsistent
