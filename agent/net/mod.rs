@@ -195,23 +195,6 @@ impl HostNetwork {
         })
     }
 
-    /// Nodes that have host-side links, by the link names' prefix.
-    pub fn nodes_with_links(&self) -> Result<Vec<String>, NetError> {
-        let prefix = &self.settings.link_prefix;
-        let names = self.with_host(|host| host.link_names())?;
-        let mut nodes: Vec<String> = names
-            .iter()
-            .filter_map(|name| {
-                name.strip_prefix(prefix.as_str())
-                    .and_then(|rest| rest.strip_prefix('-').or_else(|| rest.strip_prefix('_')))
-                    .map(str::to_string)
-            })
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        Ok(nodes)
-    }
-
     /// Replaces the inter-node policy table in one atomic nft transaction.
     pub fn apply_policy(&self, config: &Config) -> Result<(), NetError> {
         nft::apply(&policy::render(config), None)
