@@ -612,3 +612,48 @@ fn environment_names_are_identifiers() {
     );
     parse_text(&fine).unwrap();
 }
+
+#[test]
+fn the_bridge_and_subnet_are_checked_against_the_host_s_links_and_routes() {
+    let text = |bridge: &str| {
+        format!("{SLEEPER}[network]\nbridge = \"{bridge}\"\nsubnet = \"10.9.0.0/24\"\nhost_ip = \"10.9.0.254\"\n")
+    };
+    let route = |destination: &str, device: &str| HostRoute {
+        destination: Cidr::parse(destination).unwrap(),
+        device: device.into(),
+    };
+    let link = |name: &str, bridge: bool| HostLink {
+        name: name.into(),
+        bridge,
+    };
+    let mut host = HostView {
+        // The default route, and the agent's own bridge with the route of its last run.
+        routes: vec![route("0.0.0.0/0", "eth0"), route("10.9.0.0/24", "msx0")],
+        links: vec![link("lo", false), link("eth0", false), link("msx0", true)],
+    };
+    let problems = |text: &str, host: &HostView| {
+        let source = Source::new("agent.toml", text);
+        check_against_host(&source, &parse(&source).unwrap(), host)
+    };
+    assert_eq!(problems(&text("msx0"), &host), []);
+    assert_eq!(problems(&text("msnew0"), &host).len(), 1);
+
+    host.routes.push(route("10.0.0.0/8", "tun0"));
+    let found = problems(&text("msx0"), &host);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].line, found[0].column), (13, 10), "{found:?}");
+    assert_eq!(
+        found[0].message,
+        "network.subnet: 10.9.0.0/24 overlaps the host's route to 10.0.0.0/8 on tun0"
+    );
+
+    host.routes.pop();
+    for interface in ["eth0", "lo"] {
+        let found = problems(&text(interface), &host);
+        assert_eq!((found[0].line, found[0].column), (12, 10), "{found:?}");
+        assert_eq!(
+            found[0].message,
+            format!("network.bridge: `{interface}` is an existing interface that is not a bridge")
+        );
+    }
+}

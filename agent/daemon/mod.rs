@@ -33,8 +33,9 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("agent.sock")
 }
 
-/// Loads the configuration and checks what parsing alone cannot: that every image exists, and
-/// that the recipes of those built from one are valid.
+/// Loads the configuration and checks what parsing alone cannot: that every image exists, that
+/// the recipes of those built from one are valid, and that the network fits this host's links
+/// and routes (`config::check_against_host`).
 ///
 /// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
 /// outside the plan): the addresses are resolved again with theirs when they differ.
@@ -61,11 +62,20 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
         }
     }
     let used: BTreeSet<&str> = config.nodes.values().map(|n| n.image.as_str()).collect();
-    let recipe_problems: Vec<config::Diagnostic> = used
+    let mut problems: Vec<config::Diagnostic> = used
         .into_iter()
         .flat_map(|image| images.recipe_problems(image))
         .collect();
-    if missing.is_empty() && recipe_problems.is_empty() {
+    match crate::net::read_host_view() {
+        Ok(host) => problems.extend(config::check_against_host(&source, &config, &host)),
+        Err(error) => problems.push(source.at(
+            None,
+            format!(
+                "cannot read this host's links and routes to check the network against: {error}"
+            ),
+        )),
+    }
+    if missing.is_empty() && problems.is_empty() {
         return Ok(config);
     }
     Err(ConfigError::Invalid(
@@ -81,7 +91,7 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
                     crate::image::BUILT_IN.join(", ")
                 ),
             })
-            .chain(recipe_problems)
+            .chain(problems)
             .collect(),
     ))
 }

@@ -3,6 +3,7 @@
 //! every node sees.
 
 mod firewall;
+mod host_view;
 mod names;
 mod netlink;
 mod nft;
@@ -11,6 +12,7 @@ mod policy;
 use std::os::fd::OwnedFd;
 
 pub use firewall::render as render_firewall;
+pub use host_view::read_host_view;
 pub use names::{hosts_file, resolv_conf};
 pub use netlink::{Netlink, PeerIdentity};
 pub use policy::{render as render_policy, table_name as policy_table};
