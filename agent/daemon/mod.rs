@@ -1,6 +1,7 @@
 //! The daemon (`magestack-agent run`): adopts running nodes, sweeps leftovers, serves the
 //! control socket and drives every node towards its desired state. Nodes outlive it.
 
+mod claim;
 mod desired;
 mod metrics;
 mod notify;
@@ -106,7 +107,8 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     }
     crate::runtime::create_dir(&config.host.run_dir, 0o711)
         .with_context(|| format!("creating {}", config.host.run_dir.display()))?;
-    let _lock = lock_run_dir(&config.host.run_dir)?;
+    let cgroups = crate::runtime::cgroup::Cgroups::detect().context("detecting cgroups")?;
+    let _claims = claim::Claims::take(&config, &cgroups)?;
     let runtime = Arc::new(Runtime::new(&config).context("detecting cgroups")?);
     if let Some(leaf) = runtime.cgroups.enter_agent_leaf()? {
         tracing::info!(leaf = %leaf.display(), "moved into the leaf of the delegated cgroup");
@@ -288,19 +290,4 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)
-}
-
-/// One daemon per run dir: a second one would fight the first over the same nodes.
-fn lock_run_dir(run_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = run_dir.join("agent.lock");
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| {
-            anyhow::anyhow!(
-                "another magestack-agent is running with run dir {} ({errno})",
-                run_dir.display()
-            )
-        },
-    )
 }
