@@ -147,8 +147,9 @@ impl Setting {
 }
 
 impl Claims {
-    /// Claims the state and run dirs, the cgroup parent (as `cgroups` places it) and the
-    /// network of `config` for this process, or says which is taken and by whom.
+    /// Claims the state and run dirs, the network and the cgroup parent (as `cgroups` places
+    /// it) of `config` for this process, or says which is taken and by whom. The parent's
+    /// directory, made if missing, comes last: a refusal leaves no new directory behind.
     pub fn take(config: &Config, cgroups: &Cgroups) -> Result<Claims, ClaimError> {
         let holder = Holder::of(config);
         let host = &config.host;
@@ -163,6 +164,14 @@ impl Claims {
             };
             locks.push(lock(&setting, &dir.join("agent.lock"), &holder)?);
         }
+        let network = &config.network;
+        for (name, value) in [
+            ("network.bridge", network.bridge.clone()),
+            ("network.link_prefix", network.link_prefix.clone()),
+            ("network.subnet", network.subnet.to_string()),
+        ] {
+            bind(&Setting { name, value }, &holder)?;
+        }
         let cgroup = Setting {
             name: "host.cgroup",
             value: host.cgroup.clone(),
@@ -174,15 +183,6 @@ impl Claims {
         std::fs::create_dir_all(&parent_dir)
             .map_err(cgroup.io(format!("creating {}", parent_dir.display())))?;
         locks.push(lock_cgroup(&cgroup, &parent_dir)?);
-
-        let network = &config.network;
-        for (name, value) in [
-            ("network.bridge", network.bridge.clone()),
-            ("network.link_prefix", network.link_prefix.clone()),
-            ("network.subnet", network.subnet.to_string()),
-        ] {
-            bind(&Setting { name, value }, &holder)?;
-        }
         Ok(Claims { _locks: locks })
     }
 }
