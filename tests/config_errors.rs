@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{TestHost, SLEEPER_ROLE};
+use std::process::Command;
+
+use common::{sleeper_nodes, TestHost, SLEEPER_ROLE};
 
 fn check(host: &TestHost) -> (bool, String) {
     let output = host.try_cli(&["config", "check"]);
@@ -31,19 +33,24 @@ fn each_kind_of_error_is_located_and_exits_non_zero() {
         (
             "invalid TOML",
             "[nodes.s1\nrole = \"sleeper\"\n",
-            "agent.toml:18:",
+            "agent.toml:19:",
         ),
         (
             "unknown role",
             "[nodes.s1]\nrole = \"sleper\"\n",
-            "agent.toml:19:8: nodes.s1.role: unknown role `sleper`",
+            "agent.toml:20:8: nodes.s1.role: unknown role `sleper`",
         ),
         (
             "unknown field",
             "[nodes.s1]\nrole = \"web\"\nmemroy = \"1G\"\n",
-            "agent.toml:20:1: unknown field `memroy`",
+            "agent.toml:21:1: unknown field `memroy`",
         ),
         ("duplicate address", "DUPLICATE", "DUPLICATE"),
+        (
+            "allow from an unknown role",
+            "[nodes.s1]\nrole = \"ghost\"\n[roles.ghost]\nimage = \"busybox\"\n[[roles.ghost.allow]]\nfrom = [\"*\", \"nosuchrole\"]\nports = [80]\n",
+            "agent.toml:24:8: roles.ghost.allow.from: `nosuchrole` is not a role",
+        ),
         (
             "missing image",
             "[nodes.s1]\nrole = \"ghost\"\n[roles.ghost]\nimage = \"nosuchimage\"\n",
@@ -60,7 +67,7 @@ fn each_kind_of_error_is_located_and_exits_non_zero() {
                     "[nodes.web1]\nrole = \"web\"\n[nodes.web2]\nrole = \"web\"\nip = \"{web1}\"\n"
                 ),
                 format!(
-                    "agent.toml:22:6: nodes.web2.ip: address {web1} is already used by node web1"
+                    "agent.toml:23:6: nodes.web2.ip: address {web1} is already used by node web1"
                 ),
             )
         } else {
@@ -111,4 +118,84 @@ fn an_unknown_image_builder_is_located() {
         ),
         "{text}"
     );
+}
+
+/// A veth pair `<name>` / `<name>p` made for one test (this kernel may have no dummy links),
+/// removed on drop.
+struct TestLink(String);
+
+impl TestLink {
+    fn new(name: String) -> TestLink {
+        let made = Command::new("ip")
+            .args(["link", "add", &name, "type", "veth", "peer", "name"])
+            .arg(format!("{name}p"))
+            .status()
+            .unwrap();
+        assert!(made.success(), "ip link add {name}");
+        TestLink(name)
+    }
+}
+
+impl Drop for TestLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn settings_that_collide_with_the_host_are_located() {
+    let host = TestHost::new("cfghost", &sleeper_nodes(&["s1"]));
+    for interface in ["lo", "VETH"] {
+        let veth = TestLink::new(format!("{}rt", host.net.link_prefix));
+        let interface = interface.replace("VETH", &veth.0);
+        host.set_setting("bridge", &format!("\"{interface}\""));
+        let (ok, text) = check(&host);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains(&format!(
+                "agent.toml:11:10: network.bridge: `{interface}` is an existing interface that is not a bridge"
+            )),
+            "{text}"
+        );
+        host.write_config(&sleeper_nodes(&["s1"]));
+    }
+
+    // A subnet one of the host's routes covers.
+    let veth = TestLink::new(format!("{}rt", host.net.link_prefix));
+    let k = host.net.k;
+    let peer = format!("{}p", veth.0);
+    for args in [
+        vec!["addr", "add", &format!("10.212.{k}.1/24"), "dev", &veth.0],
+        vec!["link", "set", &veth.0, "up"],
+        vec!["link", "set", &peer, "up"],
+    ] {
+        let done = Command::new("ip").args(&args).status().unwrap();
+        assert!(done.success(), "ip {args:?}");
+    }
+    host.set_setting("subnet", &format!("\"10.212.{k}.0/25\""));
+    host.set_setting("host_ip", &format!("\"10.212.{k}.126\""));
+    let (ok, text) = check(&host);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "agent.toml:12:10: network.subnet: 10.212.{k}.0/25 overlaps the host's route to 10.212.{k}.0/24 on {}",
+            veth.0
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_agent_s_own_bridge_route_is_no_collision() {
+    let mut host = TestHost::new("cfgown", &sleeper_nodes(&["s1"]));
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    // The bridge exists now, with the route to the subnet on it.
+    let (ok, text) = check(&host);
+    assert!(ok, "{text}");
+    host.kill_daemon(libc::SIGKILL);
+    let (ok, text) = check(&host);
+    assert!(ok, "{text}");
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
 }

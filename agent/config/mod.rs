@@ -4,6 +4,7 @@
 //! every problem named by file, line, column and field.
 
 mod duration;
+mod host_view;
 mod model;
 mod network;
 mod plan;
@@ -17,6 +18,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use host_view::{check_against_host, HostLink, HostRoute, HostView};
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
     ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,

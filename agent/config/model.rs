@@ -242,6 +242,16 @@ impl Subnet {
         let offset = u32::from(ip).wrapping_sub(u32::from(self.network));
         self.contains(ip) && self.host(offset).is_some()
     }
+
+    /// Whether the subnet and `other` share an address: one of them holds the other.
+    pub fn overlaps(&self, other: Cidr) -> bool {
+        let shorter = self.prefix.min(other.prefix);
+        let within = Cidr {
+            address: self.network,
+            prefix: shorter,
+        };
+        within.contains(other.address)
+    }
 }
 
 impl std::fmt::Display for Subnet {

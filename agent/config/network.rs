@@ -32,11 +32,19 @@ pub fn network_settings(
 ) -> Option<(NetworkSettings, PendingPublic)> {
     let errors_before = checker.diagnostics.len();
     let default_subnet = || Subnet::parse("172.16.0.0/24").expect("default subnet");
-    let subnet = match raw.subnet {
-        Some(text) => Subnet::parse(text.get_ref()).unwrap_or_else(|message| {
-            checker.error(&text, format!("network.subnet: {message}"));
-            default_subnet()
-        }),
+    let subnet = match &raw.subnet {
+        Some(text) => match Subnet::parse(text.get_ref()) {
+            Ok(subnet) => {
+                if let Err(message) = check_subnet(text.get_ref(), subnet) {
+                    checker.error(text, format!("network.subnet: {message}"));
+                }
+                subnet
+            }
+            Err(message) => {
+                checker.error(text, format!("network.subnet: {message}"));
+                default_subnet()
+            }
+        },
         None => default_subnet(),
     };
     let host_ip = match raw.host_ip {
@@ -86,6 +94,13 @@ pub fn network_settings(
     let address = raw
         .public_ip
         .and_then(|text| match Cidr::parse(text.get_ref()) {
+            Ok(cidr) if subnet.overlaps(cidr) => {
+                checker.error(
+                    &text,
+                    format!("network.public_ip: {cidr} overlaps the internal subnet {subnet}"),
+                );
+                None
+            }
             Ok(cidr) if cidr.prefix >= 8 && cidr.prefix <= 30 => Some(cidr),
             Ok(_) => {
                 checker.error(
@@ -270,6 +285,29 @@ fn cidrs(checker: &mut Checker, raw: &[Spanned<String>], field: &str) -> Vec<Cid
                 .ok()
         })
         .collect()
+}
+
+/// Loopback addresses, which every network namespace keeps to itself.
+const LOOPBACK: Cidr = Cidr {
+    address: Ipv4Addr::new(127, 0, 0, 0),
+    prefix: 8,
+};
+
+/// What parsing alone lets through: host bits (`172.16.0.5/24` is taken for a typo, not
+/// silently widened), and the loopback range.
+fn check_subnet(text: &str, subnet: Subnet) -> Result<(), String> {
+    let written = text
+        .split_once('/')
+        .and_then(|(address, _)| address.parse::<Ipv4Addr>().ok());
+    if written != Some(subnet.network) {
+        return Err(format!(
+            "`{text}` has host bits set: the network is {subnet}"
+        ));
+    }
+    if subnet.overlaps(LOOPBACK) {
+        return Err(format!("{subnet} overlaps loopback ({LOOPBACK})"));
+    }
+    Ok(())
 }
 
 /// Linux interface names: at most 15 bytes, no '/', ':' or spaces.

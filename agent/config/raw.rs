@@ -132,7 +132,7 @@ pub struct RawProcess {
     pub name: Spanned<String>,
     pub command: Spanned<Vec<String>>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<Spanned<String>, String>,
     pub user: Option<String>,
     pub restart: Option<Spanned<String>>,
 }

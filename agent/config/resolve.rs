@@ -1,6 +1,6 @@
 //! From the configuration as written to the effective definition of every node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,11 +37,19 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
     let metrics = metrics_settings(&mut checker, raw.metrics);
     let logs = log_rotation(&mut checker, raw.logs);
     let network = super::network::network_settings(&mut checker, raw.network);
+    let known_roles: BTreeSet<String> = super::shipped::ROLES
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .chain(raw.roles.keys().map(|name| name.get_ref().clone()))
+        .collect();
     let inline_roles: BTreeMap<String, (Spanned<String>, PartialRole)> = raw
         .roles
         .into_iter()
         .map(|(name, role)| {
             check_role_name(&mut checker, &name);
+            if let Some(allow) = &role.allow {
+                checker.allow_sources(name.get_ref(), allow, &known_roles);
+            }
             let partial = checker.role(name.get_ref(), role);
             (name.get_ref().clone(), (name, partial))
         })

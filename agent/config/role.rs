@@ -169,10 +169,25 @@ impl Checker<'_> {
                     RestartPolicy::Always
                 }),
             };
+            for key in raw.env.keys() {
+                if !is_env_name(key.get_ref()) {
+                    self.error(
+                        key,
+                        format!(
+                            "{field}.env: `{}` is not a variable name: ASCII letters, digits and '_', not starting with a digit",
+                            key.get_ref().escape_debug()
+                        ),
+                    );
+                }
+            }
             processes.push(ProcessSpec {
                 name: raw.name.into_inner(),
                 command: raw.command.into_inner(),
-                env: raw.env,
+                env: raw
+                    .env
+                    .into_iter()
+                    .map(|(key, value)| (key.into_inner(), value))
+                    .collect(),
                 user: raw.user,
                 restart,
             });
@@ -222,6 +237,7 @@ impl Checker<'_> {
 
     fn volumes(&mut self, role: &str, list: Vec<RawVolume>) -> Vec<VolumeSpec> {
         let mut names = BTreeSet::new();
+        let mut paths: BTreeMap<String, String> = BTreeMap::new();
         let mut volumes = Vec::new();
         for raw in list {
             let field = format!("roles.{role}.volume.{}", raw.name.get_ref());
@@ -236,6 +252,16 @@ impl Checker<'_> {
             }
             if let Err(message) = check_node_path(raw.path.get_ref()) {
                 self.error(&raw.path, format!("{field}.path: {message}"));
+            }
+            let path = raw.path.get_ref().trim_end_matches('/').to_string();
+            if let Some(other) = paths.insert(path, raw.name.get_ref().clone()) {
+                self.error(
+                    &raw.path,
+                    format!(
+                        "{field}.path: `{}` is also the path of volume {other}",
+                        raw.path.get_ref()
+                    ),
+                );
             }
             volumes.push(VolumeSpec {
                 name: raw.name.into_inner(),
@@ -336,6 +362,24 @@ impl Checker<'_> {
                 }
             })
             .collect()
+    }
+
+    /// `from` of each of an inline role's `[[allow]]` rules names a role among `known` (shipped or
+    /// inline), or is `*` for every node: a misspelt role would otherwise open nothing, silently.
+    pub fn allow_sources(&mut self, role: &str, list: &[RawAllow], known: &BTreeSet<String>) {
+        for rule in list {
+            for from in rule.from.get_ref() {
+                if from != "*" && !known.contains(from) {
+                    self.error(
+                        &rule.from,
+                        format!(
+                            "roles.{role}.allow.from: `{from}` is not a role (known: {}; `*` is every node)",
+                            known.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn templates(&mut self, role: &str, list: Vec<RawTemplate>) -> Vec<TemplateSpec> {
@@ -570,6 +614,14 @@ impl Resources {
             pids: self.pids.or(base.pids),
         }
     }
+}
+
+/// An environment variable's name as a shell can set it: ASCII letters, digits and '_', not
+/// starting with a digit. Stricter than the kernel (anything without '=' or NUL): a name a shell
+/// cannot name is a typo more often than a need.
+fn is_env_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Names that become file names and cgroup or log paths.

@@ -545,3 +545,132 @@ fn nodes_outside_the_plan_keep_their_running_addresses_when_others_come() {
     let default = resolve::resolve(&crate::config::shipped::default_config(), &planned).unwrap();
     assert_eq!(default.nodes["web1"].ip, host(21));
 }
+
+#[test]
+fn a_subnet_with_host_bits_set_is_refused_with_its_network() {
+    let error = first_error("[network]\nsubnet = \"172.16.0.5/24\"\n");
+    assert_eq!((error.line, error.column), (2, 10), "{error:?}");
+    assert!(
+        error.message.contains("network.subnet") && error.message.contains("172.16.0.0/24"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_subnet_on_loopback_is_refused() {
+    let error = first_error("[network]\nsubnet = \"127.0.0.0/24\"\nhost_ip = \"127.0.0.254\"\n");
+    assert_eq!((error.line, error.column), (2, 10), "{error:?}");
+    assert!(
+        error.message.contains("network.subnet") && error.message.contains("loopback"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_public_address_inside_the_internal_subnet_is_refused() {
+    let error = first_error(
+        "[network]\nsubnet = \"172.16.0.0/24\"\npublic_ip = \"172.16.0.200/24\"\npublic_gateway = \"172.16.0.199\"\n",
+    );
+    assert_eq!((error.line, error.column), (3, 13), "{error:?}");
+    assert!(
+        error.message.contains("network.public_ip") && error.message.contains("172.16.0.0/24"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn allow_rules_must_name_existing_roles() {
+    let text = format!(
+        "{SLEEPER}[[roles.sleeper.allow]]\nfrom = [\"web\", \"nosuchrole\"]\nports = [80]\n"
+    );
+    let error = first_error(&text);
+    assert_eq!((error.line, error.column), (12, 8), "{error:?}");
+    assert!(
+        error.message.contains("roles.sleeper.allow.from") && error.message.contains("nosuchrole"),
+        "{error:?}"
+    );
+    // Every node, an inline role and a shipped one are all fine.
+    let fine = format!(
+        "{SLEEPER}[[roles.sleeper.allow]]\nfrom = [\"*\", \"sleeper\", \"monitor\"]\nports = [80]\n"
+    );
+    parse_text(&fine).unwrap();
+}
+
+#[test]
+fn two_volumes_of_a_role_on_one_path_are_refused() {
+    let text = format!(
+        "{SLEEPER}[[roles.sleeper.volume]]\nname = \"a\"\npath = \"/srv/data\"\n[[roles.sleeper.volume]]\nname = \"b\"\npath = \"/srv/data/\"\n"
+    );
+    let error = first_error(&text);
+    assert_eq!((error.line, error.column), (16, 8), "{error:?}");
+    assert!(
+        error.message.contains("roles.sleeper.volume.b.path") && error.message.contains("volume a"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn environment_names_are_identifiers() {
+    for bad in ["", "A=B", "1ST", "WITH SPACE", "DASH-ED", "NUL\\u0000"] {
+        let text = SLEEPER.replace(
+            "command = [\"sleep\", \"1000000\"]\n",
+            &format!("command = [\"sleep\", \"1000000\"]\nenv = {{ \"{bad}\" = \"x\" }}\n"),
+        );
+        let error = first_error(&text);
+        assert_eq!((error.line, error.column), (11, 9), "{bad}: {error:?}");
+        assert!(
+            error.message.contains("roles.sleeper.process.sleep.env"),
+            "{bad}: {error:?}"
+        );
+    }
+    let fine = SLEEPER.replace(
+        "command = [\"sleep\", \"1000000\"]\n",
+        "command = [\"sleep\", \"1000000\"]\nenv = { PATH = \"/bin\", _x1 = \"y\", lower_case = \"\" }\n",
+    );
+    parse_text(&fine).unwrap();
+}
+
+#[test]
+fn the_bridge_and_subnet_are_checked_against_the_host_s_links_and_routes() {
+    let text = |bridge: &str| {
+        format!("{SLEEPER}[network]\nbridge = \"{bridge}\"\nsubnet = \"10.9.0.0/24\"\nhost_ip = \"10.9.0.254\"\n")
+    };
+    let route = |destination: &str, device: &str| HostRoute {
+        destination: Cidr::parse(destination).unwrap(),
+        device: device.into(),
+    };
+    let link = |name: &str, bridge: bool| HostLink {
+        name: name.into(),
+        bridge,
+    };
+    let mut host = HostView {
+        // The default route, and the agent's own bridge with the route of its last run.
+        routes: vec![route("0.0.0.0/0", "eth0"), route("10.9.0.0/24", "msx0")],
+        links: vec![link("lo", false), link("eth0", false), link("msx0", true)],
+    };
+    let problems = |text: &str, host: &HostView| {
+        let source = Source::new("agent.toml", text);
+        check_against_host(&source, &parse(&source).unwrap(), host)
+    };
+    assert_eq!(problems(&text("msx0"), &host), []);
+    assert_eq!(problems(&text("msnew0"), &host).len(), 1);
+
+    host.routes.push(route("10.0.0.0/8", "tun0"));
+    let found = problems(&text("msx0"), &host);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].line, found[0].column), (13, 10), "{found:?}");
+    assert_eq!(
+        found[0].message,
+        "network.subnet: 10.9.0.0/24 overlaps the host's route to 10.0.0.0/8 on tun0"
+    );
+
+    host.routes.pop();
+    for interface in ["eth0", "lo"] {
+        let found = problems(&text(interface), &host);
+        assert_eq!((found[0].line, found[0].column), (12, 10), "{found:?}");
+        assert_eq!(
+            found[0].message,
+            format!("network.bridge: `{interface}` is an existing interface that is not a bridge")
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The daemon (`magestack-agent run`): adopts running nodes, sweeps leftovers, serves the
 //! control socket and drives every node towards its desired state. Nodes outlive it.
 
+mod claim;
 mod desired;
 mod metrics;
 mod notify;
@@ -33,8 +34,9 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("agent.sock")
 }
 
-/// Loads the configuration and checks what parsing alone cannot: that every image exists, and
-/// that the recipes of those built from one are valid.
+/// Loads the configuration and checks what parsing alone cannot: that every image exists, that
+/// the recipes of those built from one are valid, and that the network fits this host's links
+/// and routes (`config::check_against_host`).
 ///
 /// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
 /// outside the plan): the addresses are resolved again with theirs when they differ.
@@ -61,11 +63,20 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
         }
     }
     let used: BTreeSet<&str> = config.nodes.values().map(|n| n.image.as_str()).collect();
-    let recipe_problems: Vec<config::Diagnostic> = used
+    let mut problems: Vec<config::Diagnostic> = used
         .into_iter()
         .flat_map(|image| images.recipe_problems(image))
         .collect();
-    if missing.is_empty() && recipe_problems.is_empty() {
+    match crate::net::read_host_view() {
+        Ok(host) => problems.extend(config::check_against_host(&source, &config, &host)),
+        Err(error) => problems.push(source.at(
+            None,
+            format!(
+                "cannot read this host's links and routes to check the network against: {error}"
+            ),
+        )),
+    }
+    if missing.is_empty() && problems.is_empty() {
         return Ok(config);
     }
     Err(ConfigError::Invalid(
@@ -81,7 +92,7 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
                     crate::image::BUILT_IN.join(", ")
                 ),
             })
-            .chain(recipe_problems)
+            .chain(problems)
             .collect(),
     ))
 }
@@ -96,7 +107,8 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     }
     crate::runtime::create_dir(&config.host.run_dir, 0o711)
         .with_context(|| format!("creating {}", config.host.run_dir.display()))?;
-    let _lock = lock_run_dir(&config.host.run_dir)?;
+    let cgroups = crate::runtime::cgroup::Cgroups::detect().context("detecting cgroups")?;
+    let _claims = claim::Claims::take(&config, &cgroups)?;
     let runtime = Arc::new(Runtime::new(&config).context("detecting cgroups")?);
     if let Some(leaf) = runtime.cgroups.enter_agent_leaf()? {
         tracing::info!(leaf = %leaf.display(), "moved into the leaf of the delegated cgroup");
@@ -282,19 +294,4 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)
-}
-
-/// One daemon per run dir: a second one would fight the first over the same nodes.
-fn lock_run_dir(run_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = run_dir.join("agent.lock");
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| {
-            anyhow::anyhow!(
-                "another magestack-agent is running with run dir {} ({errno})",
-                run_dir.display()
-            )
-        },
-    )
 }

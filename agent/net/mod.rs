@@ -3,6 +3,7 @@
 //! every node sees.
 
 mod firewall;
+mod host_view;
 mod monitor;
 mod names;
 mod netlink;
@@ -13,6 +14,7 @@ mod repair;
 use std::os::fd::OwnedFd;
 
 pub use firewall::render as render_firewall;
+pub use host_view::read_host_view;
 pub use monitor::watch_links;
 pub use names::{hosts_file, resolv_conf};
 pub use netlink::{Netlink, PeerIdentity};
@@ -209,23 +211,6 @@ impl HostNetwork {
             host.delete_link(&self.node_link(node))?;
             host.delete_link(&self.public_link(node))
         })
-    }
-
-    /// Nodes that have host-side links, by the link names' prefix.
-    pub fn nodes_with_links(&self) -> Result<Vec<String>, NetError> {
-        let prefix = &self.settings.link_prefix;
-        let names = self.with_host(|host| host.link_names())?;
-        let mut nodes: Vec<String> = names
-            .iter()
-            .filter_map(|name| {
-                name.strip_prefix(prefix.as_str())
-                    .and_then(|rest| rest.strip_prefix('-').or_else(|| rest.strip_prefix('_')))
-                    .map(str::to_string)
-            })
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        Ok(nodes)
     }
 
     /// Replaces the inter-node policy table in one atomic nft transaction.

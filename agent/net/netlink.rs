@@ -16,7 +16,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkMessage, MacVlanMode,
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -25,6 +25,7 @@ use rtnetlink::{
 };
 
 use super::NetError;
+use crate::config::HostLink;
 
 /// A link as the network audit sees it: its index and the bridge it is a port of, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +49,6 @@ pub fn node_mac(address: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x6e, a, b, c, d]
 }
 
-/// `/sys/class/net/<link>/addr_assign_type` of an address set by hand (NET_ADDR_SET).
-const NET_ADDR_SET: &str = "3";
-
 /// A locally administered unicast MAC address for the bridge, the same for the same name.
 pub fn bridge_mac(name: &str) -> [u8; 6] {
     // FNV-1a: stable across builds and Rust versions, unlike the standard library's hasher.
@@ -59,15 +57,6 @@ pub fn bridge_mac(name: &str) -> [u8; 6] {
     });
     let bytes = hash.to_be_bytes();
     [0x02, 0x6d, bytes[0], bytes[1], bytes[2], bytes[3]]
-}
-
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// The loopback device is always the first link of a network namespace.
@@ -280,11 +269,22 @@ impl Netlink {
 
     /// The index of a link, or `None` when there is no such link.
     pub fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
-        Ok(self.link_state(name)?.map(|link| link.index))
+        Ok(self.link(name)?.map(|link| link.header.index))
     }
 
     /// A link's index and bridge, or `None` when there is no such link.
     pub fn link_state(&self, name: &str) -> Result<Option<LinkState>, NetError> {
+        Ok(self.link(name)?.map(|link| LinkState {
+            index: link.header.index,
+            controller: link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Controller(index) => Some(*index),
+                _ => None,
+            }),
+        }))
+    }
+
+    /// A link as the kernel describes it, or `None` when there is no such link.
+    fn link(&self, name: &str) -> Result<Option<LinkMessage>, NetError> {
         let what = format!("look up link {name}");
         let lookup = RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name(name).build());
         let answer = self.ask(&what, Request::change(lookup))?;
@@ -299,15 +299,9 @@ impl Netlink {
         }
         Ok(answer
             .accepted(&what)?
-            .iter()
+            .into_iter()
             .find_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => Some(LinkState {
-                    index: link.header.index,
-                    controller: link.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::Controller(index) => Some(*index),
-                        _ => None,
-                    }),
-                }),
+                RouteNetlinkMessage::NewLink(link) => Some(link),
                 _ => None,
             }))
     }
@@ -342,9 +336,10 @@ impl Netlink {
         }))
     }
 
-    /// Names of every link in this namespace, from a dump the kernel did not mark inconsistent
-    /// (links come and go while it runs) when one of a few attempts gives it.
-    pub fn link_names(&self) -> Result<Vec<String>, NetError> {
+    /// Every link in this namespace, by name, and whether it is a bridge, from a dump the kernel
+    /// did not mark inconsistent (links come and go while it runs) when one of a few attempts
+    /// gives it.
+    pub fn links(&self) -> Result<Vec<HostLink>, NetError> {
         let mut attempt = 1;
         let answer = loop {
             let every = RouteNetlinkMessage::GetLink(LinkMessage::default());
@@ -368,12 +363,16 @@ impl Netlink {
         Ok(replies
             .iter()
             .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => {
-                    link.attributes.iter().find_map(|a| match a {
+                RouteNetlinkMessage::NewLink(link) => Some(HostLink {
+                    name: link.attributes.iter().find_map(|a| match a {
                         LinkAttribute::IfName(name) => Some(name.clone()),
                         _ => None,
-                    })
-                }
+                    })?,
+                    bridge: link.attributes.iter().any(|a| {
+                        matches!(a, LinkAttribute::LinkInfo(infos)
+                            if infos.contains(&LinkInfo::Kind(InfoKind::Bridge)))
+                    }),
+                }),
                 _ => None,
             })
             .collect())
@@ -404,28 +403,29 @@ impl Netlink {
                     .ok_or_else(|| NetError::Missing(format!("bridge {name} after creating it")))?
             }
         };
-        self.pin_mac(index, name)?;
+        self.pin_mac(name)?;
         self.address_and_up(index, address, prefix, name)?;
         Ok(index)
     }
 
     /// Makes a bridge made by someone else (or an older agent) keep its current MAC address:
-    /// setting it, even to the same value, stops the kernel from changing it as ports join.
-    fn pin_mac(&self, index: u32, name: &str) -> Result<(), NetError> {
-        let sysfs = std::path::Path::new("/sys/class/net").join(name);
-        let assigned = std::fs::read_to_string(sysfs.join("addr_assign_type")).unwrap_or_default();
-        if assigned.trim() == NET_ADDR_SET {
-            return Ok(());
-        }
-        let current =
-            std::fs::read_to_string(sysfs.join("address")).map_err(|source| NetError::Io {
-                what: format!("read the MAC address of {name}"),
-                source,
-            })?;
-        let mac = parse_mac(current.trim())
-            .ok_or_else(|| NetError::Missing(format!("a MAC address on {name}: {current:?}")))?;
-        let pinned = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
+    /// setting it, even to the same value, stops the kernel from changing it as ports join. The
+    /// address is read over netlink, not from /sys/class/net, which shows the network namespace
+    /// /sys was mounted in rather than the agent's own.
+    fn pin_mac(&self, name: &str) -> Result<(), NetError> {
+        let link = self
+            .link(name)?
+            .ok_or_else(|| NetError::Missing(format!("bridge {name}")))?;
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => Some(mac.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| NetError::Missing(format!("a MAC address on {name}")))?;
+        let pinned = LinkUnspec::new_with_index(link.header.index)
+            .address(mac)
             .build();
         let what = format!("pin the MAC address of {name}");
         self.ask(&what, Request::change(RouteNetlinkMessage::SetLink(pinned)))?
@@ -736,7 +736,12 @@ mod tests {
             for answer in netlink.exchange("pairs", many).unwrap() {
                 assert_eq!(answer.refused, None);
             }
-            let names = netlink.link_names().unwrap();
+            let names: Vec<String> = netlink
+                .links()
+                .unwrap()
+                .into_iter()
+                .map(|l| l.name)
+                .collect();
             assert_eq!(names.len(), 1 + 2 * 2 + 2 * 75, "{names:?}");
             assert!(names.iter().any(|n| n == "d74p") && names.iter().any(|n| n == "lo"));
             assert_eq!(netlink.link_index("nothere").unwrap(), None);
@@ -757,22 +762,6 @@ mod tests {
             if let Ok(finished) = file_answers(&datagram, first, &mut answers) {
                 proptest::prop_assert!(finished <= datagram.len() / 16);
             }
-        }
-    }
-
-    #[test]
-    fn mac_addresses_parse_only_when_whole() {
-        assert_eq!(
-            parse_mac("02:6d:0a:ff:00:01"),
-            Some([0x02, 0x6d, 0x0a, 0xff, 0x00, 0x01])
-        );
-        for bad in [
-            "02:6d:0a:ff:00",
-            "02:6d:0a:ff:00:01:02",
-            "zz:6d:0a:ff:00:01",
-            "",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
         }
     }
 }

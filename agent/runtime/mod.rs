@@ -670,33 +670,35 @@ impl Runtime {
         }
     }
 
-    /// Names of nodes with anything left on the host: run dirs or cgroups.
+    /// Nodes this agent may have left something of on the host: those with a run dir. A node's
+    /// run dir is made before its cgroup and links and removed after them (`start`, `release`),
+    /// so it is this agent's record of what it made; names alone (a cgroup under the parent, a
+    /// link with the prefix) prove nothing, as another agent or an operator may have made them.
     pub fn leftover_nodes(&self) -> BTreeSet<String> {
-        let mut names = BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(self.dirs.nodes_run_dir()) {
-            names.extend(
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok()),
-            );
-        }
-        if let Ok(cgroups) = self.cgroups.list_nodes(&self.cgroup_parent) {
-            names.extend(cgroups);
-        }
-        match self.network.nodes_with_links() {
-            Ok(nodes) => names.extend(nodes),
-            Err(error) => tracing::warn!("listing node links: {error}"),
-        }
-        names
+        std::fs::read_dir(self.dirs.nodes_run_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
     }
 
-    /// Start-up sweep: clean every leftover that is not an adopted node, and the writable
-    /// layers of nodes no longer configured (volumes are data and are never removed here).
+    /// Start-up sweep: clean every leftover of this agent that is not an adopted node, and the
+    /// writable layers of nodes no longer configured (volumes are data and are never removed
+    /// here). Cgroups under the parent that no node of this agent made are left alone and named.
     pub fn sweep(&self, adopted: &BTreeSet<String>, configured: &BTreeSet<String>) {
-        for node in self.leftover_nodes() {
-            if !adopted.contains(&node) {
-                tracing::info!(node, "sweeping leftovers of a node that is not running");
-                self.cleanup(&node);
+        let ours = self.leftover_nodes();
+        for node in ours.difference(adopted) {
+            tracing::info!(node, "sweeping leftovers of a node that is not running");
+            self.cleanup(node);
+        }
+        if let Ok(cgroups) = self.cgroups.list_nodes(&self.cgroup_parent) {
+            for cgroup in cgroups.iter().filter(|name| !ours.contains(*name)) {
+                tracing::warn!(
+                    cgroup,
+                    parent = self.cgroup_parent,
+                    "left alone: this agent made no node of that name"
+                );
             }
         }
         if let Ok(entries) = std::fs::read_dir(self.dirs.state_dir.join("nodes")) {

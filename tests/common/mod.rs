@@ -294,6 +294,28 @@ impl TestHost {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// The value of the first `key = value` line of this host's config file, as written.
+    pub fn setting(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let prefix = format!("{key} = ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no `{key}` in {}", self.config.display()))
+            .to_string()
+    }
+
+    /// Replaces the value of the first `key = value` line of this host's config file (after
+    /// [`TestHost::write_config`], which writes every line anew).
+    pub fn set_setting(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let old = format!("{key} = {}", self.setting(key));
+        std::fs::write(
+            &self.config,
+            text.replacen(&old, &format!("{key} = {value}"), 1),
+        )
+        .unwrap();
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone()
     }
@@ -316,13 +338,30 @@ impl TestHost {
 
     /// Starts the daemon without waiting for it.
     pub fn start_daemon_no_wait(&mut self) {
+        self.spawn_daemon(Command::new(AGENT));
+    }
+
+    /// Starts the daemon in the network namespace `ip netns add <netns>` made (through
+    /// `nsenter`, which keeps the mount namespace and so the cgroup mounts, unlike `ip netns
+    /// exec`) and waits until its socket answers.
+    pub fn start_daemon_in_netns(&mut self, netns: &str) {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{netns}")).arg(AGENT);
+        self.spawn_daemon(command);
+        wait_for("the daemon's socket", Duration::from_secs(20), || {
+            self.try_cli(&["status", "--json"]).status.success()
+        });
+    }
+
+    /// Runs `launcher` (the agent, or a command that execs it) with `run` on this host's config.
+    fn spawn_daemon(&mut self, mut launcher: Command) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(AGENT)
+        let child = launcher
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .env("MAGESTACK_LOG", "debug")
             .stdout(Stdio::null())

@@ -1,8 +1,8 @@
 //! The cgroup of each node, behind one small surface that hides cgroup v1 (development and CI
 //! machines: one hierarchy per controller) and cgroup v2 (production: one unified hierarchy).
 //!
-//! A node's cgroup is `<hierarchy>/<parent>/<node>` in every hierarchy the agent uses, so the
-//! start-up sweep finds leftovers by listing `<parent>`. On v2 inside a subtree systemd delegated
+//! A node's cgroup is `<hierarchy>/<parent>/<node>` in every hierarchy the agent uses; the
+//! start-up sweep cleans those of nodes the agent recorded and names the others under `<parent>`. On v2 inside a subtree systemd delegated
 //! to the daemon, `<hierarchy>` is that subtree and the daemon runs in its `agent` leaf
 //! (`delegation.rs`). Every call blocks (`kill_all` and `remove`
 //! poll for up to seconds), so async callers run them on a blocking thread.
