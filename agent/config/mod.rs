@@ -3,6 +3,7 @@
 //! Everything is checked before anything runs: a configuration either loads whole, or fails with
 //! every problem named by file, line, column and field.
 
+mod bounds;
 mod duration;
 mod model;
 mod network;

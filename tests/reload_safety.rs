@@ -1,0 +1,76 @@
+//! A reload cannot take a node down: values that cannot run are refused before anything changes,
+//! a changed node that still fails to start runs again on its previous definition, settings only
+//! a restart applies are named, and a configuration that is not even TOML leaves `status`, `stop`
+//! and `reload` working.
+
+mod common;
+
+use common::{sleeper_nodes, TestHost};
+
+/// `[nodes.<node>.resources] <field> = <value>` after a sleeper node of that name.
+fn with_resource(node: &str, field: &str, value: &str) -> String {
+    format!(
+        "{}[nodes.{node}.resources]\n{field} = {value}\n",
+        sleeper_nodes(&[node])
+    )
+}
+
+/// The 1-based line of the configuration file that starts with `start`.
+fn line_of(host: &TestHost, start: &str) -> usize {
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    text.lines().position(|l| l.starts_with(start)).unwrap() + 1
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn values_that_cannot_run_are_refused_and_the_node_keeps_running() {
+    let mut host = TestHost::new("bounds", &sleeper_nodes(&["b1"]));
+    host.start_daemon();
+    host.wait_node_state("b1", "running");
+    let pid = host.node_pid("b1");
+
+    for (field, value, bound) in [
+        ("pids", "1", "at least 16"),
+        ("pids", "99999999999999", "at most 4194304"),
+        ("memory", "\"1\"", "at least 16M"),
+        ("memory", "\"2T\"", "at most 1T"),
+        ("cpus", "0.001", "at least 0.01"),
+        ("cpus", "4096.0", "at most 1024"),
+    ] {
+        host.write_config(&with_resource("b1", field, value));
+        let located = format!(
+            "{}:{}:{}: nodes.b1.resources.{field}: ",
+            host.config.display(),
+            line_of(&host, field),
+            field.len() + 4
+        );
+        for command in [&["config", "check"][..], &["reload"]] {
+            let refused = host.try_cli(command);
+            let message = stderr(&refused);
+            assert!(
+                !refused.status.success(),
+                "{field} = {value}: {command:?} passed"
+            );
+            assert!(
+                message.contains(&located) && message.contains(bound),
+                "{command:?}: `{located}` and `{bound}` not in {message}"
+            );
+        }
+        let node = host.node("b1");
+        assert_eq!(
+            (node["state"].as_str(), node["pid"].as_i64()),
+            (Some("running"), Some(pid as i64))
+        );
+    }
+    // The bounds themselves run.
+    host.write_config(&format!(
+        "{}[nodes.b1.resources]\npids = 16\nmemory = \"16M\"\ncpus = 0.01\n",
+        sleeper_nodes(&["b1"])
+    ));
+    let report = host.cli(&["reload"]);
+    assert!(report.contains("restarted: b1"), "{report}");
+    assert_eq!(host.node("b1")["memory_limit_bytes"], 16 << 20);
+}
