@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{sleeper_nodes, TestHost};
 
 /// `[nodes.<node>.resources] <field> = <value>` after a sleeper node of that name.
@@ -73,4 +75,36 @@ fn values_that_cannot_run_are_refused_and_the_node_keeps_running() {
     let report = host.cli(&["reload"]);
     assert!(report.contains("restarted: b1"), "{report}");
     assert_eq!(host.node("b1")["memory_limit_bytes"], 16 << 20);
+}
+
+#[test]
+fn a_config_that_is_not_toml_leaves_status_stop_and_reload_working() {
+    let mut host = TestHost::new("nottoml", &sleeper_nodes(&["t1", "t2"]));
+    host.start_daemon();
+    host.wait_node_state("t1", "running");
+    host.wait_node_state("t2", "running");
+    let t1 = host.node_pid("t1");
+
+    // A table header left open.
+    host.write_config(&format!(
+        "{}[nodes.t3\nrole = \"sleeper\"\n",
+        sleeper_nodes(&["t1", "t2"])
+    ));
+    let line = line_of(&host, "[nodes.t3");
+    assert_eq!(host.status()["nodes"].as_array().unwrap().len(), 2);
+    let refused = host.try_cli(&["reload"]);
+    let message = stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        message.contains("configuration not reloaded")
+            && message.contains(&format!("{}:{line}:", host.config.display())),
+        "the daemon's refusal naming file and line: {message}"
+    );
+    host.cli(&["stop", "t2"]);
+    assert_eq!(host.node("t2")["state"], "stopped");
+    std::thread::sleep(Duration::from_millis(200));
+    let t1_now = host.node("t1");
+    assert_eq!(t1_now["state"], "running");
+    assert_eq!(t1_now["pid"].as_i64(), Some(i64::from(t1)));
+    assert_eq!(host.status()["nodes"].as_array().unwrap().len(), 2);
 }
