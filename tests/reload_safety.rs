@@ -77,6 +77,117 @@ fn values_that_cannot_run_are_refused_and_the_node_keeps_running() {
     assert_eq!(host.node("b1")["memory_limit_bytes"], 16 << 20);
 }
 
+/// Sleeper f1 and f2 of another role; with `volume`, the sleeper role gets a volume whose path
+/// is a file in the image: that passes every check, and the node's init cannot mount it.
+fn fallback_config(volume: bool) -> String {
+    let mut text = sleeper_nodes(&["f1"]);
+    text.push_str(concat!(
+        "[nodes.f2]\nrole = \"other\"\n[roles.other]\nimage = \"busybox\"\n",
+        "[[roles.other.process]]\nname = \"sleep\"\ncommand = [\"sleep\", \"1000000\"]\n",
+    ));
+    if volume {
+        text.push_str("[[roles.sleeper.volume]]\nname = \"accounts\"\npath = \"/etc/passwd\"\n");
+    }
+    text
+}
+
+#[test]
+fn a_changed_node_that_fails_to_start_runs_again_on_its_previous_definition() {
+    let mut host = TestHost::new("fallback", &fallback_config(false));
+    host.start_daemon();
+    host.wait_node_state("f1", "running");
+    host.wait_node_state("f2", "running");
+    let (f1, f2) = (host.node_pid("f1"), host.node_pid("f2"));
+
+    host.write_config(&fallback_config(true));
+    host.cli(&["config", "check"]);
+    let reload = host.try_cli(&["reload"]);
+    let (out, err) = (String::from_utf8_lossy(&reload.stdout), stderr(&reload));
+    assert!(
+        !reload.status.success(),
+        "a refused change is a failed reload: {out}"
+    );
+    assert!(out.contains("unchanged: f2"), "{out}\n{err}");
+    assert!(
+        err.contains("refused: f1: ") && err.contains("/etc/passwd"),
+        "the refused change and why: {err}"
+    );
+    let node = host.wait_node_state("f1", "running");
+    assert_ne!(
+        node["pid"].as_i64(),
+        Some(i64::from(f1)),
+        "f1 was not restarted"
+    );
+    let error = node["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("/etc/passwd"),
+        "{node:#}"
+    );
+    assert_eq!(host.node_pid("f2"), f2);
+    // The previous definition runs: no volume over the node's accounts.
+    assert!(host
+        .exec_stdout("f1", &["cat", "/etc/passwd"])
+        .contains("root:"));
+    assert!(
+        host.daemon_log().contains("previous definition"),
+        "{}",
+        host.daemon_log()
+    );
+
+    // The same refused change is not tried again by the next reload.
+    let f1 = host.node_pid("f1");
+    let again = host.try_cli(&["reload"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("refused: f1: "),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(host.node_pid("f1"), f1);
+
+    // Back to what runs: nothing restarts and the refusal is over.
+    host.write_config(&fallback_config(false));
+    let report = host.cli(&["reload"]);
+    assert!(report.contains("unchanged: f1 f2"), "{report}");
+    assert_eq!(host.node_pid("f1"), f1);
+    assert!(host.node("f1")["error"].is_null(), "{}", host.node("f1"));
+}
+
+#[test]
+fn a_reload_names_host_settings_it_cannot_apply() {
+    let mut host = TestHost::new("hostset", &sleeper_nodes(&["h1"]));
+    host.start_daemon();
+    host.wait_node_state("h1", "running");
+    let pid = host.node_pid("h1");
+
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let changed = text
+        .replace(
+            &format!("cgroup = \"{}\"", host.cgroup),
+            &format!("cgroup = \"{}/moved\"", host.cgroup),
+        )
+        .replace("stop_timeout = \"2s\"", "stop_timeout = \"3s\"");
+    assert_ne!(changed, text);
+    std::fs::write(&host.config, &changed).unwrap();
+    for _ in 0..2 {
+        let report = host.cli(&["reload"]);
+        assert!(report.contains("unchanged: h1"), "{report}");
+        assert!(
+            report.contains(&format!(
+                "host.cgroup: `{0}` until the agent restarts, then `{0}/moved`",
+                host.cgroup
+            )),
+            "{report}"
+        );
+        assert!(
+            report.contains("host.stop_timeout: `2s` until the agent restarts, then `3s`"),
+            "{report}"
+        );
+    }
+    assert_eq!(host.node_pid("h1"), pid);
+    assert!(host.node_cgroup_exists("h1"));
+}
+
 #[test]
 fn a_config_that_is_not_toml_leaves_status_stop_and_reload_working() {
     let mut host = TestHost::new("nottoml", &sleeper_nodes(&["t1", "t2"]));

@@ -4,6 +4,7 @@
 mod desired;
 mod metrics;
 mod notify;
+mod reload;
 mod server;
 mod status;
 mod world;
@@ -180,7 +181,6 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             config_path,
             runtime: runtime.clone(),
             started: Instant::now(),
-            metrics_listen: config.metrics.listen,
         });
         let mut world = World::new(
             config,
