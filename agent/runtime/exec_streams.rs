@@ -143,7 +143,7 @@ impl CallerStreams {
             let mut at = 0;
             outputs.retain(|(from, to)| {
                 at += 1;
-                !ready[at] || copy_out(from.as_fd(), *to, &mut buffer, false)
+                !ready[at] || copy_out(from.as_fd(), *to, &mut buffer)
             });
             if write_at.is_some_and(|at| ready[at]) {
                 input.write();
@@ -153,7 +153,7 @@ impl CallerStreams {
             }
             if ready[0] {
                 for (from, to) in &outputs {
-                    while copy_out(from.as_fd(), *to, &mut buffer, true) {}
+                    drain(from.as_fd(), *to, &mut buffer);
                 }
                 return;
             }
@@ -216,19 +216,40 @@ fn stdin_fd() -> BorrowedFd<'static> {
 }
 
 /// One read of `from` copied to the caller's descriptor `to`; false at the end of that output
-/// (its end of file, an error, or a caller that no longer reads), or, when `draining`, once
-/// nothing is left to read.
-fn copy_out(from: BorrowedFd<'_>, to: RawFd, buffer: &mut [u8], draining: bool) -> bool {
-    match unistd::read(from.as_raw_fd(), buffer) {
-        Ok(0) => false,
-        Ok(count) => {
-            // SAFETY: the caller's stdout and stderr stay open while we relay.
-            let to = unsafe { BorrowedFd::borrow_raw(to) };
-            write_all(to, &buffer[..count]).is_ok()
-        }
-        Err(Errno::EAGAIN) | Err(Errno::EINTR) => !draining,
+/// (its end of file, an error, or a caller that no longer reads).
+fn copy_out(from: BorrowedFd<'_>, to: RawFd, buffer: &mut [u8]) -> bool {
+    match copy_once(from, to, buffer) {
+        Ok(count) => count > 0,
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => true,
         Err(_) => false,
     }
+}
+
+/// Copies what `from` holds now, and no more: a process the command left behind may go on
+/// writing there for ever.
+fn drain(from: BorrowedFd<'_>, to: RawFd, buffer: &mut [u8]) {
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes the number of bytes in the pipe into the int we own.
+    if unsafe { libc::ioctl(from.as_raw_fd(), libc::FIONREAD, &mut waiting) } < 0 {
+        return;
+    }
+    let mut left = usize::try_from(waiting).unwrap_or(0);
+    while left > 0 {
+        let chunk = left.min(buffer.len());
+        match copy_once(from, to, &mut buffer[..chunk]) {
+            Ok(count) if count > 0 => left -= count.min(left),
+            _ => return,
+        }
+    }
+}
+
+/// One read of `from`, written whole to `to`: how much (0 at the end of file).
+fn copy_once(from: BorrowedFd<'_>, to: RawFd, buffer: &mut [u8]) -> nix::Result<usize> {
+    let count = unistd::read(from.as_raw_fd(), buffer)?;
+    // SAFETY: the caller's stdout and stderr stay open while we relay.
+    let to = unsafe { BorrowedFd::borrow_raw(to) };
+    write_all(to, &buffer[..count])?;
+    Ok(count)
 }
 
 /// Writes all of `data`, waiting while `fd` is full (a caller's descriptor may be non-blocking).
