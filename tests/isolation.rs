@@ -393,7 +393,8 @@ interval = "200ms"
     host.wait_node_state("s1", "running");
     role_process(&host, "s1");
 
-    // An `exec` whose caller holds descriptors of its own (a host file, a host directory).
+    // An `exec` whose caller holds descriptors of its own (a host file, a host directory) and
+    // whose stdin is the host's /dev/null: the command gets pipes of the node's.
     let mut session = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -401,7 +402,7 @@ interval = "200ms"
             host.dir.display(),
             host.config.display()
         ))
-        .stdin(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -437,7 +438,6 @@ interval = "200ms"
     // follow them.
     refused_in(&host, "s1", "ls /proc/1/fd/5/");
     refused_in(&host, "s1", "readlink /proc/1/fd/5");
-    drop(session.stdin.take());
     let output = session.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
 }

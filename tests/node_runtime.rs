@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -188,6 +189,114 @@ fn exec_passes_stdio_and_exit_code_and_joins_the_cgroup() {
     assert_eq!(missing.status.code(), Some(127));
     let stopped = host.exec("nonode", &["true"]);
     assert!(!stopped.status.success());
+}
+
+/// This process's descriptors above 2 that are not close-on-exec: its children inherit them.
+fn inheritable_fds() -> BTreeSet<u32> {
+    let flags = |fd: u32| {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+        u32::from_str_radix(flags.trim(), 8).ok()
+    };
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|fd| *fd > 2 && flags(*fd).is_some_and(|f| f & libc::O_CLOEXEC as u32 == 0))
+        .collect()
+}
+
+/// Tools that reopen /dev/stdout or /dev/stderr (nginx -T, logging to /dev/stderr) need streams
+/// the node's users own: the caller's pipes belong to the host's root.
+#[test]
+fn exec_without_a_terminal_gives_streams_the_command_can_reopen() {
+    let host = sleeper_host("execfds", "");
+    let reopen = "echo out > /dev/stdout; echo err > /dev/stderr";
+    for user in ["root", "nobody"] {
+        let output = host.try_cli(&["exec", "--user", user, "s1", "--", "sh", "-c", reopen]);
+        assert!(
+            output.status.success(),
+            "as {user}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "out\n",
+            "as {user}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            "err\n",
+            "as {user}"
+        );
+    }
+    // The command has its three streams and none of exec's own descriptors (what this test
+    // process lets its children inherit is the caller's business).
+    let listed = host.exec_stdout("s1", &["sh", "-c", "sleep 9 & ls /proc/$!/fd; kill $!"]);
+    let fds: BTreeSet<u32> = listed.lines().map(|fd| fd.parse().unwrap()).collect();
+    let allowed: BTreeSet<u32> = [0, 1, 2].into_iter().chain(inheritable_fds()).collect();
+    assert!(
+        fds.is_superset(&[0, 1, 2].into()) && fds.is_subset(&allowed),
+        "{fds:?}"
+    );
+
+    // One stream for both when the caller's are one: the order is kept.
+    let command = format!(
+        "{AGENT} --config {} exec s1 -- sh -c 'echo a; echo b >&2; echo c; echo d >/dev/stderr' 2>&1",
+        host.config.display()
+    );
+    let together = Command::new("sh").args(["-c", &command]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&together.stdout), "a\nb\nc\nd\n");
+
+    // A caller that stops reading ends a command that keeps writing, as a pipe would.
+    let command = format!(
+        "{AGENT} --config {} exec s1 -- yes | head -2",
+        host.config.display()
+    );
+    let head = Command::new("sh").args(["-c", &command]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&head.stdout), "y\ny\n");
+
+    // Input reaches a user's command and ends; the exit code comes back.
+    let mut child = Command::new(AGENT)
+        .args([
+            "--config",
+            host.config.to_str().unwrap(),
+            "exec",
+            "-u",
+            "nobody",
+            "s1",
+        ])
+        .args(["--", "sh", "-c", "cat > /dev/stdout; exit 3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = {
+        let input = input.clone();
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap())
+    };
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&output.stdout) == input,
+        "input and output differ"
+    );
+
+    // exec ends with its command, even when something it started keeps the streams, or keeps
+    // writing to them.
+    let began = std::time::Instant::now();
+    let output = host.exec("s1", &["sh", "-c", "sleep 60 & echo started"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "started\n");
+    let output = host.exec("s1", &["sh", "-c", "yes spam & echo started"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("started\n"));
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
 }
 
 /// `magestack-agent ARGS` run on a terminal by `script`, as an operator's shell would; its

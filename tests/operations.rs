@@ -719,7 +719,7 @@ fn a_reload_with_a_syntax_error_changes_nothing() {
     let text = std::fs::read_to_string(&host.config).unwrap();
     let line = text.lines().position(|l| l == "[nodes.r3").unwrap() + 1;
     let located = format!("agent.toml:{line}:");
-    // The CLI cannot read even the run dir from it, and says where it broke.
+    // The CLI still finds the daemon, which says where the file broke.
     let refused = host.try_cli(&["reload"]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);

@@ -146,6 +146,40 @@ pub struct ReloadReport {
     pub stopped: Vec<String>,
     pub restarted: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Nodes whose changed definition failed to start: each runs its previous one.
+    #[serde(default)]
+    pub refused: Vec<RefusedChange>,
+    /// Settings changed in the file that apply only when the agent restarts.
+    #[serde(default)]
+    pub not_applied: Vec<PendingSetting>,
+}
+
+/// A node's changed definition that did not start, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedChange {
+    pub node: String,
+    pub error: String,
+}
+
+/// A setting the running agent keeps until it restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingSetting {
+    /// As the file names it, `host.cgroup`.
+    pub field: String,
+    /// The value in force.
+    pub running: String,
+    /// The value in the file.
+    pub configured: String,
+}
+
+impl std::fmt::Display for PendingSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: `{}` until the agent restarts, then `{}`",
+            self.field, self.running, self.configured
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use magestack_agent::api::control::{Request, Response};
+use magestack_agent::api::control::{ReloadReport, Request, Response};
 use magestack_agent::config;
 use magestack_agent::runtime::enter::{exec_in_node, ExecRequest};
 
@@ -200,19 +200,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stop { nodes } => done(request(&config_path, &Request::Stop { nodes })?),
         Command::Restart { nodes } => done(request(&config_path, &Request::Restart { nodes })?),
         Command::Reload => match request(&config_path, &Request::Reload)? {
-            Response::Reloaded(report) => {
-                for (what, nodes) in [
-                    ("started", &report.started),
-                    ("stopped", &report.stopped),
-                    ("restarted", &report.restarted),
-                    ("unchanged", &report.unchanged),
-                ] {
-                    if !nodes.is_empty() {
-                        println!("{what}: {}", nodes.join(" "));
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            }
+            Response::Reloaded(report) => Ok(reloaded(&report)),
             other => unexpected(other),
         },
         Command::Logs {
@@ -308,6 +296,34 @@ fn request(config_path: &Option<PathBuf>, request: &Request) -> Result<Response>
         .context("reading the configuration to find the agent's socket")?;
     let socket = magestack_agent::daemon::socket_path(&run_dir);
     client::send(&socket, request)
+}
+
+/// Prints what a reload did; a refused change (the node runs its previous definition) fails it.
+fn reloaded(report: &ReloadReport) -> ExitCode {
+    for (what, nodes) in [
+        ("started", &report.started),
+        ("stopped", &report.stopped),
+        ("restarted", &report.restarted),
+        ("unchanged", &report.unchanged),
+    ] {
+        if !nodes.is_empty() {
+            println!("{what}: {}", nodes.join(" "));
+        }
+    }
+    for setting in &report.not_applied {
+        println!("not applied: {setting}");
+    }
+    for refused in &report.refused {
+        eprintln!(
+            "refused: {}: {}; it runs its previous definition",
+            refused.node, refused.error
+        );
+    }
+    if report.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn done(response: Response) -> Result<ExitCode> {

@@ -3,8 +3,10 @@
 //! Everything is checked before anything runs: a configuration either loads whole, or fails with
 //! every problem named by file, line, column and field.
 
+mod bounds;
 mod duration;
 mod host_view;
+mod lenient;
 mod model;
 mod network;
 mod plan;
@@ -68,8 +70,9 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// The run dir (where the daemon's socket is) as the configuration names it, read leniently:
-/// only `[host] run_dir` matters, so `status` and `stop` keep working while an operator is in
-/// the middle of editing a configuration that does not validate yet.
+/// only `[host] run_dir` matters, found even in a file that is not valid TOML, so `status`,
+/// `stop` and `reload` keep working while an operator is in the middle of editing it (the daemon
+/// then refuses the reload naming where the file broke).
 pub fn run_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
     host_dir_leniently(path, "run_dir", "/run/magestack")
 }
@@ -87,14 +90,7 @@ fn host_dir_leniently(
     default: &str,
 ) -> Result<PathBuf, ConfigError> {
     let source = read(path)?;
-    let table: toml::Table = toml::from_str(&source.text).map_err(|error| {
-        ConfigError::Invalid(vec![source.at(error.span(), error.message().trim())])
-    })?;
-    let dir = table
-        .get("host")
-        .and_then(|host| host.get(key))
-        .and_then(|dir| dir.as_str())
-        .unwrap_or(default);
+    let dir = lenient::host_string(&source.text, key).unwrap_or_else(|| default.to_string());
     Ok(PathBuf::from(dir))
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::bounds;
 use super::duration::parse_duration;
 use super::model::{
     AllowRule, HealthCheck, HealthSpec, HttpTarget, ProcessSpec, Resources, RestartPolicy,
@@ -197,37 +198,23 @@ impl Checker<'_> {
 
     pub fn resources(&mut self, field: &str, raw: RawResources) -> Resources {
         let memory_bytes = raw.memory.and_then(|memory| {
-            match parse_size(memory.get_ref()) {
-                Ok(0) => self.error(&memory, format!("{field}.memory: must be more than 0")),
-                Ok(bytes) => return Some(bytes),
-                Err(message) => self.error(&memory, format!("{field}.memory: {message}")),
-            }
-            None
+            let checked = parse_size(memory.get_ref()).and_then(|bytes| {
+                bounds::memory(bytes, memory.get_ref()).map_err(|e| e.to_string())
+            });
+            checked
+                .map_err(|message| self.error(&memory, format!("{field}.memory: {message}")))
+                .ok()
         });
         let cpus = raw.cpus.and_then(|cpus| {
-            let value = *cpus.get_ref();
-            if value > 0.0 && value <= 1024.0 {
-                Some(value)
-            } else {
-                self.error(
-                    &cpus,
-                    format!("{field}.cpus: must be above 0 (e.g. 0.5, 2)"),
-                );
-                None
-            }
+            bounds::cpus(*cpus.get_ref())
+                .map_err(|error| self.error(&cpus, format!("{field}.cpus: {error}")))
+                .ok()
         });
-        let pids = raw
-            .pids
-            .and_then(|pids| match u64::try_from(*pids.get_ref()) {
-                Ok(value) if value > 0 => Some(value),
-                _ => {
-                    self.error(
-                        &pids,
-                        format!("{field}.pids: must be a whole number above 0"),
-                    );
-                    None
-                }
-            });
+        let pids = raw.pids.and_then(|pids| {
+            bounds::pids(*pids.get_ref())
+                .map_err(|error| self.error(&pids, format!("{field}.pids: {error}")))
+                .ok()
+        });
         Resources {
             memory_bytes,
             cpus,

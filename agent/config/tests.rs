@@ -350,6 +350,52 @@ fn run_dir_is_found_even_in_a_config_that_does_not_validate() {
 }
 
 #[test]
+fn resources_outside_their_bounds_are_located_with_the_field_and_the_bound() {
+    let text = format!(
+        "{SLEEPER}[nodes.s1.resources]\npids = 1\nmemory = \"1\"\ncpus = 2000.0\n[roles.sleeper.resources]\npids = 99999999999999\n"
+    );
+    let error = parse_text(&text).unwrap_err();
+    let found: Vec<(usize, usize, &str)> = error
+        .diagnostics()
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(found.len(), 4, "{error}");
+    let at = |line: usize, column: usize, start: &str, bound: &str| {
+        assert!(
+            found.iter().any(|(l, c, m)| (*l, *c) == (line, column)
+                && m.starts_with(start)
+                && m.contains(bound)),
+            "{line}:{column} {start} ... {bound} not in {error}"
+        )
+    };
+    at(
+        12,
+        8,
+        "nodes.s1.resources.pids: 1 is too few",
+        "at least 16",
+    );
+    at(
+        13,
+        10,
+        "nodes.s1.resources.memory: `1` is too little",
+        "at least 16M",
+    );
+    at(
+        14,
+        8,
+        "nodes.s1.resources.cpus: 2000 is too many",
+        "at most 1024",
+    );
+    at(
+        16,
+        8,
+        "roles.sleeper.resources.pids: 99999999999999",
+        "at most 4194304",
+    );
+}
+
+#[test]
 fn http_checks_must_name_a_local_address() {
     let error = first_error(&format!(
         "{SLEEPER}[roles.sleeper.health]\nhttp = \"http://example.com/health\"\n"

@@ -5,6 +5,7 @@ mod claim;
 mod desired;
 mod metrics;
 mod notify;
+mod reload;
 mod server;
 mod status;
 mod world;
@@ -196,7 +197,6 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             config_path,
             runtime: runtime.clone(),
             started: Instant::now(),
-            metrics_listen: config.metrics.listen,
         });
         let mut world = World::new(
             config,

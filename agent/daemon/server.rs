@@ -1,7 +1,6 @@
 //! The control socket: one task per connection, root callers only. Each request becomes an
 //! event for the core; the answer goes back as one JSON line.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,8 +21,6 @@ pub struct Server {
     pub config_path: Option<PathBuf>,
     pub runtime: Arc<Runtime>,
     pub started: Instant,
-    /// Where metrics are served, bound once at start.
-    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Server {
@@ -134,13 +131,6 @@ impl Server {
             Ok(config) => config,
             Err(message) => return Response::Error { message },
         };
-        if config.metrics.listen != self.metrics_listen {
-            tracing::warn!(
-                "metrics.listen changes only with a restart of the agent; still serving {}",
-                self.metrics_listen
-                    .map_or_else(|| "no metrics".to_string(), |a| a.to_string())
-            );
-        }
         self.command(Command::Reload(Box::new(config))).await
     }
 
@@ -152,6 +142,8 @@ impl Server {
                 started = ?report.started,
                 stopped = ?report.stopped,
                 restarted = ?report.restarted,
+                refused = ?report.refused.iter().map(|r| &r.node).collect::<Vec<_>>(),
+                not_applied = ?report.not_applied.iter().map(|s| &s.field).collect::<Vec<_>>(),
                 "configuration reloaded"
             ),
             Response::Error { message } => tracing::error!("{message}"),

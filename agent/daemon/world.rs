@@ -11,7 +11,7 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
 use super::desired::DesiredState;
-use crate::api::control::{ExecTarget, NodeState, ReloadReport, Response};
+use crate::api::control::{ExecTarget, NodeState, RefusedChange, ReloadReport, Response};
 use crate::api::init::{InitReply, InitRequest};
 use crate::config::{Config, NodeSpec};
 use crate::runtime::{NodeHandle, Runtime};
@@ -28,6 +28,10 @@ const RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// How a node's `error` starts when its templates failed to re-render (cleared once they do).
 const TEMPLATES_FAILED: &str = "templates not re-rendered: ";
+
+/// How a node's `error` starts while it runs its previous definition because the changed one
+/// failed to start (cleared once the configuration changes it again).
+const CHANGE_REFUSED: &str = "changed definition refused, running the previous one: ";
 
 /// How often the core asks a running node's init for its health: the role's check interval,
 /// within these bounds (an init answers from memory; the check itself runs on its own clock).
@@ -83,6 +87,12 @@ struct NodeEntry {
     /// The running node's health as its init last reported it (before the first report:
     /// `starting`, or `none` for a role without a check); `None` while it is not running.
     health: Option<String>,
+    /// The definition the node ran before it stopped to run a changed one: started again if
+    /// the changed one fails to start.
+    previous: Option<NodeSpec>,
+    /// A changed definition that failed to start, and why: the node runs its previous one (the
+    /// `spec`) until the configuration changes it again.
+    refused: Option<(NodeSpec, String)>,
 }
 
 /// What `status` shows, taken in the core and completed outside it.
@@ -320,18 +330,27 @@ impl World {
                     .into(),
             );
         }
-        self.runtime
-            .network
-            .apply_policy(&config)
+        let not_applied = super::reload::pending_settings(&self.config, &config);
+        let mut config = super::reload::in_force(&self.config, config);
+        // A change refused before stays refused: the node keeps the definition it runs.
+        let mut still_refused = BTreeMap::new();
+        for (name, entry) in &self.nodes {
+            if let (Some((refused, why)), Some(spec)) = (&entry.refused, &entry.spec) {
+                if config.nodes.get(name) == Some(refused) {
+                    config.nodes.insert(name.clone(), spec.clone());
+                    still_refused.insert(name.clone(), why.clone());
+                }
+            }
+        }
+        self.apply_network(&config)
             .map_err(|e| format!("configuration not reloaded: inter-node policy: {e}"))?;
-        let running: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, entry)| entry.handle.is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
-        self.runtime.update_hosts(&config, &running);
-        let mut report = ReloadReport::default();
+        for setting in &not_applied {
+            tracing::warn!("not applied: {setting}");
+        }
+        let mut report = ReloadReport {
+            not_applied,
+            ..ReloadReport::default()
+        };
         let mut targets = Vec::new();
         for (name, entry) in &mut self.nodes {
             if !config.nodes.contains_key(name) && entry.spec.take().is_some() {
@@ -345,6 +364,16 @@ impl World {
                 .nodes
                 .entry(name.clone())
                 .or_insert_with(|| NodeEntry::new(None));
+            if let Some(error) = still_refused.remove(name) {
+                report.refused.push(RefusedChange {
+                    node: name.clone(),
+                    error,
+                });
+                continue;
+            }
+            if entry.refused.take().is_some() && entry.error_starts_with(CHANGE_REFUSED) {
+                entry.error = None;
+            }
             let running_spec = entry.handle.as_ref().map(|h| &h.record.spec);
             let previous = entry.spec.replace(spec.clone());
             if previous.is_none() && entry.handle.is_none() {
@@ -371,6 +400,19 @@ impl World {
             reply,
             report: Some(report),
         })
+    }
+
+    /// The inter-node policy and every running node's hosts file, for `config`.
+    fn apply_network(&self, config: &Config) -> Result<(), crate::net::NetError> {
+        self.runtime.network.apply_policy(config)?;
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, entry)| entry.handle.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.runtime.update_hosts(config, &running);
+        Ok(())
     }
 
     fn exec_target(&self, node: &str) -> Response {
@@ -456,17 +498,58 @@ impl World {
                 }
                 let handle = Arc::new(*handle);
                 entry.phase = Phase::Running;
-                entry.error = None;
+                entry.previous = None;
+                entry.error = entry
+                    .refused
+                    .as_ref()
+                    .map(|(_, why)| format!("{CHANGE_REFUSED}{why}"));
                 entry.health = Some(first_health(&handle.record.spec));
                 entry.handle = Some(handle.clone());
                 self.watch(node, &handle);
             }
-            Err(error) => {
-                let role = entry.spec.as_ref().map(|s| s.role.as_str());
-                tracing::error!(node, role, "start failed: {error}");
-                entry.phase = Phase::Failed;
-                entry.error = Some(error);
-            }
+            Err(error) => self.start_failed(node, error),
+        }
+    }
+
+    /// A start failed: a node that stopped to run a changed definition starts again with the
+    /// definition it ran before, and the change is reported as refused; any other is failed.
+    fn start_failed(&mut self, node: &str, error: String) {
+        let entry = self.nodes.get_mut(node).expect("known node");
+        let role = entry.spec.as_ref().map(|s| s.role.clone());
+        let (Some(previous), Some(changed)) = (entry.previous.take(), entry.spec.clone()) else {
+            tracing::error!(node, role, "start failed: {error}");
+            entry.phase = Phase::Failed;
+            entry.error = Some(match &entry.refused {
+                Some((_, why)) => format!("{error} (its changed definition was refused: {why})"),
+                None => error,
+            });
+            return;
+        };
+        tracing::error!(
+            node,
+            role,
+            "changed definition refused, starting the node again with its previous definition: {error}"
+        );
+        entry.spec = Some(previous.clone());
+        entry.refused = Some((changed, error.clone()));
+        entry.phase = Phase::Stopped;
+        entry.retry_at = None;
+        self.config.nodes.insert(node.to_string(), previous);
+        if let Err(error) = self.apply_network(&self.config) {
+            tracing::error!(
+                node,
+                "inter-node policy for the previous definition: {error}"
+            );
+        }
+        for report in self.waiters.iter_mut().filter_map(|waiter| {
+            let waits = waiter.targets.iter().any(|(name, _)| name == node);
+            waiter.report.as_mut().filter(|_| waits)
+        }) {
+            report.restarted.retain(|name| name != node);
+            report.refused.push(RefusedChange {
+                node: node.to_string(),
+                error: error.clone(),
+            });
         }
     }
 
@@ -557,6 +640,11 @@ impl World {
                         .zip(entry.handle.as_ref())
                         .is_some_and(|(spec, handle)| *spec != handle.record.spec);
                     if !wanted || entry.restart_pending || changed {
+                        entry.previous = entry
+                            .handle
+                            .as_ref()
+                            .filter(|_| wanted && changed)
+                            .map(|handle| handle.record.spec.clone());
                         self.begin_stop(&name);
                     }
                 }
@@ -592,12 +680,7 @@ impl World {
         running.insert(node.to_string(), first_health(&spec));
         let templates = match crate::template::render_node(&self.config, &spec, &running) {
             Ok(templates) => templates,
-            Err(error) => {
-                tracing::error!(node, role = spec.role, "start failed: {error}");
-                entry.phase = Phase::Failed;
-                entry.error = Some(error.to_string());
-                return;
-            }
+            Err(error) => return self.start_failed(node, error.to_string()),
         };
         entry.rendered = Some(
             templates
@@ -685,11 +768,7 @@ impl World {
                 return;
             }
         };
-        if entry
-            .error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(TEMPLATES_FAILED))
-        {
+        if entry.error_starts_with(TEMPLATES_FAILED) {
             entry.error = None;
         }
         let dir = self.runtime.templates_dir(node);
@@ -889,7 +968,13 @@ impl NodeEntry {
             deaths_in_row: 0,
             rendered: None,
             health: None,
+            previous: None,
+            refused: None,
         }
+    }
+
+    fn error_starts_with(&self, prefix: &str) -> bool {
+        self.error.as_deref().is_some_and(|e| e.starts_with(prefix))
     }
 }
 

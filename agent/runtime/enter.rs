@@ -1,6 +1,7 @@
 //! `exec`: run a command inside a running node: its namespaces, its cgroup, its root, as its
-//! root user or as a user of the node's /etc/passwd, with the caller's stdio (or a pty from the node's own devpts when stdin is a
-//! terminal, so no host terminal is handed into the node).
+//! root user or as a user of the node's /etc/passwd, with pipes relayed to the caller's stdio
+//! (`exec_streams.rs`), or a pty from the node's own devpts when stdin is a terminal, so no host
+//! descriptor is handed into the node.
 //!
 //! Must run in a single-threaded process: joining a mount namespace requires it.
 
@@ -19,6 +20,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult};
 
 use super::clone::pidfd_open;
+use super::exec_streams::{self, CommandStreams};
 use crate::confinement::Confinement;
 use crate::init::{find_account, find_group, Account, DEFAULT_PATH};
 
@@ -105,6 +107,14 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
     } else {
         None
     };
+    // Without a terminal, streams the command's user owns: the caller's are host root's.
+    let streams = if request.tty {
+        None
+    } else {
+        let made =
+            take_filesystem_ids(account.uid, account.gid).and_then(|()| exec_streams::open());
+        Some(made.map_err(fail("make the command's streams"))?)
+    };
 
     // SAFETY: this process is single-threaded (setns of a mount namespace just succeeded, which
     // the kernel allows only then), so the child may run ordinary code until exec.
@@ -114,6 +124,7 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
                 &cgroup_join,
                 request.user_namespace,
                 pty.as_ref(),
+                streams.as_ref().map(|(command, _)| command),
                 &confinement,
                 (&account, &home),
                 (&command, &env),
@@ -128,9 +139,14 @@ pub fn exec_in_node(request: &ExecRequest) -> Result<i32, EnterError> {
         }
         ForkResult::Parent { child } => {
             drop(cgroup_join);
+            let child_exit = pidfd_open(child.as_raw()).map_err(fail("watch the command"))?;
             if let Some((master, _)) = &pty {
-                let child_exit = pidfd_open(child.as_raw()).map_err(fail("watch the command"))?;
                 relay_terminal(master, child_exit.as_fd());
+            }
+            if let Some((command_ends, caller)) = streams {
+                // Only the command holds its ends now: their end of file reaches the relay.
+                drop(command_ends);
+                caller.relay(child_exit.as_fd());
             }
             loop {
                 match waitpid(child, None) {
@@ -172,6 +188,7 @@ fn become_command(
     cgroup_join: &[File],
     user_namespace: bool,
     pty: Option<&(PtyMaster, String)>,
+    streams: Option<&CommandStreams>,
     confinement: &Confinement,
     (account, home): (&Account, &CString),
     (command, env): (&[CString], &[CString]),
@@ -199,6 +216,9 @@ fn become_command(
             if slave > 2 {
                 unistd::close(slave)?;
             }
+        }
+        if let Some(streams) = streams {
+            streams.install()?;
         }
         if user_namespace {
             // Host root is no one inside the node's user namespace: become its root. After the
@@ -237,19 +257,7 @@ fn become_command(
 fn open_node_pty(account: &Account) -> std::io::Result<(PtyMaster, String)> {
     let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
     let group = find_group(&groups, "tty").unwrap_or(account.gid);
-    unistd::setfsgid(unistd::Gid::from_raw(group));
-    unistd::setfsuid(unistd::Uid::from_raw(account.uid));
-    // setfs[ug]id report no errors: asking again returns the ids in force.
-    let in_force = (
-        unistd::setfsuid(unistd::Uid::from_raw(account.uid)).as_raw(),
-        unistd::setfsgid(unistd::Gid::from_raw(group)).as_raw(),
-    );
-    if in_force != (account.uid, group) {
-        return Err(std::io::Error::other(format!(
-            "could not take uid {} and gid {group} to make the terminal",
-            account.uid
-        )));
-    }
+    take_filesystem_ids(account.uid, group)?;
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     grantpt(&master)?;
     unlockpt(&master)?;
@@ -267,6 +275,24 @@ fn open_node_pty(account: &Account) -> std::io::Result<(PtyMaster, String)> {
         }
     }
     Ok((master, slave))
+}
+
+/// Makes what this process creates from now on belong to `uid` and `gid` of the node (we are in
+/// its user namespace, with its capabilities).
+fn take_filesystem_ids(uid: u32, gid: u32) -> std::io::Result<()> {
+    unistd::setfsgid(unistd::Gid::from_raw(gid));
+    unistd::setfsuid(unistd::Uid::from_raw(uid));
+    // setfs[ug]id report no errors: asking again returns the ids in force.
+    let in_force = (
+        unistd::setfsuid(unistd::Uid::from_raw(uid)).as_raw(),
+        unistd::setfsgid(unistd::Gid::from_raw(gid)).as_raw(),
+    );
+    if in_force != (uid, gid) {
+        return Err(std::io::Error::other(format!(
+            "could not take uid {uid} and gid {gid} to make the command's terminal or streams"
+        )));
+    }
+    Ok(())
 }
 
 /// Copies between the caller's terminal (in raw mode) and the pty until the command's side closes.
@@ -317,7 +343,7 @@ fn relay_terminal(master: &PtyMaster, child_exit: BorrowedFd<'_>) {
             match unistd::read(0, &mut buffer) {
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(count) => {
-                    let _ = write_all_fd(master_fd, &buffer[..count]);
+                    let _ = exec_streams::write_all(master_fd, &buffer[..count]);
                 }
             }
         }
@@ -338,12 +364,4 @@ fn copy_master_to_stdout(master: BorrowedFd<'_>, buffer: &mut [u8]) -> bool {
             true
         }
     }
-}
-
-fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> nix::Result<()> {
-    while !data.is_empty() {
-        let written = unistd::write(fd, data)?;
-        data = &data[written..];
-    }
-    Ok(())
 }

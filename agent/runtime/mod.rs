@@ -5,6 +5,7 @@
 pub mod cgroup;
 mod clone;
 pub mod enter;
+mod exec_streams;
 mod idmap;
 mod paths;
 mod record;
