@@ -45,6 +45,10 @@ fn nodes_survive_sigkill_and_sigterm_of_the_daemon_and_are_re_adopted() {
         assert_eq!(s1["restarts"], 0);
     }
     assert!(host.daemon_log().contains("re-adopted running node"));
+    assert!(
+        !host.daemon_log().contains('\x1b'),
+        "colour codes in a log that is not a terminal"
+    );
     // Supervision resumed: the adopted node's death is noticed.
     let init = pids.1;
     // SAFETY: kill takes plain integers; the pid is the test's own node init.

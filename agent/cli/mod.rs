@@ -150,9 +150,14 @@ fn init_tracing(daemon: bool) {
                 .with_syslog_identifier("magestack-agent".into())
                 .with_field_prefix(None)
         });
-    let stderr = journal
-        .is_none()
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colour codes only for a person at a terminal, never into a file or a pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let stderr = journal.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(colour)
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(journal)
