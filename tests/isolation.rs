@@ -395,7 +395,7 @@ interval = "200ms"
 
     // An `exec` whose caller holds descriptors of its own (a host file, a host directory) and
     // whose stdin is the host's /dev/null: the command gets pipes of the node's.
-    let mut session = Command::new("sh")
+    let session = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "exec 7</etc/passwd 8<{}; exec {AGENT} --config {} exec s1 -- sleep 3",

@@ -25,7 +25,7 @@ pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
     ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
     PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Subnet, TemplateReload,
-    TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE,
+    TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE, TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;

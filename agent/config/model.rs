@@ -73,6 +73,10 @@ pub struct HostSettings {
     pub id_base: u32,
 }
 
+/// Where a node sees its rendered template files: a read-only bind of the host directory they
+/// are written to, each template's `dest` a symlink into it.
+pub const TEMPLATES_IN_NODE: &str = "/run/magestack/templates";
+
 /// Ids a node maps: 0..65536 inside, a range of as many on the host.
 pub const ID_RANGE: u32 = 65536;
 /// The first host id given to nodes unless `[host] id_base` says otherwise: above the host's

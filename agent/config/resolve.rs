@@ -65,24 +65,15 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
     });
 
     match (host, network) {
-        (Some(host), Some((network, nodes))) if diagnostics.is_empty() => {
-            let config = Config {
-                origin: source.name.clone(),
-                host,
-                network,
-                nodes,
-                metrics,
-                logs,
-                templates,
-            };
-            // Every template renders for every node that uses it, or nothing runs.
-            let problems = crate::template::check(&config);
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(ConfigError::Invalid(problems))
-            }
-        }
+        (Some(host), Some((network, nodes))) if diagnostics.is_empty() => Ok(Config {
+            origin: source.name.clone(),
+            host,
+            network,
+            nodes,
+            metrics,
+            logs,
+            templates,
+        }),
         _ => Err(ConfigError::Invalid(diagnostics)),
     }
 }

@@ -485,7 +485,7 @@ pub fn parse_signal(text: &str) -> Result<String, String> {
 
 /// A template's `dest`: not a file the init mounts itself, nor inside the rendered files.
 fn check_template_dest(dest: &str) -> Result<(), String> {
-    let inside = crate::template::IN_NODE;
+    let inside = super::TEMPLATES_IN_NODE;
     if ["/etc/hosts", "/etc/resolv.conf"].contains(&dest) {
         Err(format!("`{dest}` is written by the agent"))
     } else if dest == inside

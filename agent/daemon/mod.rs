@@ -3,6 +3,7 @@
 
 mod claim;
 mod desired;
+mod init_client;
 mod metrics;
 mod notify;
 mod reload;
@@ -36,8 +37,9 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 }
 
 /// Loads the configuration and checks what parsing alone cannot: that every image exists, that
-/// the recipes of those built from one are valid, and that the network fits this host's links
-/// and routes (`config::check_against_host`).
+/// the recipes of those built from one are valid, that every template renders for every node
+/// using it, and that the network fits this host's links and routes
+/// (`config::check_against_host`).
 ///
 /// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
 /// outside the plan): the addresses are resolved again with theirs when they differ.
@@ -68,6 +70,8 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
         .into_iter()
         .flat_map(|image| images.recipe_problems(image))
         .collect();
+    // Every template renders for every node that uses it, or nothing runs.
+    problems.extend(crate::template::check(&config));
     match crate::net::read_host_view() {
         Ok(host) => problems.extend(config::check_against_host(&source, &config, &host)),
         Err(error) => problems.push(source.at(

@@ -1,24 +1,11 @@
 //! `status`: the core's snapshot completed with each running init's own report and the node's
 //! cgroup figures, gathered concurrently outside the core.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-
+use super::init_client::{ask_init, InitAnswer};
 use super::world::NodeSnapshot;
 use crate::api::control::{HostStatus, NodeState, NodeStatus, StatusReport};
-use crate::api::init::{HealthStatus, InitReply, InitRequest, ProcessStatus};
+use crate::api::init::HealthStatus;
 use crate::runtime::unix_now;
-
-/// How long one init may take to answer before its processes are reported as unknown.
-const INIT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// What a running init says about its node.
-struct InitAnswer {
-    processes: Vec<ProcessStatus>,
-    health: HealthStatus,
-}
 
 pub async fn report(host: HostStatus, snapshots: Vec<NodeSnapshot>) -> StatusReport {
     let queries = snapshots.into_iter().map(|snapshot| async move {
@@ -98,36 +85,10 @@ fn node_health(state: NodeState, health: Option<HealthStatus>) -> (&'static str,
     }
 }
 
-/// What a running init says of its node's health; `None` when it did not answer in time.
-pub(super) async fn ask_health(socket: &std::path::Path) -> Option<HealthStatus> {
-    ask_init(socket).await.map(|answer| answer.health)
-}
-
-async fn ask_init(socket: &std::path::Path) -> Option<InitAnswer> {
-    let exchange = async {
-        let mut stream = UnixStream::connect(socket).await.ok()?;
-        let mut line = serde_json::to_vec(&InitRequest::Status).ok()?;
-        line.push(b'\n');
-        stream.write_all(&line).await.ok()?;
-        let mut reply = Vec::new();
-        BufReader::new(stream)
-            .read_until(b'\n', &mut reply)
-            .await
-            .ok()?;
-        match crate::api::decode_line::<InitReply>(&reply).ok()? {
-            InitReply::Status { processes, health } => Some(InitAnswer { processes, health }),
-            InitReply::Stopping | InitReply::Signalled { .. } => None,
-        }
-    };
-    tokio::time::timeout(INIT_TIMEOUT, exchange)
-        .await
-        .ok()
-        .flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::init::InitReply;
 
     fn health(state: &str, last_error: Option<&str>) -> Option<HealthStatus> {
         Some(HealthStatus {

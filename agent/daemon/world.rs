@@ -850,7 +850,7 @@ impl World {
                 else {
                     return;
                 };
-                let Some(health) = super::status::ask_health(&socket).await else {
+                let Some(health) = super::init_client::ask_health(&socket).await else {
                     continue;
                 };
                 if last.as_ref() == Some(&health.state) {

@@ -23,21 +23,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use super::build_step::{quote, BuildStep, CHROOT_ENV, STEP_MARK};
 use super::debootstrap;
 use super::recipe::ImageRecipe;
 use crate::config::{Diagnostic, ImageBuilder};
 
 /// Lines of the builder's output kept to explain a failure.
 const TAIL_LINES: usize = 20;
-/// Marks the start of one of our hooks in the builder's output.
-pub(super) const STEP_MARK: &str = "magestack-step ";
 /// How long an interrupted builder may take to clean up before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
-/// The environment of every command run chrooted in the image.
-pub(super) const CHROOT_ENV: &str =
-    "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-     HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive";
-
 /// The tool that builds an image from a recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builder {
@@ -86,36 +80,6 @@ impl Builder {
 impl fmt::Display for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.program())
-    }
-}
-
-/// The steps of a build, in order, as the progress display names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuildStep {
-    Update,
-    Download,
-    Extract,
-    Essential,
-    Packages,
-    File(usize),
-    Run(usize),
-    Versions,
-    Cleanup,
-}
-
-impl fmt::Display for BuildStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BuildStep::Update => write!(f, "reading the package lists"),
-            BuildStep::Download => write!(f, "downloading packages"),
-            BuildStep::Extract => write!(f, "extracting packages"),
-            BuildStep::Essential => write!(f, "installing essential packages"),
-            BuildStep::Packages => write!(f, "installing the recipe's packages"),
-            BuildStep::File(i) => write!(f, "writing file[{i}]"),
-            BuildStep::Run(i) => write!(f, "running run[{i}]"),
-            BuildStep::Versions => write!(f, "recording package versions"),
-            BuildStep::Cleanup => write!(f, "cleaning up"),
-        }
     }
 }
 
@@ -560,11 +524,6 @@ fn missing_package(line: &str) -> Option<String> {
     let (package, why) = rest.split_once(' ')?;
     why.starts_with("has no installation candidate")
         .then(|| package.trim_matches('\'').to_owned())
-}
-
-/// Quotes one word for `sh`.
-pub(super) fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// Cuts a byte stream into lines, lossily decoded, with carriage-return progress lines split too.

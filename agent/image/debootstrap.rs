@@ -12,7 +12,7 @@
 //! `debootstrap` become debootstrap's default (required and important; `standard` does not add
 //! the packages of priority standard).
 
-use super::debian::{quote, BuildStep, CHROOT_ENV, STEP_MARK};
+use super::build_step::{quote, BuildStep, CHROOT_ENV, STEP_MARK};
 use super::recipe::ImageRecipe;
 
 /// The program run on the host.

@@ -20,6 +20,7 @@
 //! Nothing ever writes into a finished image: nodes mount it read-only (idmapped), below their
 //! own writable layer.
 
+mod build_step;
 mod busybox;
 mod debian;
 mod debootstrap;
@@ -44,8 +45,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Diagnostic, ImageBuilder};
+pub use build_step::BuildStep;
 pub use busybox::HOST_BUSYBOX;
-pub use debian::{BuildProgress, BuildStep, Builder, LogProgress};
+pub use debian::{BuildProgress, Builder, LogProgress};
 pub use elf::ElfError;
 use recipe::{ImageRecipe, Recipes};
 

@@ -18,7 +18,7 @@ use crate::config::{Config, Diagnostic, NodeSpec, TemplateReload};
 pub use context::{Context, NodeView, Running, HEALTH_UNKNOWN};
 
 /// Where a node sees its rendered files (a read-only bind of the host directory).
-pub const IN_NODE: &str = "/run/magestack/templates";
+pub use crate::config::TEMPLATES_IN_NODE as IN_NODE;
 
 /// One rendered file of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,8 +35,15 @@ dest = "/etc/lb/lb.cfg"
         Setup { dir }
     }
 
+    /// The configuration with its templates checked, as `config check` and `run` load it.
     fn load(&self) -> Result<Config, ConfigError> {
-        crate::config::load(Some(&self.dir.path().join("agent.toml")))
+        let config = crate::config::load(Some(&self.dir.path().join("agent.toml")))?;
+        let problems = super::check(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     fn template_file(&self) -> String {
@@ -334,4 +341,24 @@ fn install_replaces_files_by_rename_and_reads_them_back() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["lb.cfg"], "a temp file is left");
+}
+
+#[test]
+fn the_acc_templates_render_the_configured_keys() {
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIm9Z0ZmD3Q ops@example";
+    let text = format!("[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"{key}\"]\n");
+    let config = crate::config::parse(&crate::config::Source::new("agent.toml", text)).unwrap();
+    let rendered =
+        render_node(&config, &config.nodes["acc1"], &Default::default()).expect("rendered");
+    let file = |dest: &str| {
+        rendered
+            .iter()
+            .find(|r| r.dest == dest)
+            .unwrap_or_else(|| panic!("{dest} not rendered"))
+            .text
+            .clone()
+    };
+    assert!(file("/etc/ssh/authorized_keys/root").contains(&format!("\n{key}\n")));
+    assert!(!file("/etc/ssh/authorized_keys/www-data").contains("ssh-"));
+    assert!(file("/etc/ssh/sshd_config").contains("AuthorizedKeysFile /etc/ssh/authorized_keys/%u"));
 }
