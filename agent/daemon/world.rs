@@ -14,7 +14,7 @@ use super::desired::DesiredState;
 use crate::api::control::{ExecTarget, NodeState, RefusedChange, ReloadReport, Response};
 use crate::api::init::{InitReply, InitRequest};
 use crate::config::{Config, NodeSpec};
-use crate::runtime::{NodeHandle, Runtime};
+use crate::runtime::{NodeHandle, Runtime, RuntimeError};
 use crate::template::{Rendered, Running};
 
 mod network;
@@ -41,7 +41,7 @@ const HEALTH_POLL_MAX: Duration = Duration::from_secs(1);
 pub enum Event {
     Command(Command, oneshot::Sender<Response>),
     Snapshot(Vec<String>, oneshot::Sender<Result<Snapshot, String>>),
-    Started(String, Result<Box<NodeHandle>, String>),
+    Started(String, Result<Box<NodeHandle>, RuntimeError>),
     Stopped(String),
     InitExited(String, i32),
     /// The health a node's init (by its pid) reported, sent when it differs from the last one
@@ -478,7 +478,7 @@ impl World {
         })
     }
 
-    fn started(&mut self, node: &str, result: Result<Box<NodeHandle>, String>) {
+    fn started(&mut self, node: &str, result: Result<Box<NodeHandle>, RuntimeError>) {
         let Some(entry) = self.nodes.get_mut(node) else {
             return;
         };
@@ -507,7 +507,7 @@ impl World {
                 entry.handle = Some(handle.clone());
                 self.watch(node, &handle);
             }
-            Err(error) => self.start_failed(node, error),
+            Err(error) => self.start_failed(node, error.to_string()),
         }
     }
 
@@ -697,8 +697,7 @@ impl World {
         tokio::task::spawn_blocking(move || {
             let result = runtime
                 .start(&spec, restarts, &templates)
-                .map(Box::new)
-                .map_err(|e| e.to_string());
+                .map(Box::new);
             let _ = events.send(Event::Started(name, result));
         });
     }
