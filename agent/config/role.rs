@@ -181,14 +181,12 @@ impl Checker<'_> {
     }
 
     pub fn resources(&mut self, field: &str, raw: RawResources) -> Resources {
-        let memory_bytes = raw.memory.and_then(|memory| {
-            match parse_size(memory.get_ref()) {
-                Ok(0) => self.error(&memory, format!("{field}.memory: must be more than 0")),
-                Ok(bytes) => return Some(bytes),
-                Err(message) => self.error(&memory, format!("{field}.memory: {message}")),
-            }
-            None
-        });
+        let memory_bytes = raw
+            .memory
+            .and_then(|memory| self.size(&format!("{field}.memory"), &memory));
+        let disk_bytes = raw
+            .disk
+            .and_then(|disk| self.size(&format!("{field}.disk"), &disk));
         let cpus = raw.cpus.and_then(|cpus| {
             let value = *cpus.get_ref();
             if value > 0.0 && value <= 1024.0 {
@@ -215,9 +213,20 @@ impl Checker<'_> {
             });
         Resources {
             memory_bytes,
+            disk_bytes,
             cpus,
             pids,
         }
+    }
+
+    /// A size above 0, as `memory` and `disk` take it.
+    fn size(&mut self, field: &str, value: &Spanned<String>) -> Option<u64> {
+        match parse_size(value.get_ref()) {
+            Ok(0) => self.error(value, format!("{field}: must be more than 0")),
+            Ok(bytes) => return Some(bytes),
+            Err(message) => self.error(value, format!("{field}: {message}")),
+        }
+        None
     }
 
     fn volumes(&mut self, role: &str, list: Vec<RawVolume>) -> Vec<VolumeSpec> {
@@ -566,6 +575,7 @@ impl Resources {
     pub fn merged_over(&self, base: &Resources) -> Resources {
         Resources {
             memory_bytes: self.memory_bytes.or(base.memory_bytes),
+            disk_bytes: self.disk_bytes.or(base.disk_bytes),
             cpus: self.cpus.or(base.cpus),
             pids: self.pids.or(base.pids),
         }
