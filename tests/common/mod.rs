@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod btrfs;
 pub mod stack;
 
 use std::path::{Path, PathBuf};
