@@ -286,6 +286,9 @@ fn status_json_follows_the_contract() {
         "restarts",
         "memory_bytes",
         "cpu_usec",
+        "disk_bytes",
+        "disk_limit_bytes",
+        "disk_limit_enforced",
         "health",
         "processes",
     ] {
