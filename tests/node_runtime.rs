@@ -395,6 +395,9 @@ fn status_json_follows_the_contract() {
         "restarts",
         "memory_bytes",
         "cpu_usec",
+        "disk_bytes",
+        "disk_limit_bytes",
+        "disk_limit_enforced",
         "health",
         "processes",
     ] {

@@ -7,10 +7,10 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use common::btrfs::{is_btrfs, run, Btrfs};
 use common::TestHost;
 use serde_json::Value;
 
@@ -32,99 +32,6 @@ fn with_node(node: &str) -> String {
 /// No node at all (without `[nodes]` the default node set would be configured).
 fn without_nodes() -> String {
     format!("{KEEPER}\n[nodes]\n")
-}
-
-/// A btrfs filesystem on a loop device over a file, mounted at `mount`; dropping it unmounts it
-/// (lazily if something still holds it), detaches the loop device and removes its directory,
-/// whatever state a failed test left it in. Declare it before the `TestHost` on it, so it is
-/// dropped after the host has stopped its daemon and nodes.
-struct Btrfs {
-    dir: PathBuf,
-    mount: PathBuf,
-    device: Option<String>,
-    mounted: bool,
-}
-
-impl Btrfs {
-    fn new(tag: &str) -> Btrfs {
-        let dir = PathBuf::from(format!("/tmp/magestack-btrfs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut fs = Btrfs {
-            mount: dir.join("mnt"),
-            dir,
-            device: None,
-            mounted: false,
-        };
-        let image = fs.dir.join("fs.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(256 << 20)
-            .unwrap();
-        run("mkfs.btrfs", &["-q", image.to_str().unwrap()]);
-        let device = run("losetup", &["--find", "--show", image.to_str().unwrap()]);
-        fs.device = Some(String::from_utf8(device.stdout).unwrap().trim().to_owned());
-        std::fs::create_dir(&fs.mount).unwrap();
-        run(
-            "mount",
-            &[
-                "-t",
-                "btrfs",
-                fs.device.as_deref().unwrap(),
-                fs.mount.to_str().unwrap(),
-            ],
-        );
-        fs.mounted = true;
-        fs
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let mount = self.mount.to_str().unwrap();
-            let unmounted = (0..50).any(|_| {
-                let done = quiet("umount", &[mount]);
-                if !done {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                done
-            });
-            if !unmounted {
-                quiet("umount", &["--lazy", mount]);
-            }
-        }
-        if let Some(device) = &self.device {
-            // With the filesystem still held (a lazy unmount), the kernel detaches the device
-            // once its last user is gone.
-            quiet("losetup", &["--detach", device]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup.sh installs what tests need)"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn volumes(host: &TestHost) -> Vec<Value> {
@@ -470,14 +377,6 @@ fn a_shared_subvolume_made_by_nodes_starting_at_once_serves_privileged_nodes_too
     );
     let shared = range_base(&host, "@sharer");
     assert_eq!(owner_ids(&media.join("file")), (shared, shared));
-}
-
-fn is_btrfs(path: &Path) -> bool {
-    let output = run(
-        "stat",
-        &["--file-system", "--format=%T", path.to_str().unwrap()],
-    );
-    String::from_utf8_lossy(&output.stdout).trim() == "btrfs"
 }
 
 /// Waits until the daemon has stopped and forgotten a node removed from the configuration.

@@ -77,6 +77,17 @@ pub struct NodeStatus {
     #[serde(default)]
     pub memory_limit_bytes: Option<u64>,
     pub cpu_usec: Option<u64>,
+    /// Bytes the running node's writable layer and own volumes take, from its btrfs quota
+    /// group; `None` without one (not on btrfs, or from an older agent).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+    /// The running node's configured disk limit (`[resources] disk`); `None` without one.
+    #[serde(default)]
+    pub disk_limit_bytes: Option<u64>,
+    /// Whether that limit holds (false where the state dir is not on btrfs); `None` without a
+    /// limit or when the node does not run.
+    #[serde(default)]
+    pub disk_limit_enforced: Option<bool>,
     /// The role's health check as the node's init sees it: none (the role has no check),
     /// starting, healthy or unhealthy; unknown when the node is not running or its init did
     /// not answer.

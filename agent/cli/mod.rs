@@ -280,6 +280,9 @@ fn config_check(path: Option<PathBuf>) -> Result<ExitCode> {
     });
     match result {
         Ok(config) => {
+            for warning in magestack_agent::runtime::quota::unenforced(&config) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok, {} nodes: {}",
                 config.origin,

@@ -5,8 +5,10 @@ use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, Color, Table};
 
 use magestack_agent::api::control::{summary, NodeState, NodeStatus, StatusReport};
+use magestack_agent::config::format_size as bytes;
 
-/// Memory use from this share of the limit on is shown in yellow, and from the next in red.
+/// Memory (and disk) use from this share of the limit on is shown in yellow, and from the next
+/// in red.
 const MEMORY_WARN: f64 = 0.8;
 const MEMORY_ALARM: f64 = 0.95;
 
@@ -32,7 +34,7 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
         table.enforce_styling();
     }
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "NODE", "ROLE", "STATE", "IP", "UPTIME", "CPU", "MEMORY", "RESTARTS", "HEALTH",
+        "NODE", "ROLE", "STATE", "IP", "UPTIME", "CPU", "MEMORY", "DISK", "RESTARTS", "HEALTH",
     ]);
     for node in &report.nodes {
         let paint = |cell: Cell, color: Option<Color>| match color.filter(|_| colour) {
@@ -54,6 +56,7 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
                     .unwrap_or_else(|| "-".into()),
             ),
             paint(Cell::new(memory(node)), memory_color(node)),
+            paint(Cell::new(disk(node)), disk_color(node)),
             paint(
                 Cell::new(node.restarts),
                 (node.restarts > 0).then_some(Color::Yellow),
@@ -99,8 +102,36 @@ fn memory(node: &NodeStatus) -> String {
 }
 
 fn memory_color(node: &NodeStatus) -> Option<Color> {
-    let share = node.memory_bytes? as f64 / node.memory_limit_bytes? as f64;
-    match share {
+    share_color(node.memory_bytes?, node.memory_limit_bytes?)
+}
+
+/// "12.3M/10G" against an enforced limit, "12.3M/10G (not enforced)" or "10G (not enforced)"
+/// where it does not hold (no usage is known off btrfs), "12.3M" without a limit, "-" when
+/// the node does not run or nothing is known.
+fn disk(node: &NodeStatus) -> String {
+    let used = node.disk_bytes.map(bytes);
+    let limit = node.disk_limit_bytes.map(bytes);
+    let figures = match (used, limit) {
+        (Some(used), Some(limit)) => format!("{used}/{limit}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => return "-".into(),
+    };
+    match node.disk_limit_enforced {
+        Some(false) => format!("{figures} (not enforced)"),
+        _ => figures,
+    }
+}
+
+/// A limit that does not hold is yellow; one that holds is coloured by its share, like memory.
+fn disk_color(node: &NodeStatus) -> Option<Color> {
+    match node.disk_limit_enforced? {
+        false => Some(Color::Yellow),
+        true => share_color(node.disk_bytes?, node.disk_limit_bytes?),
+    }
+}
+
+fn share_color(used: u64, limit: u64) -> Option<Color> {
+    match used as f64 / limit as f64 {
         s if s >= MEMORY_ALARM => Some(Color::Red),
         s if s >= MEMORY_WARN => Some(Color::Yellow),
         _ => None,
@@ -125,21 +156,6 @@ fn duration_fine(seconds: f64) -> String {
     }
 }
 
-/// Powers of 1024 with the config's suffixes; whole numbers without decimals ("64M").
-fn bytes(value: u64) -> String {
-    for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        let unit = 1u64 << shift;
-        if value >= unit {
-            return if value.is_multiple_of(unit) {
-                format!("{}{suffix}", value / unit)
-            } else {
-                format!("{:.1}{suffix}", value as f64 / unit as f64)
-            };
-        }
-    }
-    format!("{value}B")
-}
-
 #[cfg(test)]
 mod tests {
     use magestack_agent::api::control::HostStatus;
@@ -158,6 +174,9 @@ mod tests {
             memory_bytes: Some(12_897_484),
             memory_limit_bytes: Some(64 << 20),
             cpu_usec: Some(1_234_567),
+            disk_bytes: Some(12 << 20),
+            disk_limit_bytes: Some(10 << 30),
+            disk_limit_enforced: Some(true),
             health: "healthy".into(),
             processes: Vec::new(),
             error: None,
@@ -180,6 +199,8 @@ mod tests {
                     role: "db".into(),
                     state: NodeState::Failed,
                     memory_bytes: Some(63 << 20),
+                    disk_bytes: None,
+                    disk_limit_enforced: Some(false),
                     restarts: 3,
                     health: "unhealthy".into(),
                     error: Some("process mariadbd: crash loop".into()),
@@ -206,11 +227,15 @@ mod tests {
             "1h2m",
             "1.2s",
             "12.3M/64M",
+            "12M/10G",
             "healthy",
         ] {
             assert!(web1.contains(cell), "{cell:?} not in {web1}");
         }
-        assert!(text.contains("63M/64M"), "{text}");
+        assert!(!web1.contains("not enforced"), "{web1}");
+        let db1 = lines.iter().find(|l| l.contains("db1")).unwrap();
+        assert!(db1.contains("63M/64M"), "{db1}");
+        assert!(db1.contains("10G (not enforced)"), "{db1}");
         assert!(
             text.ends_with("db1: process mariadbd: crash loop\n"),
             "{text}"
@@ -244,12 +269,8 @@ mod tests {
     }
 
     #[test]
-    fn sizes_use_the_config_suffixes() {
-        assert_eq!(bytes(64 << 20), "64M");
-        assert_eq!(bytes(12_897_484), "12.3M");
-        assert_eq!(bytes(2 << 30), "2G");
-        assert_eq!(bytes(1536), "1.5K");
-        assert_eq!(bytes(512), "512B");
+    fn cpu_time_is_fine_below_a_minute() {
         assert_eq!(duration_fine(75.0), "1m15s");
+        assert_eq!(duration_fine(1.234), "1.2s");
     }
 }

@@ -29,7 +29,7 @@ pub use model::{
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;
-pub use size::parse_size;
+pub use size::{format_size, parse_size};
 pub use source::{line_column, Diagnostic, Source};
 
 /// Where the agent looks for its configuration when neither `--config` nor `MAGESTACK_CONFIG`

@@ -321,6 +321,10 @@ impl RestartPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     pub memory_bytes: Option<u64>,
+    /// Disk space for the node's writable layer and its own volumes together (not its role's
+    /// shared volumes); enforced by a btrfs quota group where the state dir is on btrfs.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
 }

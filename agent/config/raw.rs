@@ -141,6 +141,8 @@ pub struct RawProcess {
 #[serde(deny_unknown_fields)]
 pub struct RawResources {
     pub memory: Option<Spanned<String>>,
+    /// Space for the node's writable layer and its own volumes together (btrfs quota group).
+    pub disk: Option<Spanned<String>>,
     pub cpus: Option<Spanned<f64>>,
     pub pids: Option<Spanned<i64>>,
 }

@@ -205,6 +205,9 @@ impl Checker<'_> {
                 .map_err(|message| self.error(&memory, format!("{field}.memory: {message}")))
                 .ok()
         });
+        let disk_bytes = raw
+            .disk
+            .and_then(|disk| self.size(&format!("{field}.disk"), &disk));
         let cpus = raw.cpus.and_then(|cpus| {
             bounds::cpus(*cpus.get_ref())
                 .map_err(|error| self.error(&cpus, format!("{field}.cpus: {error}")))
@@ -217,9 +220,20 @@ impl Checker<'_> {
         });
         Resources {
             memory_bytes,
+            disk_bytes,
             cpus,
             pids,
         }
+    }
+
+    /// A size above 0, as `memory` and `disk` take it.
+    fn size(&mut self, field: &str, value: &Spanned<String>) -> Option<u64> {
+        match parse_size(value.get_ref()) {
+            Ok(0) => self.error(value, format!("{field}: must be more than 0")),
+            Ok(bytes) => return Some(bytes),
+            Err(message) => self.error(value, format!("{field}: {message}")),
+        }
+        None
     }
 
     fn volumes(&mut self, role: &str, list: Vec<RawVolume>) -> Vec<VolumeSpec> {
@@ -597,6 +611,7 @@ impl Resources {
     pub fn merged_over(&self, base: &Resources) -> Resources {
         Resources {
             memory_bytes: self.memory_bytes.or(base.memory_bytes),
+            disk_bytes: self.disk_bytes.or(base.disk_bytes),
             cpus: self.cpus.or(base.cpus),
             pids: self.pids.or(base.pids),
         }

@@ -23,10 +23,35 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
+/// The other way: powers of 1024 with the same suffixes, whole numbers without decimals
+/// ("64M", "12.3M", "512B").
+pub fn format_size(value: u64) -> String {
+    for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        let unit = 1u64 << shift;
+        if value >= unit {
+            return if value.is_multiple_of(unit) {
+                format!("{}{suffix}", value / unit)
+            } else {
+                format!("{:.1}{suffix}", value as f64 / unit as f64)
+            };
+        }
+    }
+    format!("{value}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn sizes_are_written_with_the_same_suffixes() {
+        assert_eq!(format_size(64 << 20), "64M");
+        assert_eq!(format_size(12_897_484), "12.3M");
+        assert_eq!(format_size(2 << 30), "2G");
+        assert_eq!(format_size(1536), "1.5K");
+        assert_eq!(format_size(512), "512B");
+    }
 
     #[test]
     fn suffixes_are_powers_of_1024() {
@@ -51,6 +76,12 @@ mod tests {
         #[test]
         fn never_panics(text in "\\PC{0,12}") {
             let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn whole_sizes_round_trip(n in 1u64..1024, shift in prop::sample::select(vec![0u32, 10, 20, 30, 40])) {
+            let value = n << shift;
+            prop_assert_eq!(parse_size(&format_size(value)), Ok(value));
         }
 
         #[test]

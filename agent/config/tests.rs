@@ -707,3 +707,39 @@ fn the_bridge_and_subnet_are_checked_against_the_host_s_links_and_routes() {
         );
     }
 }
+
+#[test]
+fn a_disk_limit_is_a_size_set_by_the_role_or_the_node() {
+    let config = parse_text(
+        r#"
+[nodes.web1]
+role = "web"
+[nodes.web2]
+role = "web"
+[nodes.web2.resources]
+disk = "512M"
+[nodes.fw1]
+role = "fw"
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.nodes["web1"].resources.disk_bytes, Some(10 << 30));
+    assert_eq!(config.nodes["web2"].resources.disk_bytes, Some(512 << 20));
+    assert_eq!(
+        config.nodes["web2"].resources.memory_bytes,
+        Some(1 << 30),
+        "kept from roles/web.toml"
+    );
+    assert_eq!(config.nodes["fw1"].resources.disk_bytes, Some(256 << 20));
+    let error = parse_text("[nodes.web1]\nrole = \"web\"\n[nodes.web1.resources]\ndisk = \"0\"\n[roles.web.resources]\ndisk = \"1.5G\"\n")
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("nodes.web1.resources.disk: must be more than 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("roles.web.resources.disk: `1.5G` is not a size"),
+        "{text}"
+    );
+}

@@ -88,6 +88,9 @@ fn register_nodes(registry: &mut Registry, report: &StatusReport) {
     let cpu = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
     let memory = Family::<Labels, Gauge>::default();
     let memory_limit = Family::<Labels, Gauge>::default();
+    let disk = Family::<Labels, Gauge>::default();
+    let disk_limit = Family::<Labels, Gauge>::default();
+    let disk_limit_enforced = Family::<Labels, Gauge>::default();
     let uptime = Family::<Labels, Gauge>::default();
     let process_restarts = Family::<Labels, Counter>::default();
     let process_running = Family::<Labels, Gauge>::default();
@@ -122,6 +125,19 @@ fn register_nodes(registry: &mut Registry, report: &StatusReport) {
             memory_limit
                 .get_or_create(&labels())
                 .set(saturating_i64(bytes));
+        }
+        if let Some(bytes) = node.disk_bytes {
+            disk.get_or_create(&labels()).set(saturating_i64(bytes));
+        }
+        if let Some(bytes) = node.disk_limit_bytes {
+            disk_limit
+                .get_or_create(&labels())
+                .set(saturating_i64(bytes));
+        }
+        if let Some(enforced) = node.disk_limit_enforced {
+            disk_limit_enforced
+                .get_or_create(&labels())
+                .set(i64::from(enforced));
         }
         if let Some(seconds) = node.uptime_s {
             uptime.get_or_create(&labels()).set(saturating_i64(seconds));
@@ -173,6 +189,23 @@ fn register_nodes(registry: &mut Registry, report: &StatusReport) {
         "The node's memory limit, for nodes that have one",
         Unit::Bytes,
         memory_limit,
+    );
+    registry.register_with_unit(
+        "node_disk",
+        "Disk space the node's writable layer and own volumes take (btrfs quota group)",
+        Unit::Bytes,
+        disk,
+    );
+    registry.register_with_unit(
+        "node_disk_limit",
+        "The node's configured disk limit, for nodes that have one",
+        Unit::Bytes,
+        disk_limit,
+    );
+    registry.register(
+        "node_disk_limit_enforced",
+        "1 when the node's disk limit holds, 0 when it is not enforced (state dir not on btrfs)",
+        disk_limit_enforced,
     );
     registry.register_with_unit(
         "node_uptime",
@@ -308,6 +341,9 @@ mod tests {
             memory_bytes: Some(12 << 20),
             memory_limit_bytes: Some(64 << 20),
             cpu_usec: Some(1_500_000),
+            disk_bytes: Some(40 << 20),
+            disk_limit_bytes: Some(1 << 30),
+            disk_limit_enforced: Some(true),
             health: "healthy".into(),
             processes: vec![ProcessStatus {
                 name: "nginx".into(),
@@ -334,6 +370,8 @@ mod tests {
                 NodeStatus {
                     memory_bytes: None,
                     cpu_usec: None,
+                    disk_bytes: None,
+                    disk_limit_enforced: None,
                     uptime_s: None,
                     processes: Vec::new(),
                     health: "unknown".into(),
@@ -359,6 +397,9 @@ mod tests {
             r#"magestack_node_cpu_seconds_total{node="web1",role="web"} 1.5"#,
             r#"magestack_node_memory_bytes{node="web1",role="web"} 12582912"#,
             r#"magestack_node_memory_limit_bytes{node="web1",role="web"} 67108864"#,
+            r#"magestack_node_disk_bytes{node="web1",role="web"} 41943040"#,
+            r#"magestack_node_disk_limit_bytes{node="web1",role="web"} 1073741824"#,
+            r#"magestack_node_disk_limit_enforced{node="web1",role="web"} 1"#,
             r#"magestack_process_restarts_total{node="web1",process="nginx"} 3"#,
             r#"magestack_process_running{node="web1",process="nginx"} 1"#,
             "magestack_reconcile_duration_seconds_count 1",
@@ -367,6 +408,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains(r#"magestack_node_cpu_seconds_total{node="web2""#));
+        assert!(!text.contains(r#"magestack_node_disk_bytes{node="web2""#));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::init_client::{ask_init, InitAnswer};
 use super::world::NodeSnapshot;
 use crate::api::control::{HostStatus, NodeState, NodeStatus, StatusReport};
 use crate::api::init::HealthStatus;
-use crate::runtime::unix_now;
+use crate::runtime::{quota, unix_now, NodeRecord};
 
 pub async fn report(host: HostStatus, snapshots: Vec<NodeSnapshot>) -> StatusReport {
     let queries = snapshots.into_iter().map(|snapshot| async move {
@@ -21,6 +21,7 @@ pub async fn report(host: HostStatus, snapshots: Vec<NodeSnapshot>) -> StatusRep
 
 fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus {
     let stats = snapshot.handle.as_ref().map(|h| h.cgroup.stats());
+    let disk = snapshot.handle.as_ref().map(|h| disk_status(&h.record));
     let (processes, health) = match answer {
         Some(InitAnswer { processes, health }) => (processes, Some(health)),
         None => (Vec::new(), None),
@@ -55,6 +56,9 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
             .as_ref()
             .and_then(|h| h.record.spec.resources.memory_bytes),
         cpu_usec: stats.as_ref().map(|s| s.cpu_usec),
+        disk_bytes: disk.and_then(|d| d.used),
+        disk_limit_bytes: disk.and_then(|d| d.limit),
+        disk_limit_enforced: disk.and_then(|d| d.enforced),
         health: health.into(),
         processes,
         error,
@@ -64,6 +68,29 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         } else {
             "stopped".into()
         },
+    }
+}
+
+/// A running node's disk figures for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DiskStatus {
+    used: Option<u64>,
+    limit: Option<u64>,
+    enforced: Option<bool>,
+}
+
+/// Usage from the node's quota group (a few sysfs reads, no walk of its files); the limit as
+/// configured, enforced when the group holds exactly that limit.
+fn disk_status(record: &NodeRecord) -> DiskStatus {
+    let usage = record.disk_quota.as_ref().and_then(quota::usage);
+    disk_figures(record.spec.resources.disk_bytes, usage)
+}
+
+fn disk_figures(limit: Option<u64>, usage: Option<quota::Usage>) -> DiskStatus {
+    DiskStatus {
+        used: usage.map(|u| u.referenced),
+        limit,
+        enforced: limit.map(|limit| usage.and_then(|u| u.limit) == Some(limit)),
     }
 }
 
@@ -115,6 +142,51 @@ mod tests {
                 "unhealthy",
                 Some("unhealthy: tcp 127.0.0.1:80: connection refused".into())
             )
+        );
+    }
+
+    #[test]
+    fn a_disk_limit_is_enforced_when_the_group_holds_it() {
+        let usage = |limit| {
+            Some(quota::Usage {
+                referenced: 12 << 20,
+                limit,
+            })
+        };
+        assert_eq!(
+            disk_figures(Some(64 << 20), usage(Some(64 << 20))),
+            DiskStatus {
+                used: Some(12 << 20),
+                limit: Some(64 << 20),
+                enforced: Some(true)
+            }
+        );
+        // Not on btrfs: no group, no usage.
+        assert_eq!(
+            disk_figures(Some(64 << 20), None),
+            DiskStatus {
+                used: None,
+                limit: Some(64 << 20),
+                enforced: Some(false)
+            }
+        );
+        // The group lost its limit or holds another one.
+        assert_eq!(
+            disk_figures(Some(64 << 20), usage(None)).enforced,
+            Some(false)
+        );
+        assert_eq!(
+            disk_figures(Some(64 << 20), usage(Some(1 << 30))).enforced,
+            Some(false)
+        );
+        // No limit configured: usage of a group kept from an earlier one, nothing to enforce.
+        assert_eq!(
+            disk_figures(None, usage(None)),
+            DiskStatus {
+                used: Some(12 << 20),
+                limit: None,
+                enforced: None
+            }
         );
     }
 

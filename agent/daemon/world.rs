@@ -695,9 +695,7 @@ impl World {
         let name = node.to_string();
         tracing::info!(node, role = spec.role, "starting");
         tokio::task::spawn_blocking(move || {
-            let result = runtime
-                .start(&spec, restarts, &templates)
-                .map(Box::new);
+            let result = runtime.start(&spec, restarts, &templates).map(Box::new);
             let _ = events.send(Event::Started(name, result));
         });
     }

@@ -8,6 +8,7 @@ pub mod enter;
 mod exec_streams;
 mod idmap;
 mod paths;
+pub mod quota;
 mod record;
 mod undo;
 pub mod volume;
@@ -84,6 +85,8 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Volume(volume::VolumeError),
+    #[error("{0}")]
+    Quota(quota::QuotaError),
 }
 
 fn io_error(node: &str, step: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -218,6 +221,7 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(&run_dir);
         });
         let (volumes, shared) = self.prepare_dirs(spec, &paths, id_base, &image_rootfs)?;
+        let disk_quota = self.limit_disk(spec, &paths, &mut undo)?;
         std::fs::write(paths.hosts_file(), self.hosts_text())
             .map_err(io_error(node, "write hosts file"))?;
         std::fs::write(paths.resolv_file(), &self.resolv)
@@ -401,6 +405,7 @@ impl Runtime {
             spec: spec.clone(),
             restarts,
             id_base,
+            disk_quota,
         };
         record
             .save(&paths.record())
@@ -425,6 +430,7 @@ impl Runtime {
         image_rootfs: &Path,
     ) -> Result<(Vec<VolumeMount>, Vec<SharedVolume>), RuntimeError> {
         let node = spec.name.as_str();
+        self.make_layer(node, paths)?;
         for dir in [
             paths.upper(),
             paths.work(),
@@ -507,6 +513,52 @@ impl Runtime {
             });
         }
         Ok((mounts, shared))
+    }
+
+    /// Makes the node's writable layer `state_dir/nodes/<node>` on its first start: a btrfs
+    /// subvolume where the state dir is on btrfs, so its disk limit can count it (upper and
+    /// work both in it: overlay needs them on one filesystem); elsewhere the directories that
+    /// follow make it. A layer that exists is used as it is.
+    fn make_layer(&self, node: &str, paths: &NodePaths) -> Result<(), RuntimeError> {
+        if std::fs::symlink_metadata(&paths.layer).is_ok() {
+            return Ok(());
+        }
+        let layers = self.dirs.state_dir.join("nodes");
+        if !layers.is_dir() {
+            paths::create_dir(&layers, 0o755)
+                .map_err(io_error(node, format!("create {}", layers.display())))?;
+        }
+        let btrfs = volume::on_btrfs(&layers).map_err(io_error(
+            node,
+            format!("check the filesystem of {}", layers.display()),
+        ))?;
+        if btrfs {
+            volume::create_subvolume(&layers, std::ffi::OsStr::new(node)).map_err(io_error(
+                node,
+                format!("create the btrfs subvolume {}", paths.layer.display()),
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// The node's disk limit (`quota.rs`): planned from what the host has, applied with undo.
+    /// A limit that cannot be enforced (no btrfs, a layer or volume made as a plain directory)
+    /// is logged and the node starts without it. Returns the node's quota group for its record.
+    fn limit_disk(
+        &self,
+        spec: &NodeSpec,
+        paths: &NodePaths,
+        undo: &mut Undo,
+    ) -> Result<Option<quota::NodeQuota>, RuntimeError> {
+        let node = spec.name.as_str();
+        let limit = spec.resources.disk_bytes;
+        let survey = quota::survey(&paths.layer, &quota::own_volumes(&self.dirs, spec))
+            .map_err(io_error(node, "look at the writable layer and volumes"))?;
+        let plan = quota::plan(limit, &survey);
+        if let (quota::Outcome::NotEnforced(reason), Some(limit)) = (&plan.outcome, limit) {
+            tracing::warn!(node, "{}", quota::not_enforced_text(node, limit, reason));
+        }
+        quota::apply(node, &paths.layer, &survey, &plan, undo).map_err(RuntimeError::Quota)
     }
 
     /// The idmapped mounts the daemon makes in a new init's mount namespace before the init
@@ -709,7 +761,7 @@ impl Runtime {
                 };
                 if !configured.contains(&node) && !adopted.contains(&node) {
                     tracing::info!(node, "removing the writable layer of an unconfigured node");
-                    let _ = std::fs::remove_dir_all(entry.path());
+                    self.remove_layer(&node, &entry.path());
                 }
             }
         }
@@ -717,6 +769,30 @@ impl Runtime {
             tracing::warn!("sweeping partial image builds: {error}");
         }
         volume::sweep_unfinished(&self.dirs);
+    }
+
+    /// Removes the writable layer of a node that is no longer configured, and its quota group
+    /// (its volumes stay, no longer limited). Failures are logged.
+    fn remove_layer(&self, node: &str, layer: &Path) {
+        let volumes: Vec<PathBuf> = std::fs::read_dir(self.dirs.node(node).volumes)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        if let Err(error) = quota::remove_node_group(layer, &volumes) {
+            tracing::warn!(
+                node,
+                "removing the quota group of {}: {error}",
+                layer.display()
+            );
+        }
+        let ids = quota::subvolume_ids(&[layer.to_path_buf()]);
+        // As root, rmdir also removes a subvolume once it is empty.
+        if let Err(error) = std::fs::remove_dir_all(layer) {
+            tracing::warn!(node, "removing {}: {error}", layer.display());
+        }
+        quota::forget_subvolumes(&self.dirs.state_dir, &ids);
     }
 }
 

@@ -27,6 +27,9 @@ pub struct NodeRecord {
     /// The first host id of the node's user namespace; `None` for a privileged node.
     #[serde(default)]
     pub id_base: Option<u32>,
+    /// The node's btrfs quota group (its disk limit and usage), when it has one.
+    #[serde(default)]
+    pub disk_quota: Option<super::quota::NodeQuota>,
 }
 
 /// Replaces `path` with `data` so that a crash at any instant leaves the old or the new file:
@@ -161,6 +164,7 @@ mod tests {
             spec: config.nodes["web1"].clone(),
             restarts: 3,
             id_base: Some(1 << 20),
+            disk_quota: None,
         }
     }
 

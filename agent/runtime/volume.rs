@@ -368,7 +368,7 @@ nix::ioctl_write_ptr!(btrfs_ioc_subvol_create, 0x94, 14, BtrfsVolArgs);
 
 /// `BTRFS_IOC_SUBVOL_CREATE` on `parent`: what `btrfs subvolume create` does, without needing
 /// btrfs-progs on the host or a child process to start a node.
-fn create_subvolume(parent: &Path, name: &OsStr) -> std::io::Result<()> {
+pub(super) fn create_subvolume(parent: &Path, name: &OsStr) -> std::io::Result<()> {
     let mut args = BtrfsVolArgs {
         fd: 0,
         name: [0; 4088],
@@ -461,8 +461,9 @@ fn disk_usage(dir: &Path, dev: u64) -> u64 {
 }
 
 /// Removes volume `name` of `node` and everything in it: a subvolume with `btrfs subvolume
-/// delete` (after the subvolumes the node made inside it, which would block it), a directory
-/// without following symbolic links. Whether a node still uses it is the
+/// delete` (after the subvolumes the node made inside it, which would block it) and with its
+/// quota group (see [`super::quota::forget_subvolumes`]), a directory without following
+/// symbolic links. Whether a node still uses it is the
 /// caller's to check. Returns what it was.
 pub fn remove(dirs: &HostDirs, node: &str, name: &str) -> Result<VolumeKind, VolumeError> {
     let path = checked_path(dirs, node, name)?;
@@ -490,12 +491,16 @@ pub fn remove(dirs: &HostDirs, node: &str, name: &str) -> Result<VolumeKind, Vol
         VolumeKind::Subvolume => {
             let mut subvolumes = nested_subvolumes(&path);
             subvolumes.push(path.clone());
+            let ids = super::quota::subvolume_ids(&subvolumes);
+            super::quota::leave_node_group(&dirs.node(node).layer, &path)
+                .map_err(io("taking out of its node's quota group"))?;
             delete_subvolumes(&subvolumes).map_err(|message| VolumeError::SubvolumeDelete {
                 node: node.into(),
                 name: name.into(),
                 path: path.clone(),
                 message,
-            })?
+            })?;
+            super::quota::forget_subvolumes(&dirs.state_dir, &ids);
         }
         VolumeKind::Dir => std::fs::remove_dir_all(&path).map_err(io("removing"))?,
     }
@@ -603,6 +608,7 @@ mod tests {
             spec: spec.clone(),
             restarts: 0,
             id_base: None,
+            disk_quota: None,
         };
         let configured = BTreeMap::from([("web1".to_string(), spec)]);
         let nothing = BTreeMap::new();
@@ -654,6 +660,7 @@ mod tests {
             spec: config.nodes["web2"].clone(),
             restarts: 0,
             id_base: None,
+            disk_quota: None,
         };
         let nothing = BTreeMap::new();
         assert_eq!(

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod btrfs;
 pub mod descriptors;
 pub mod network;
 pub mod stack;
