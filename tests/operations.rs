@@ -815,3 +815,32 @@ fn completions_and_the_manual_page_are_generated_from_the_cli() {
     let exec = std::fs::read_to_string(dir.path().join("magestack-agent-exec.1")).unwrap();
     assert!(exec.contains("user"), "{exec}");
 }
+
+#[test]
+fn a_node_whose_start_failed_can_be_stopped() {
+    let config = "[nodes.bad1]\nrole = \"broken\"\n[roles.broken]\nimage = \"busybox\"\n[[roles.broken.process]]\nname = \"missing\"\ncommand = [\"/no/such/program\"]\n";
+    let mut host = TestHost::new("stopfailed", config);
+    host.start_daemon();
+    host.wait_node_state("bad1", "failed");
+    // Bounded: before, the answer never came.
+    let stop = Command::new("timeout")
+        .args([
+            "10",
+            AGENT,
+            "--config",
+            host.config.to_str().unwrap(),
+            "stop",
+            "bad1",
+        ])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{stop:?}");
+    let bad1 = host.node("bad1");
+    assert_eq!(bad1["state"], "stopped", "{bad1}");
+    assert!(
+        bad1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/no/such/program")),
+        "the failure is still shown: {bad1}"
+    );
+}

@@ -663,6 +663,10 @@ impl World {
                 (Phase::Failed, false) => {
                     if entry.spec.is_none() {
                         removed.push(name);
+                    } else if !wanted {
+                        // A failed node that nothing runs of is stopped once it is no longer
+                        // wanted (a `stop` of it is answered); its error stays shown.
+                        entry.phase = Phase::Stopped;
                     }
                 }
             }
