@@ -56,6 +56,16 @@ pub const DENIED: &[(&str, i64)] = &[
     ("setns", libc::SYS_setns),
 ];
 
+/// `ioctl` requests refused: making btrfs subvolumes and snapshots. Any user may make one where
+/// it may write, and a node's volumes are btrfs subvolumes on a btrfs state dir: a subvolume
+/// made inside one would stand outside the node's quota group, and so outside its disk limit.
+pub const DENIED_IOCTLS: &[(&str, u32)] = &[
+    ("BTRFS_IOC_SNAP_CREATE", 0x5000_9401),
+    ("BTRFS_IOC_SUBVOL_CREATE", 0x5000_940e),
+    ("BTRFS_IOC_SNAP_CREATE_V2", 0x5000_9417),
+    ("BTRFS_IOC_SUBVOL_CREATE_V2", 0x5000_9418),
+];
+
 pub fn filters() -> Result<Vec<BpfProgram>, ConfinementError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| ConfinementError::Seccomp(format!("architecture: {e}")))?;
@@ -76,6 +86,21 @@ pub fn filters() -> Result<Vec<BpfProgram>, ConfinementError> {
         libc::SYS_clone,
         vec![SeccompRule::new(vec![new_user_namespace]).map_err(error)?],
     );
+    // The request is an int to the kernel: only its low 32 bits are compared.
+    let ioctl_rules = DENIED_IOCTLS
+        .iter()
+        .map(|(_, request)| {
+            let request = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                u64::from(*request),
+            )
+            .map_err(error)?;
+            SeccompRule::new(vec![request]).map_err(error)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    denied.insert(libc::SYS_ioctl, ioctl_rules);
     let refuse = SeccompFilter::new(
         denied,
         SeccompAction::Allow,
@@ -137,6 +162,21 @@ mod tests {
                     }
                     if libc::getpid() <= 0 {
                         code |= 8;
+                    }
+                    // A btrfs subvolume: refused whatever the file (here not btrfs at all, which
+                    // would answer ENOTTY).
+                    let mut args = [0u8; 4096];
+                    let root = libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    if libc::ioctl(root, 0x5000_940e, args.as_mut_ptr()) != -1
+                        || *libc::__errno_location() != libc::EPERM
+                    {
+                        code |= 16;
+                    }
+                    // Other ioctls still reach the kernel (a terminal request on a directory).
+                    if libc::ioctl(root, libc::TIOCGWINSZ, args.as_mut_ptr()) != -1
+                        || *libc::__errno_location() != libc::ENOTTY
+                    {
+                        code |= 32;
                     }
                     libc::_exit(code);
                 }
