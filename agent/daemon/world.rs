@@ -539,8 +539,12 @@ impl World {
                         .as_ref()
                         .zip(entry.handle.as_ref())
                         .is_some_and(|(spec, handle)| *spec != handle.record.spec);
-                    if !wanted || entry.restart_pending || changed {
+                    if !wanted {
                         self.begin_stop(&name);
+                    } else if entry.restart_pending || changed {
+                        entry.restart_pending = false;
+                        let previous = entry.handle.take();
+                        self.begin_start(&name, previous);
                     }
                 }
                 (Phase::Stopped | Phase::Running, false) => {
@@ -548,7 +552,7 @@ impl World {
                     if wanted && (due || entry.restart_pending) {
                         entry.restart_pending = false;
                         entry.retry_at = None;
-                        self.begin_start(&name);
+                        self.begin_start(&name, None);
                     } else if entry.spec.is_none() {
                         removed.push(name);
                     } else if !wanted {
@@ -567,7 +571,9 @@ impl World {
         }
     }
 
-    fn begin_start(&mut self, node: &str) {
+    /// Starts a node; with the handle of its running `previous` life, restarts it (the runtime
+    /// keeps its sandbox when it can).
+    fn begin_start(&mut self, node: &str, previous: Option<Arc<NodeHandle>>) {
         // Its own files are read once it runs: it renders them as one of the running nodes.
         let mut running = self.running_nodes();
         let entry = self.nodes.get_mut(node).expect("known node");
@@ -577,8 +583,16 @@ impl World {
             Ok(templates) => templates,
             Err(error) => {
                 tracing::error!(node, role = spec.role, "start failed: {error}");
-                entry.phase = Phase::Failed;
                 entry.error = Some(error.to_string());
+                match previous {
+                    // Stopped first, as any restart without its sandbox: the start that follows
+                    // fails the same way and leaves the node failed.
+                    Some(previous) => {
+                        entry.handle = Some(previous);
+                        self.begin_stop(node);
+                    }
+                    None => entry.phase = Phase::Failed,
+                }
                 return;
             }
         };
@@ -593,12 +607,21 @@ impl World {
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let name = node.to_string();
-        tracing::info!(node, role = spec.role, "starting");
+        tracing::info!(
+            node,
+            role = spec.role,
+            "{}",
+            match previous {
+                Some(_) => "restarting",
+                None => "starting",
+            }
+        );
         tokio::task::spawn_blocking(move || {
-            let result = runtime
-                .start(&spec, restarts, &templates)
-                .map(Box::new)
-                .map_err(|e| e.to_string());
+            let result = match previous {
+                Some(previous) => runtime.restart(&previous, &spec, restarts, &templates),
+                None => runtime.start(&spec, restarts, &templates),
+            };
+            let result = result.map(Box::new).map_err(|e| e.to_string());
             let _ = events.send(Event::Started(name, result));
         });
     }

@@ -15,7 +15,7 @@ pub use names::{hosts_file, resolv_conf};
 pub use netlink::{Netlink, PeerIdentity};
 pub use policy::{render as render_policy, table_name as policy_table};
 
-use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec};
+use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec, PublicSide};
 
 /// The name of a node's network interface on the internal network, inside the node.
 pub const NODE_INTERFACE: &str = "eth0";
@@ -110,10 +110,76 @@ impl HostNetwork {
     /// [`configure_inside`]).
     pub fn attach(&self, spec: &NodeSpec, init_pid: i32) -> Result<(), NetError> {
         let netns = open_netns(init_pid)?;
-        self.with_host(|host| self.attach_links(host, spec, &netns))
+        self.with_host(|host| self.attach_links(host, spec, &netns, Present::default()))
+    }
+
+    /// The host side of a node started in the network namespace its previous init left
+    /// (`runtime/sandbox.rs`): links still there are kept, missing ones made again, and fw1's
+    /// rules applied again (one atomic replacement: a process of fw1 may have changed them).
+    pub fn reattach(&self, spec: &NodeSpec, init_pid: i32) -> Result<(), NetError> {
+        let netns = open_netns(init_pid)?;
+        self.with_host(|host| {
+            let present = Present {
+                node: host.link_index(&self.node_link(&spec.name))?.is_some(),
+                public: match &spec.network.public {
+                    None => false,
+                    Some(public) if public.uplink == "host" => {
+                        host.link_index(&self.public_link(&spec.name))?.is_some()
+                    }
+                    Some(_) => link_inside(&netns, PUBLIC_INTERFACE)?,
+                },
+            };
+            self.attach_links(host, spec, &netns, present)
+        })
     }
 
     fn attach_links(
+        &self,
+        host: &Netlink,
+        spec: &NodeSpec,
+        netns: &OwnedFd,
+        present: Present,
+    ) -> Result<(), NetError> {
+        if !present.node {
+            self.add_node_link(host, spec, netns)?;
+        }
+        if let Some(public) = spec.network.public.as_ref() {
+            if !present.public {
+                self.add_public_link(host, spec, public, netns)?;
+            }
+            nft::apply(&firewall::render(public), Some(netns))?;
+        }
+        Ok(())
+    }
+
+    /// fw1's public link: a veth whose host end is the public side's gateway, or a macvlan
+    /// on the uplink.
+    fn add_public_link(
+        &self,
+        host: &Netlink,
+        spec: &NodeSpec,
+        public: &PublicSide,
+        netns: &OwnedFd,
+    ) -> Result<(), NetError> {
+        if public.uplink != "host" {
+            return host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns);
+        }
+        let link = self.public_link(&spec.name);
+        host.delete_link(&link)?;
+        host.add_veth(
+            &link,
+            None,
+            PUBLIC_INTERFACE,
+            PeerIdentity::default(),
+            netns,
+        )?;
+        disable_ipv6(&link)?;
+        host.address_link(&link, public.gateway, public.address.prefix)
+            .map(drop)
+    }
+
+    /// The node's veth: the host end on the bridge, `eth0` in the node.
+    fn add_node_link(
         &self,
         host: &Netlink,
         spec: &NodeSpec,
@@ -136,26 +202,7 @@ impl HostNetwork {
             host.delete_link(&link)?;
             host.add_veth(&link, Some(bridge), NODE_INTERFACE, eth0, netns)?;
         }
-        disable_ipv6(&link)?;
-        if let Some(public) = spec.network.public.as_ref() {
-            if public.uplink == "host" {
-                let link = self.public_link(&spec.name);
-                host.delete_link(&link)?;
-                host.add_veth(
-                    &link,
-                    None,
-                    PUBLIC_INTERFACE,
-                    PeerIdentity::default(),
-                    netns,
-                )?;
-                disable_ipv6(&link)?;
-                host.address_link(&link, public.gateway, public.address.prefix)?;
-            } else {
-                host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns)?;
-            }
-            nft::apply(&firewall::render(public), Some(netns))?;
-        }
-        Ok(())
+        disable_ipv6(&link)
     }
 
     /// Runs `work` on the shared host netlink connection, connecting on first use. After a
@@ -228,6 +275,34 @@ impl HostNetwork {
             None,
         )
     }
+}
+
+/// Which of a node's links exist already (in a network namespace kept from its previous init).
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    /// The node's veth (host end on the bridge, `eth0` inside).
+    node: bool,
+    /// fw1's public link.
+    public: bool,
+}
+
+/// Whether the network namespace `netns` has a link named `name`, asked from a thread that
+/// joins it (a thread's network namespace is its own).
+fn link_inside(netns: &OwnedFd, name: &str) -> Result<bool, NetError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |errno| NetError::Io {
+                        what: "join the node's network namespace".into(),
+                        source: errno.into(),
+                    },
+                )?;
+                Ok(Netlink::connect()?.link_index(name)?.is_some())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(NetError::netlink("look for a link in the node", "panicked")))
+    })
 }
 
 /// `<prefix>_<node>`: the host end of a gateway node's public veth (`uplink = "host"`).
