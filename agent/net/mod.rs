@@ -116,21 +116,27 @@ impl HostNetwork {
     /// The host side of a node started in the network namespace its previous init left
     /// (`runtime/sandbox.rs`): links still there are kept, missing ones made again, and fw1's
     /// rules applied again (one atomic replacement: a process of fw1 may have changed them).
-    pub fn reattach(&self, spec: &NodeSpec, init_pid: i32) -> Result<(), NetError> {
+    /// True when every link was still there.
+    ///
+    /// Host links are looked up with `if_nametoindex` (an ioctl the kernel answers under RCU),
+    /// not netlink, which waits for the RTNL lock that a namespace being torn down elsewhere
+    /// holds for milliseconds.
+    pub fn reattach(&self, spec: &NodeSpec, init_pid: i32) -> Result<bool, NetError> {
         let netns = open_netns(init_pid)?;
-        self.with_host(|host| {
-            let present = Present {
-                node: host.link_index(&self.node_link(&spec.name))?.is_some(),
-                public: match &spec.network.public {
-                    None => false,
-                    Some(public) if public.uplink == "host" => {
-                        host.link_index(&self.public_link(&spec.name))?.is_some()
-                    }
-                    Some(_) => link_inside(&netns, PUBLIC_INTERFACE)?,
-                },
-            };
-            self.attach_links(host, spec, &netns, present)
-        })
+        let on_host = |link: &str| nix::net::if_::if_nametoindex(link).is_ok();
+        let present = Present {
+            node: on_host(&self.node_link(&spec.name)),
+            public: match &spec.network.public {
+                None => true,
+                Some(public) if public.uplink == "host" => on_host(&self.public_link(&spec.name)),
+                Some(_) => link_inside(&netns, PUBLIC_INTERFACE)?,
+            },
+        };
+        if present.node && spec.network.public.is_none() {
+            return Ok(true);
+        }
+        self.with_host(|host| self.attach_links(host, spec, &netns, present))?;
+        Ok(present.node && present.public)
     }
 
     fn attach_links(

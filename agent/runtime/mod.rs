@@ -392,9 +392,9 @@ impl Runtime {
         let lower = self.mount_idmapped(spec, child.pid, id_base, &image_rootfs, &shared)?;
         let attached = match kept {
             Some(_) => self.network.reattach(spec, child.pid),
-            None => self.network.attach(spec, child.pid),
+            None => self.network.attach(spec, child.pid).map(|()| false),
         };
-        attached.map_err(|source| RuntimeError::Network {
+        let links_kept = attached.map_err(|source| RuntimeError::Network {
             node: node.into(),
             source,
         })?;
@@ -418,6 +418,8 @@ impl Runtime {
             } else {
                 cgroup.join_files()
             },
+            // fw1 may change its own network: its init sets it up again.
+            network_configured: links_kept && spec.network.public.is_none(),
         };
         let handshake = UnixStream::from(handshake);
         handshake_with_init(node, &handshake, plan)?;
