@@ -475,7 +475,8 @@ fn daemon_with_eight_nodes(bench: &BenchDir) {
 }
 
 /// `magestack-agent restart b1` end to end from the CLI (the daemon runs b1..b8), alternating
-/// with crun's `run --detach` of the same rootfs (its `delete --force` not timed).
+/// with crun's `run --detach` of the same rootfs, timed alone and after the `delete --force` of
+/// the previous round's container (crun's restart).
 fn node_restart(bench: &BenchDir, rootfs: &Path) {
     let crun = which("crun");
     let config = bench.path.join("agent.toml");
@@ -485,6 +486,8 @@ fn node_restart(bench: &BenchDir, rootfs: &Path) {
         wait_for_eight_nodes(&socket);
         let mut agent = Vec::new();
         let mut crun_runs = Vec::new();
+        let mut crun_restarts = Vec::new();
+        let mut previous: Option<String> = None;
         for round in 0..ROUNDS {
             let started = Instant::now();
             let output = Command::new(AGENT)
@@ -498,12 +501,23 @@ fn node_restart(bench: &BenchDir, rootfs: &Path) {
                 String::from_utf8_lossy(&output.stderr)
             );
             if let Some(crun) = &crun {
+                // crun's restart: the previous container deleted, the next one run.
                 let id = format!("{}-restart-{round}", bench.cgroup);
                 let started = Instant::now();
+                if let Some(previous) = &previous {
+                    crun_command(crun, bench, &["delete", "--force", previous]);
+                }
+                let deleted = started.elapsed();
                 crun_run(crun, bench, rootfs, &id);
-                crun_runs.push(started.elapsed());
-                crun_command(crun, bench, &["delete", "--force", &id]);
+                crun_runs.push(started.elapsed() - deleted);
+                if previous.is_some() {
+                    crun_restarts.push(started.elapsed());
+                }
+                previous = Some(id);
             }
+        }
+        if let (Some(crun), Some(previous)) = (&crun, &previous) {
+            crun_command(crun, bench, &["delete", "--force", previous]);
         }
         println!("restart of a running busybox node (7 others running), {ROUNDS} rounds");
         let agent = median(&mut agent);
@@ -520,6 +534,12 @@ fn node_restart(bench: &BenchDir, rootfs: &Path) {
             println!(
                 "  ratio agent restart / crun run:                {:.2}",
                 agent.as_secs_f64() / crun.as_secs_f64()
+            );
+            let crun_restart = median(&mut crun_restarts);
+            println!(
+                "  crun delete --force + run --detach:            median {} (ratio {:.2})",
+                ms(crun_restart),
+                agent.as_secs_f64() / crun_restart.as_secs_f64()
             );
         } else {
             println!("  crun not installed: no comparison");
