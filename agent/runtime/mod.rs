@@ -202,7 +202,13 @@ impl Runtime {
         if kept.is_none() {
             self.release(node);
         }
-        self.launch(spec, restarts, templates, kept)
+        let started = self.launch(spec, restarts, templates, kept);
+        if started.is_err() {
+            // The start's own undo begins with the run dir; a failure before (the image, the
+            // id range) would leave the kept sandbox pinned.
+            self.release(node);
+        }
+        started
     }
 
     /// A node start, in the sandbox `kept` from its previous init or in a new one.
