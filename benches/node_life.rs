@@ -6,9 +6,11 @@
 //!    `delete --force`), alternating with the agent, and the ratio is reported.
 //! 2. The daemon with 8 nodes: its RSS and the latency of `status` (socket round trip, and the
 //!    CLI end to end).
+//! 3. Restart: `magestack-agent restart` of a running node end to end from the CLI, alternating
+//!    with crun's `run --detach` of the same rootfs.
 //!
 //! Sections can be picked by name: `cargo bench --bench node_life -- network daemon` (names:
-//! life, confinement, network, daemon, stack; none given runs them all).
+//! life, confinement, network, daemon, restart, stack; none given runs them all).
 //!
 //! Runs as root. Everything it makes lives under /tmp/magestack-bench-<pid> and a cgroup parent of
 //! the same name, and is removed on every path.
@@ -114,6 +116,9 @@ fn main() {
     }
     if section_wanted("daemon") {
         daemon_with_eight_nodes(&bench);
+    }
+    if section_wanted("restart") {
+        node_restart(&bench, &rootfs);
     }
     if section_wanted("stack") {
         default_set_start(&bench);
@@ -317,27 +322,37 @@ fn agent_node_life(runtime: &Runtime, spec: &NodeSpec) -> (Duration, Duration) {
 }
 
 fn crun_node_life(crun: &Path, bench: &BenchDir, rootfs: &Path, round: usize) -> Duration {
+    let id = format!("{}-{round}", bench.cgroup);
+    let started = Instant::now();
+    crun_run(crun, bench, rootfs, &id);
+    crun_command(crun, bench, &["delete", "--force", &id]);
+    started.elapsed()
+}
+
+/// `crun run --detach` of the bench's bundle (made on first use) as container `id`.
+fn crun_run(crun: &Path, bench: &BenchDir, rootfs: &Path, id: &str) {
     let bundle = bench.path.join("crun-bundle");
     if !bundle.join("config.json").exists() {
         write_crun_bundle(crun, &bundle, rootfs, &bench.cgroup);
     }
-    let id = format!("{}-{round}", bench.cgroup);
-    let state_root = bench.path.join("crun-state");
-    let crun_command = |args: &[&str]| {
-        let status = Command::new(crun)
-            .arg("--root")
-            .arg(&state_root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .expect("crun");
-        assert!(status.success(), "crun {args:?} failed");
-    };
-    let started = Instant::now();
-    crun_command(&["run", "--detach", "--bundle", bundle.to_str().unwrap(), &id]);
-    crun_command(&["delete", "--force", &id]);
-    started.elapsed()
+    crun_command(
+        crun,
+        bench,
+        &["run", "--detach", "--bundle", bundle.to_str().unwrap(), id],
+    );
+}
+
+/// One crun command on the bench's state root; it must succeed.
+fn crun_command(crun: &Path, bench: &BenchDir, args: &[&str]) {
+    let status = Command::new(crun)
+        .arg("--root")
+        .arg(bench.path.join("crun-state"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("crun");
+    assert!(status.success(), "crun {args:?} failed");
 }
 
 fn write_crun_bundle(crun: &Path, bundle: &Path, rootfs: &Path, cgroup: &str) {
@@ -363,32 +378,60 @@ fn write_crun_bundle(crun: &Path, bundle: &Path, rootfs: &Path, cgroup: &str) {
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 }
 
-fn daemon_with_eight_nodes(bench: &BenchDir) {
-    let config = bench.path.join("agent.toml");
-    let mut daemon = Command::new(AGENT)
-        .args(["--config", config.to_str().unwrap(), "run"])
+/// The daemon on the bench's configuration (nodes b1..b8), every node wanted running.
+fn spawn_daemon(bench: &BenchDir) -> std::process::Child {
+    // Stops of an earlier section are remembered as desired state: start from none.
+    let _ = std::fs::remove_file(bench.path.join("state/desired.json"));
+    Command::new(AGENT)
+        .args([
+            "--config",
+            bench.path.join("agent.toml").to_str().unwrap(),
+            "run",
+        ])
         .env("MAGESTACK_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
-        .expect("start the daemon");
+        .expect("start the daemon")
+}
+
+/// Waits until the daemon on `socket` runs its 8 nodes.
+fn wait_for_eight_nodes(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "daemon did not bring up 8 nodes");
+        if let Ok(Response::Status(status)) = ask(socket, &Request::Status { nodes: vec![] }) {
+            if status
+                .nodes
+                .iter()
+                .filter(|n| n.state.as_str() == "running")
+                .count()
+                == 8
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the 8 nodes and then the daemon; re-raises `outcome`'s panic.
+fn stop_daemon(mut daemon: std::process::Child, socket: &Path, outcome: std::thread::Result<()>) {
+    let names: Vec<String> = (1..=8).map(|i| format!("b{i}")).collect();
+    let _ = ask(socket, &Request::Stop { nodes: names });
+    // SAFETY: SIGTERM to the daemon child this bench started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn daemon_with_eight_nodes(bench: &BenchDir) {
+    let config = bench.path.join("agent.toml");
+    let daemon = spawn_daemon(bench);
     let socket = bench.path.join("run/agent.sock");
     let report = || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(Instant::now() < deadline, "daemon did not bring up 8 nodes");
-            if let Ok(Response::Status(status)) = ask(&socket, &Request::Status { nodes: vec![] }) {
-                if status
-                    .nodes
-                    .iter()
-                    .filter(|n| n.state.as_str() == "running")
-                    .count()
-                    == 8
-                {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_eight_nodes(&socket);
         let mut socket_latency: Vec<Duration> = (0..50)
             .map(|_| {
                 let started = Instant::now();
@@ -428,14 +471,82 @@ fn daemon_with_eight_nodes(bench: &BenchDir) {
         );
     };
     let outcome = std::panic::catch_unwind(report);
-    let names: Vec<String> = (1..=8).map(|i| format!("b{i}")).collect();
-    let _ = ask(&socket, &Request::Stop { nodes: names });
-    // SAFETY: SIGTERM to the daemon child this bench started.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    stop_daemon(daemon, &socket, outcome);
+}
+
+/// `magestack-agent restart b1` end to end from the CLI (the daemon runs b1..b8), alternating
+/// with crun's `run --detach` of the same rootfs, timed alone and after the `delete --force` of
+/// the previous round's container (crun's restart).
+fn node_restart(bench: &BenchDir, rootfs: &Path) {
+    let crun = which("crun");
+    let config = bench.path.join("agent.toml");
+    let daemon = spawn_daemon(bench);
+    let socket = bench.path.join("run/agent.sock");
+    let measure = || {
+        wait_for_eight_nodes(&socket);
+        let mut agent = Vec::new();
+        let mut crun_runs = Vec::new();
+        let mut crun_restarts = Vec::new();
+        let mut previous: Option<String> = None;
+        for round in 0..ROUNDS {
+            let started = Instant::now();
+            let output = Command::new(AGENT)
+                .args(["--config", config.to_str().unwrap(), "restart", "b1"])
+                .output()
+                .expect("restart");
+            agent.push(started.elapsed());
+            assert!(
+                output.status.success(),
+                "restart b1: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if let Some(crun) = &crun {
+                // crun's restart: the previous container deleted, the next one run.
+                let id = format!("{}-restart-{round}", bench.cgroup);
+                let started = Instant::now();
+                if let Some(previous) = &previous {
+                    crun_command(crun, bench, &["delete", "--force", previous]);
+                }
+                let deleted = started.elapsed();
+                crun_run(crun, bench, rootfs, &id);
+                crun_runs.push(started.elapsed() - deleted);
+                if previous.is_some() {
+                    crun_restarts.push(started.elapsed());
+                }
+                previous = Some(id);
+            }
+        }
+        if let (Some(crun), Some(previous)) = (&crun, &previous) {
+            crun_command(crun, bench, &["delete", "--force", previous]);
+        }
+        println!("restart of a running busybox node (7 others running), {ROUNDS} rounds");
+        let agent = median(&mut agent);
+        println!(
+            "  `magestack-agent restart b1` (CLI, end to end): median {}",
+            ms(agent)
+        );
+        if crun.is_some() {
+            let crun = median(&mut crun_runs);
+            println!(
+                "  crun run --detach, same rootfs:                median {}",
+                ms(crun)
+            );
+            println!(
+                "  ratio agent restart / crun run:                {:.2}",
+                agent.as_secs_f64() / crun.as_secs_f64()
+            );
+            let crun_restart = median(&mut crun_restarts);
+            println!(
+                "  crun delete --force + run --detach:            median {} (ratio {:.2})",
+                ms(crun_restart),
+                agent.as_secs_f64() / crun_restart.as_secs_f64()
+            );
+        } else {
+            println!("  crun not installed: no comparison");
+        }
+    };
+    let outcome = std::panic::catch_unwind(measure);
+    stop_daemon(daemon, &socket, outcome);
 }
 
 fn ask(socket: &Path, request: &Request) -> Result<Response, Box<dyn std::error::Error>> {

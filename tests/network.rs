@@ -395,3 +395,132 @@ fn a_lost_link_or_bridge_is_put_back_without_restarting_nodes() {
         || http_get(&public, "/", Duration::from_secs(1)).is_some(),
     );
 }
+
+/// What a node's life is made of, as seen from the host.
+#[derive(Debug)]
+struct Life {
+    init: i32,
+    namespaces: Vec<(&'static str, String)>,
+    /// Held open, so a namespace made after this one went cannot reuse its inode number.
+    _held: Vec<std::fs::File>,
+    /// The interface index of each of its host-side links.
+    links: Vec<(String, String)>,
+}
+
+fn life(host: &TestHost, node: &str, links: &[String]) -> Life {
+    let init = host.node_pid(node);
+    let kinds = ["user", "net", "pid", "mnt", "uts", "ipc"];
+    Life {
+        init,
+        namespaces: kinds
+            .into_iter()
+            .map(|kind| (kind, common::process_namespace(init, kind)))
+            .collect(),
+        _held: kinds
+            .into_iter()
+            .map(|kind| std::fs::File::open(format!("/proc/{init}/ns/{kind}")).unwrap())
+            .collect(),
+        links: links
+            .iter()
+            .map(|link| {
+                let index = std::fs::read_to_string(format!("/sys/class/net/{link}/ifindex"))
+                    .unwrap_or_else(|e| panic!("{link}: {e}"));
+                (link.clone(), index.trim().to_string())
+            })
+            .collect(),
+    }
+}
+
+fn pinned_namespaces(host: &TestHost) -> Vec<String> {
+    let nodes = host.run_dir().join("nodes");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(nodes.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `restart` starts a new init (new pid, mount, uts and ipc namespaces) in the user and network
+/// namespaces its previous init left: the links (fw1's public one too) keep their interface
+/// index, fw1 its rules, the node its neighbours, also after the daemon was killed; `stop`
+/// leaves nothing, no pin either.
+#[test]
+fn restart_keeps_the_network_namespace_and_links_and_stop_removes_them() {
+    let mut host = stack("netrestart", "");
+    let net = &host.net;
+    let prefix = &net.link_prefix;
+    let fw1_links = vec![format!("{prefix}-fw1"), format!("{prefix}_fw1")];
+    let web1_links = vec![format!("{prefix}-web1")];
+    let before = [
+        life(&host, "fw1", &fw1_links),
+        life(&host, "web1", &web1_links),
+    ];
+    assert_eq!(
+        pinned_namespaces(&host).len(),
+        8,
+        "user and net pinned for each of 4 nodes: {:#?}",
+        pinned_namespaces(&host)
+    );
+
+    host.cli(&["restart", "fw1", "web1"]);
+    let after = [
+        life(&host, "fw1", &fw1_links),
+        life(&host, "web1", &web1_links),
+    ];
+    for (before, after) in before.iter().zip(&after) {
+        assert_ne!(before.init, after.init, "the init is the same");
+        for ((kind, was), (_, is)) in before.namespaces.iter().zip(&after.namespaces) {
+            match *kind {
+                "user" | "net" => assert_eq!(was, is, "{kind} namespace not kept"),
+                _ => assert_ne!(was, is, "{kind} namespace not new"),
+            }
+        }
+        assert_eq!(before.links, after.links, "links made again");
+    }
+    // fw1's rules are in place: the public side still reaches lb1, keeping the client.
+    let fw1 = format!("--net=/proc/{}/ns/net", host.node_pid("fw1"));
+    let rules = run(&[
+        "nsenter",
+        &fw1,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "magestack_fw",
+    ]);
+    assert!(rules.contains("dnat"), "{rules}");
+    let response = http_get(
+        &format!("{}:80", net.public_ip()),
+        "/cgi-bin/ip",
+        Duration::from_secs(2),
+    )
+    .expect("public_ip:80 does not answer after fw1's restart");
+    assert!(
+        response.contains(&format!("client=[::ffff:{}]", net.public_gateway())),
+        "{response}"
+    );
+    // web1 reaches its neighbour, and the host reaches web1.
+    assert!(can_connect(&host, "web1", "db1.i:3306"));
+    let from_host = http_get(&format!("{}:80", net.ip(21)), "/", Duration::from_secs(2));
+    assert!(from_host.is_some(), "the host cannot reach web1");
+    let address = host.exec_stdout("web1", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert_eq!(address.matches(&net.ip(21)).count(), 1, "{address}");
+    assert_eq!(pinned_namespaces(&host).len(), 8);
+
+    // A daemon killed and started again adopts the nodes and finds their sandboxes.
+    host.kill_daemon(libc::SIGKILL);
+    host.start_daemon();
+    host.wait_node_state("web1", "running");
+    host.cli(&["restart", "web1"]);
+    let again = life(&host, "web1", &web1_links);
+    assert_ne!(again.init, after[1].init);
+    assert_eq!(again.namespaces[..2], after[1].namespaces[..2]);
+    assert_eq!(again.links, after[1].links);
+    assert_eq!(pinned_namespaces(&host).len(), 8);
+
+    drop((before, after, again));
+    host.cli(&["stop", "fw1", "lb1", "web1", "db1"]);
+    host.assert_nothing_left();
+    assert_eq!(pinned_namespaces(&host), Vec::<String>::new());
+}

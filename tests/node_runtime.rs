@@ -373,6 +373,28 @@ fn stop_removes_cgroup_run_files_and_processes() {
     assert!(!host.node_cgroup_exists("s1"));
 }
 
+/// A restart that fails in the kept sandbox (the role's program deleted from the node's writable
+/// layer, so its exec fails) takes the node down whole: no init, cgroup, link, run file or
+/// pinned namespace is left.
+#[test]
+fn a_failed_restart_leaves_nothing() {
+    let host = sleeper_host("badrestart", "");
+    let pid = host.node_pid("s1");
+    host.exec_stdout("s1", &["rm", "/bin/sleep"]);
+    let output = host.try_cli(&["restart", "s1"]);
+    assert!(!output.status.success(), "the restart succeeded");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("sleep"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let node = host.node("s1");
+    assert_eq!(node["state"], "failed");
+    assert!(node["pid"].is_null());
+    assert!(!common::process_alive(pid), "init {pid} still alive");
+    host.assert_nothing_left();
+}
+
 #[test]
 fn status_json_follows_the_contract() {
     let host = sleeper_host("json", "");

@@ -590,6 +590,14 @@ fn corrupt_state_files_and_a_power_cut_are_recovered_from() {
     wait_for("the inits to die", Duration::from_secs(10), || {
         before.iter().all(|pid| !process_alive(*pid))
     });
+    // The reboot takes the mounts with it too: the nodes' pinned namespaces.
+    let run_dir = host.run_dir().display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for mount_point in mountinfo.lines().filter_map(|line| line.split(' ').nth(4)) {
+        if mount_point.starts_with(&run_dir) {
+            nix::mount::umount2(mount_point, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        }
+    }
     std::fs::remove_dir_all(host.run_dir()).unwrap();
     for root in cgroup_roots() {
         let parent = root.join(&host.cgroup);

@@ -58,6 +58,10 @@ pub struct InitPlan {
     /// else, then unsharing its cgroup namespace there (cgroup v1). Empty when it was cloned
     /// straight into its cgroup and namespace (v2).
     pub join_cgroup: Vec<PathBuf>,
+    /// The node's network namespace is configured already: kept across a restart with its
+    /// links, in a node that cannot change it (no CAP_NET_ADMIN). The init leaves it as it is.
+    #[serde(default)]
+    pub network_configured: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -639,13 +639,19 @@ impl World {
                         .as_ref()
                         .zip(entry.handle.as_ref())
                         .is_some_and(|(spec, handle)| *spec != handle.record.spec);
-                    if !wanted || entry.restart_pending || changed {
+                    if !wanted {
+                        entry.previous = None;
+                        self.begin_stop(&name);
+                    } else if entry.restart_pending || changed {
+                        // What it ran before, to fall back on if a changed definition fails.
                         entry.previous = entry
                             .handle
                             .as_ref()
-                            .filter(|_| wanted && changed)
+                            .filter(|_| changed)
                             .map(|handle| handle.record.spec.clone());
-                        self.begin_stop(&name);
+                        entry.restart_pending = false;
+                        let previous = entry.handle.take();
+                        self.begin_start(&name, previous);
                     }
                 }
                 (Phase::Stopped | Phase::Running, false) => {
@@ -653,7 +659,7 @@ impl World {
                     if wanted && (due || entry.restart_pending) {
                         entry.restart_pending = false;
                         entry.retry_at = None;
-                        self.begin_start(&name);
+                        self.begin_start(&name, None);
                     } else if entry.spec.is_none() {
                         removed.push(name);
                     } else if !wanted {
@@ -676,7 +682,9 @@ impl World {
         }
     }
 
-    fn begin_start(&mut self, node: &str) {
+    /// Starts a node; with the handle of its running `previous` life, restarts it (the runtime
+    /// keeps its sandbox when it can).
+    fn begin_start(&mut self, node: &str, previous: Option<Arc<NodeHandle>>) {
         // Its own files are read once it runs: it renders them as one of the running nodes.
         let mut running = self.running_nodes();
         let entry = self.nodes.get_mut(node).expect("known node");
@@ -684,7 +692,17 @@ impl World {
         running.insert(node.to_string(), first_health(&spec));
         let templates = match crate::template::render_node(&self.config, &spec, &running) {
             Ok(templates) => templates,
-            Err(error) => return self.start_failed(node, error.to_string()),
+            Err(error) => {
+                let Some(previous) = previous else {
+                    return self.start_failed(node, error.to_string());
+                };
+                // Stopped first, as any restart without its sandbox: the start that follows
+                // fails the same way, and falls back to the previous definition if it changed.
+                tracing::error!(node, role = spec.role, "restart failed: {error}");
+                entry.handle = Some(previous);
+                self.begin_stop(node);
+                return;
+            }
         };
         entry.rendered = Some(
             templates
@@ -697,9 +715,21 @@ impl World {
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let name = node.to_string();
-        tracing::info!(node, role = spec.role, "starting");
+        tracing::info!(
+            node,
+            role = spec.role,
+            "{}",
+            match previous {
+                Some(_) => "restarting",
+                None => "starting",
+            }
+        );
         tokio::task::spawn_blocking(move || {
-            let result = runtime.start(&spec, restarts, &templates).map(Box::new);
+            let result = match previous {
+                Some(previous) => runtime.restart(&previous, &spec, restarts, &templates),
+                None => runtime.start(&spec, restarts, &templates),
+            };
+            let result = result.map(Box::new);
             let _ = events.send(Event::Started(name, result));
         });
     }

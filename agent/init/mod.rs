@@ -148,8 +148,10 @@ impl Init {
         };
 
         join_cgroup(&plan.join_cgroup).map_err(|e| fail("join the node's cgroup", e))?;
-        crate::net::configure_inside(&plan.spec.network)
-            .map_err(|e| fail("configure the node's network", e.to_string()))?;
+        if !plan.network_configured {
+            crate::net::configure_inside(&plan.spec.network)
+                .map_err(|e| fail("configure the node's network", e.to_string()))?;
+        }
         let steps = rootfs::plan(&plan).map_err(|e| fail("plan root filesystem", e))?;
         rootfs::apply(&steps, &plan.root_mount)
             .map_err(|e| fail("build root filesystem", e.to_string()))?;

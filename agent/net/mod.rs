@@ -21,7 +21,7 @@ pub use netlink::{Netlink, PeerIdentity};
 pub use policy::{render as render_policy, table_name as policy_table};
 pub use repair::{plan as plan_repairs, Observed, Repair, RunningNode};
 
-use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec};
+use crate::config::{Config, NetworkSettings, NodeNetwork, NodeSpec, PublicSide};
 
 /// The name of a node's network interface on the internal network, inside the node.
 pub const NODE_INTERFACE: &str = "eth0";
@@ -116,7 +116,33 @@ impl HostNetwork {
     /// [`configure_inside`]).
     pub fn attach(&self, spec: &NodeSpec, init_pid: i32) -> Result<(), NetError> {
         let netns = open_netns(init_pid)?;
-        self.with_host(|host| self.attach_links(host, spec, &netns))
+        self.with_host(|host| self.attach_links(host, spec, &netns, Present::default()))
+    }
+
+    /// The host side of a node started in the network namespace its previous init left
+    /// (`runtime/sandbox.rs`): links still there are kept, missing ones made again, and fw1's
+    /// rules applied again (one atomic replacement: a process of fw1 may have changed them).
+    /// True when every link was still there.
+    ///
+    /// Host links are looked up with `if_nametoindex` (an ioctl the kernel answers under RCU),
+    /// not netlink, which waits for the RTNL lock that a namespace being torn down elsewhere
+    /// holds for milliseconds.
+    pub fn reattach(&self, spec: &NodeSpec, init_pid: i32) -> Result<bool, NetError> {
+        let netns = open_netns(init_pid)?;
+        let on_host = |link: &str| nix::net::if_::if_nametoindex(link).is_ok();
+        let present = Present {
+            node: on_host(&self.node_link(&spec.name)),
+            public: match &spec.network.public {
+                None => true,
+                Some(public) if public.uplink == "host" => on_host(&self.public_link(&spec.name)),
+                Some(_) => link_inside(&netns, PUBLIC_INTERFACE)?,
+            },
+        };
+        if present.node && spec.network.public.is_none() {
+            return Ok(true);
+        }
+        self.with_host(|host| self.attach_links(host, spec, &netns, present))?;
+        Ok(present.node && present.public)
     }
 
     fn attach_links(
@@ -124,28 +150,55 @@ impl HostNetwork {
         host: &Netlink,
         spec: &NodeSpec,
         netns: &OwnedFd,
+        present: Present,
     ) -> Result<(), NetError> {
-        let eth0 = repair::node_peer(&spec.network);
-        self.attach_node_link(host, &spec.name, eth0, netns)?;
+        if !present.node {
+            self.add_node_link(host, spec, netns)?;
+        }
         if let Some(public) = spec.network.public.as_ref() {
-            if public.uplink == "host" {
-                let link = self.public_link(&spec.name);
-                host.delete_link(&link)?;
-                host.add_veth(
-                    &link,
-                    None,
-                    PUBLIC_INTERFACE,
-                    PeerIdentity::default(),
-                    netns,
-                )?;
-                disable_ipv6(&link)?;
-                host.address_link(&link, public.gateway, public.address.prefix)?;
-            } else {
-                host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns)?;
+            if !present.public {
+                self.add_public_link(host, spec, public, netns)?;
             }
             nft::apply(&firewall::render(public), Some(netns))?;
         }
         Ok(())
+    }
+
+    /// fw1's public link: a veth whose host end is the public side's gateway, or a macvlan
+    /// on the uplink.
+    fn add_public_link(
+        &self,
+        host: &Netlink,
+        spec: &NodeSpec,
+        public: &PublicSide,
+        netns: &OwnedFd,
+    ) -> Result<(), NetError> {
+        if public.uplink != "host" {
+            return host.add_macvlan(&public.uplink, PUBLIC_INTERFACE, netns);
+        }
+        let link = self.public_link(&spec.name);
+        host.delete_link(&link)?;
+        host.add_veth(
+            &link,
+            None,
+            PUBLIC_INTERFACE,
+            PeerIdentity::default(),
+            netns,
+        )?;
+        disable_ipv6(&link)?;
+        host.address_link(&link, public.gateway, public.address.prefix)
+            .map(drop)
+    }
+
+    /// The node's veth: the host end on the bridge, `eth0` in the node.
+    fn add_node_link(
+        &self,
+        host: &Netlink,
+        spec: &NodeSpec,
+        netns: &OwnedFd,
+    ) -> Result<(), NetError> {
+        let eth0 = repair::node_peer(&spec.network);
+        self.attach_node_link(host, &spec.name, eth0, netns)
     }
 
     /// The node's veth: the host end on the bridge, `eth0` (as `eth0` says) made directly in
@@ -226,6 +279,34 @@ impl HostNetwork {
             None,
         )
     }
+}
+
+/// Which of a node's links exist already (in a network namespace kept from its previous init).
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    /// The node's veth (host end on the bridge, `eth0` inside).
+    node: bool,
+    /// fw1's public link.
+    public: bool,
+}
+
+/// Whether the network namespace `netns` has a link named `name`, asked from a thread that
+/// joins it (a thread's network namespace is its own).
+fn link_inside(netns: &OwnedFd, name: &str) -> Result<bool, NetError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |errno| NetError::Io {
+                        what: "join the node's network namespace".into(),
+                        source: errno.into(),
+                    },
+                )?;
+                Ok(Netlink::connect()?.link_index(name)?.is_some())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(NetError::netlink("look for a link in the node", "panicked")))
+    })
 }
 
 /// `<prefix>_<node>`: the host end of a gateway node's public veth (`uplink = "host"`).

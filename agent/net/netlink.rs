@@ -536,8 +536,9 @@ impl Netlink {
             .accepted_unless(libc::ENODEV, &what)
     }
 
-    /// A fresh node namespace's network in one round trip: `lo` up, the link `index` addressed
-    /// and up, and the default route via `gateway`.
+    /// A node namespace's network in one round trip: `lo` up, the link `index` addressed and
+    /// up, and the default route via `gateway`; what is already there (a namespace kept across
+    /// a restart) is fine.
     pub fn configure_node_link(
         &self,
         index: u32,
@@ -561,7 +562,8 @@ impl Netlink {
         next().accepted_unless(libc::EEXIST, &format!("add {address}/{prefix} to {link}"))?;
         next().accepted(&format!("set {link} up"))?;
         if let Some(gateway) = gateway {
-            next().accepted(&format!("default route via {gateway}"))?;
+            // Already there in a namespace kept across a restart.
+            next().accepted_unless(libc::EEXIST, &format!("default route via {gateway}"))?;
         }
         Ok(())
     }
@@ -578,8 +580,7 @@ impl Netlink {
     pub fn default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
         let what = format!("default route via {gateway}");
         self.ask(&what, default_route(gateway))?
-            .accepted(&what)
-            .map(drop)
+            .accepted_unless(libc::EEXIST, &what)
     }
 }
 

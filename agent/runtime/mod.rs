@@ -10,6 +10,7 @@ mod idmap;
 mod paths;
 pub mod quota;
 mod record;
+mod sandbox;
 mod undo;
 pub mod volume;
 
@@ -35,6 +36,7 @@ pub use clone::{pidfd_signal, reap, wait_exit};
 use idmap::IdMaps;
 pub use paths::{create_dir, HostDirs, NodePaths};
 pub use record::{live_records, process_start_ticks, remove_stale_temps, write_atomic, NodeRecord};
+use sandbox::{Kept, Sandbox};
 use undo::Undo;
 
 /// How long a node may take from clone to "ready".
@@ -87,6 +89,8 @@ pub enum RuntimeError {
     Volume(volume::VolumeError),
     #[error("{0}")]
     Quota(quota::QuotaError),
+    #[error("{0}")]
+    Sandbox(sandbox::PinError),
 }
 
 fn io_error(node: &str, step: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -167,7 +171,7 @@ impl Runtime {
     }
 
     /// Starts a node and returns once its processes run (or have failed to start, which is
-    /// reported as an error after the node is taken down again).
+    /// reported as an error after the node is taken down again, sandbox included).
     ///
     /// `templates` are the role's templates rendered for it (see [`crate::template`]).
     pub fn start(
@@ -175,6 +179,49 @@ impl Runtime {
         spec: &NodeSpec,
         restarts: u32,
         templates: &[crate::template::Rendered],
+    ) -> Result<NodeHandle, RuntimeError> {
+        self.launch(spec, restarts, templates, None)
+    }
+
+    /// Stops a running node's init and starts `spec` again. The sandbox (user and network
+    /// namespaces, the links in them, fw1's rules) is kept when the node's network and id
+    /// range stay the same: the new init is started in it. Otherwise, or when the pins were
+    /// lost, this is a stop and a start.
+    pub fn restart(
+        &self,
+        handle: &NodeHandle,
+        spec: &NodeSpec,
+        restarts: u32,
+        templates: &[crate::template::Rendered],
+    ) -> Result<NodeHandle, RuntimeError> {
+        let node = spec.name.as_str();
+        self.halt(handle);
+        let same = &handle.record.spec;
+        let kept = if same.network == spec.network && same.privileged == spec.privileged {
+            self.release_init(node);
+            Sandbox::of(&handle.paths).open(!spec.privileged)
+        } else {
+            None
+        };
+        if kept.is_none() {
+            self.release(node);
+        }
+        let started = self.launch(spec, restarts, templates, kept);
+        if started.is_err() {
+            // The start's own undo begins with the run dir; a failure before (the image, the
+            // id range) would leave the kept sandbox pinned.
+            self.release(node);
+        }
+        started
+    }
+
+    /// A node start, in the sandbox `kept` from its previous init or in a new one.
+    fn launch(
+        &self,
+        spec: &NodeSpec,
+        restarts: u32,
+        templates: &[crate::template::Rendered],
+        kept: Option<Kept>,
     ) -> Result<NodeHandle, RuntimeError> {
         let node = spec.name.as_str();
         let paths = self.dirs.node(node);
@@ -210,7 +257,7 @@ impl Runtime {
         }
         let mut undo = Undo::new();
 
-        if paths.run.exists() {
+        if kept.is_none() && paths.run.exists() {
             self.cleanup(node);
         }
         // 0711 down to here: the init, an unprivileged user on the host once in its user
@@ -220,6 +267,14 @@ impl Runtime {
         undo.push("remove run dir", move || {
             let _ = std::fs::remove_dir_all(&run_dir);
         });
+        let sandbox = Sandbox::of(&paths);
+        let release_sandbox = || {
+            let (sandbox, node) = (Sandbox::of(&paths), node.to_string());
+            move || sandbox.release(&node)
+        };
+        if kept.is_some() {
+            undo.push("release the sandbox", release_sandbox());
+        }
         let (volumes, shared) = self.prepare_dirs(spec, &paths, id_base, &image_rootfs)?;
         let disk_quota = self.limit_disk(spec, &paths, &mut undo)?;
         std::fs::write(paths.hosts_file(), self.hosts_text())
@@ -281,12 +336,7 @@ impl Runtime {
         // On v2 the init is born in its cgroup and its own cgroup namespace. On v1 it joins the
         // cgroup itself (the cheap way, see `join_files`) and then unshares the namespace.
         let born_in_cgroup = cgroup_fd.is_some();
-        let mut namespaces = clone::NODE_NAMESPACES;
-        if born_in_cgroup {
-            namespaces |= clone::CLONE_NEWCGROUP;
-        }
         if let Some(base) = id_base {
-            namespaces |= clone::CLONE_NEWUSER;
             for file in cgroup.join_files() {
                 idmap::give_to_node(&file, base)
                     .map_err(io_error(node, format!("delegate {}", file.display())))?;
@@ -294,7 +344,7 @@ impl Runtime {
         }
         let (maps_read, maps_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io_error(node, "pipe")(e.into()))?;
-        let child = clone::spawn(&clone::ChildSetup {
+        let spawning = clone::spawn(&clone::ChildSetup {
             program: path_cstring(&self.init_binary),
             argv: vec![
                 CString::new("magestack-agent").expect("static"),
@@ -306,10 +356,17 @@ impl Runtime {
             null: null.as_fd(),
             fds: vec![child_handshake.as_fd(), control.as_fd(), log_dir.as_fd()],
             cgroup: cgroup_fd.as_ref().map(AsFd::as_fd),
-            namespaces,
-            maps_written: id_base.map(|_| maps_read.as_fd()),
+            sandbox: match &kept {
+                Some(kept) => clone::Sandbox::Join {
+                    user: kept.user.as_ref().map(AsFd::as_fd),
+                    net: kept.net.as_fd(),
+                },
+                None => clone::Sandbox::New {
+                    maps_written: id_base.map(|_| maps_read.as_fd()),
+                },
+            },
         })
-        .map_err(io_error(node, "clone init into new namespaces"))?;
+        .map_err(io_error(node, "clone init into its namespaces"))?;
         drop((
             child_handshake,
             control,
@@ -318,6 +375,16 @@ impl Runtime {
             cgroup_fd,
             maps_read,
         ));
+        if let (Some(base), None) = (id_base, &kept) {
+            idmap::write_maps(spawning.pid(), base)
+                .map_err(io_error(node, "write uid and gid maps"))?;
+            nix::unistd::write(&maps_write, &[1])
+                .map_err(|e| io_error(node, "release the init")(e.into()))?;
+        }
+        drop(maps_write);
+        let child = spawning
+            .finish()
+            .map_err(io_error(node, "clone init into its namespaces"))?;
         let pidfd = child
             .pidfd
             .try_clone()
@@ -326,21 +393,24 @@ impl Runtime {
             let _ = pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
             wait_exit(pidfd.as_fd(), Duration::from_secs(5));
         });
-
-        if let Some(base) = id_base {
-            idmap::write_maps(child.pid, base).map_err(io_error(node, "write uid and gid maps"))?;
-            nix::unistd::write(&maps_write, &[1])
-                .map_err(|e| io_error(node, "release the init")(e.into()))?;
+        if kept.is_none() {
+            undo.push("release the sandbox", release_sandbox());
+            sandbox
+                .pin(node, child.pid, id_base.is_some())
+                .map_err(RuntimeError::Sandbox)?;
         }
-        drop(maps_write);
+
         let lower = self.mount_idmapped(spec, child.pid, id_base, &image_rootfs, &shared)?;
-        self.network
-            .attach(spec, child.pid)
-            .map_err(|source| RuntimeError::Network {
-                node: node.into(),
-                source,
-            })?;
-        // A failed start needs no link removal: the links go with the init's namespace.
+        let attached = match kept {
+            Some(_) => self.network.reattach(spec, child.pid),
+            None => self.network.attach(spec, child.pid).map(|()| false),
+        };
+        let links_kept = attached.map_err(|source| RuntimeError::Network {
+            node: node.into(),
+            source,
+        })?;
+        // A failed start needs no link removal: the links go with the init's namespace once
+        // the sandbox is released.
         let plan = InitPlan {
             spec: spec.clone(),
             image_rootfs: lower,
@@ -359,6 +429,8 @@ impl Runtime {
             } else {
                 cgroup.join_files()
             },
+            // fw1 may change its own network: its init sets it up again.
+            network_configured: links_kept && spec.network.public.is_none(),
         };
         let handshake = UnixStream::from(handshake);
         handshake_with_init(node, &handshake, plan)?;
@@ -647,6 +719,14 @@ impl Runtime {
             Ok(InitReply::Status { processes, .. }) => processes,
             _ => return None,
         };
+        // Pins made in a previous daemon's own mount namespace went with it.
+        let sandbox = Sandbox::of(&paths);
+        let user = record.id_base.is_some();
+        if sandbox.open(user).is_none() {
+            if let Err(error) = sandbox.pin(node, record.pid, user) {
+                tracing::warn!("{error}; its next restart makes a new sandbox");
+            }
+        }
         Some(NodeHandle {
             cgroup: self.node_cgroup(node),
             record,
@@ -659,6 +739,15 @@ impl Runtime {
     /// Stops a node gracefully and removes everything it had on the host but its layer,
     /// volumes and logs.
     pub fn stop(&self, handle: &NodeHandle) {
+        self.halt(handle);
+        // The node's links go with its network namespace, which the kernel tears down on its
+        // own once it is unpinned and the last process is gone; deleting them here would only
+        // wait for that (a veth's unregistration waits out RCU grace periods, ~15-20 ms).
+        self.release(&handle.record.name);
+    }
+
+    /// Stops a node's init: asked, then SIGTERM, then SIGKILL.
+    fn halt(&self, handle: &NodeHandle) {
         let asked = init_request(&handle.paths.control_socket(), &InitRequest::Stop).is_ok();
         if !asked {
             let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGTERM);
@@ -669,10 +758,6 @@ impl Runtime {
             let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGKILL);
             wait_exit(handle.pidfd.as_fd(), Duration::from_secs(5));
         }
-        // The node's links go with its network namespace, which the kernel tears down on its
-        // own once the last process is gone; deleting them here would only wait for that
-        // (a veth's unregistration waits out RCU grace periods, ~15-20 ms).
-        self.release(&handle.record.name);
     }
 
     fn hosts_text(&self) -> String {
@@ -710,15 +795,25 @@ impl Runtime {
         self.release(node);
     }
 
-    /// Removes a node's cgroup (killing anything left in it) and run files. Idempotent.
+    /// Removes a node's cgroup (killing anything left in it), sandbox and run files.
+    /// Idempotent.
     fn release(&self, node: &str) {
+        self.release_init(node);
+        let paths = self.dirs.node(node);
+        Sandbox::of(&paths).release(node);
+        remove_path(node, &paths.run);
+    }
+
+    /// Removes what one init of a node had: its cgroup (killing anything left in it) and the
+    /// run files but the sandbox.
+    fn release_init(&self, node: &str) {
         if let Err(error) = self.node_cgroup(node).remove() {
             tracing::warn!(node, "removing cgroup: {error}");
         }
-        let run = self.dirs.node(node).run;
-        if let Err(error) = std::fs::remove_dir_all(&run) {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(node, "removing {}: {error}", run.display());
+        let entries = std::fs::read_dir(self.dirs.node(node).run).into_iter();
+        for entry in entries.flatten().flatten() {
+            if entry.file_name() != Sandbox::DIR {
+                remove_path(node, &entry.path());
             }
         }
     }
@@ -821,6 +916,20 @@ pub fn init_request(
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     write_message(&stream, request)?;
     read_message(&stream)
+}
+
+/// Removes a file or a directory tree; one already gone is fine.
+fn remove_path(node: &str, path: &Path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = removed {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(node, "removing {}: {error}", path.display());
+        }
+    }
 }
 
 fn path_cstring(path: &Path) -> CString {
