@@ -171,7 +171,7 @@ fn stderr_is_journal() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
-    let Ok(stat) = nix::sys::stat::fstat(libc::STDERR_FILENO) else {
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
     };
     stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))

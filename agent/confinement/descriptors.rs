@@ -30,6 +30,8 @@ pub fn close_on_exec_beyond_stdio() -> nix::Result<()> {
 pub fn keep_private(fds: &[std::os::fd::RawFd]) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     for &fd in fds {
+        // SAFETY: the caller names descriptors this process holds open for its whole life.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     }
     Ok(())
@@ -42,6 +44,8 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn cloexec(fd: std::os::fd::RawFd) -> bool {
+        // SAFETY: the tests ask only about descriptors they hold open.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
             .contains(FdFlag::FD_CLOEXEC)
     }

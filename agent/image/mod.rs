@@ -31,7 +31,6 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -770,8 +769,7 @@ impl ImageStore {
         fs::write(&marker, format!("{}\n", info.digest)).map_err(failed("write", &marker))?;
         // One syncfs instead of an fsync per file: the image must be on disk before its name is.
         let partial_dir = File::open(partial).map_err(failed("open", partial))?;
-        nix::unistd::syncfs(partial_dir.as_raw_fd())
-            .map_err(|e| failed("sync", partial)(e.into()))?;
+        nix::unistd::syncfs(&partial_dir).map_err(|e| failed("sync", partial)(e.into()))?;
         let done = image_dir.join(short(&info.digest));
         if let Err(e) = fs::rename(partial, &done) {
             // Another process (or an earlier build with the same packages) finished the same

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::Mode;
@@ -99,7 +99,7 @@ impl LogFile {
 
     fn open(&mut self) -> Option<File> {
         let fd = openat(
-            Some(self.dir.as_raw_fd()),
+            &self.dir,
             self.name.as_str(),
             OFlag::O_WRONLY
                 | OFlag::O_APPEND
@@ -109,8 +109,7 @@ impl LogFile {
             Mode::from_bits_truncate(0o640),
         )
         .ok()?;
-        // SAFETY: openat returned a new descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = File::from(fd);
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Some(file)
     }
@@ -118,20 +117,18 @@ impl LogFile {
     fn rotate(&mut self) {
         self.file = None;
         self.size = 0;
-        let dir = self.dir.as_raw_fd();
+        let dir = &self.dir;
         let path = |generation: u32| match generation {
             0 => self.name.clone(),
             n => format!("{}.{n}", self.name),
         };
         for step in plan_rotation(&self.rotated_generations(), self.rotation.keep) {
             let _ = match step {
-                RotationStep::Remove(generation) => unlinkat(
-                    Some(dir),
-                    path(generation).as_str(),
-                    UnlinkatFlags::NoRemoveDir,
-                ),
+                RotationStep::Remove(generation) => {
+                    unlinkat(dir, path(generation).as_str(), UnlinkatFlags::NoRemoveDir)
+                }
                 RotationStep::Rename { from, to } => {
-                    renameat(Some(dir), path(from).as_str(), Some(dir), path(to).as_str())
+                    renameat(dir, path(from).as_str(), dir, path(to).as_str())
                 }
             };
         }
@@ -141,7 +138,7 @@ impl LogFile {
     fn rotated_generations(&self) -> Vec<u32> {
         // A directory stream of its own: Dir would take the shared descriptor and its offset.
         let Ok(mut dir) = nix::dir::Dir::openat(
-            Some(self.dir.as_raw_fd()),
+            &self.dir,
             ".",
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),

@@ -16,7 +16,7 @@ pub mod supervisor;
 pub(crate) use process::{find_account, find_group, Account, DEFAULT_PATH};
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
@@ -317,7 +317,7 @@ impl Init {
         let (read, _, log) = &mut self.outputs[index];
         let mut buffer = [0u8; 16 * 1024];
         for _ in 0..64 {
-            match nix::unistd::read(read.as_raw_fd(), &mut buffer) {
+            match nix::unistd::read(&*read, &mut buffer) {
                 Ok(0) | Err(_) => break,
                 Ok(count) => log.append(&buffer[..count]),
             }

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
@@ -160,9 +160,9 @@ fn become_process(
         }
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         unistd::setsid()?;
-        unistd::dup2(null.as_raw_fd(), 0)?;
-        unistd::dup2(output.as_raw_fd(), 1)?;
-        unistd::dup2(output.as_raw_fd(), 2)?;
+        unistd::dup2_stdin(null)?;
+        unistd::dup2_stdout(output)?;
+        unistd::dup2_stderr(output)?;
         crate::confinement::close_on_exec_beyond_stdio()?;
         if let Some(confinement) = confinement {
             confined(confinement.narrow())?;
@@ -186,10 +186,7 @@ fn become_process(
 /// lose its lines to EAGAIN.
 pub fn output_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = unistd::pipe2(OFlag::O_CLOEXEC)?;
-    nix::fcntl::fcntl(
-        read.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
-    )?;
+    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     Ok((read, write))
 }
 
@@ -238,9 +235,7 @@ mod tests {
     fn only_the_read_end_of_an_output_pipe_is_non_blocking() {
         let (read, write) = output_pipe().unwrap();
         let flags = |fd: &OwnedFd| {
-            OFlag::from_bits_truncate(
-                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap(),
-            )
+            OFlag::from_bits_truncate(nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap())
         };
         assert!(flags(&read).contains(OFlag::O_NONBLOCK));
         assert!(!flags(&write).contains(OFlag::O_NONBLOCK));

@@ -265,7 +265,7 @@ impl Spawning {
             ));
         }
         let mut bytes = [0u8; 8];
-        let read = nix::unistd::read(self.report.as_raw_fd(), &mut bytes)?;
+        let read = nix::unistd::read(&self.report, &mut bytes)?;
         if read != bytes.len() {
             return Err(std::io::Error::other(format!(
                 "the intermediate process {} ended without a report",

@@ -207,14 +207,15 @@ fn become_command(
                 nix::sys::stat::Mode::empty(),
             )?;
             // SAFETY: TIOCSCTTY on a terminal descriptor we just opened.
-            if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } < 0 {
+            if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
                 return Err(nix::errno::Errno::last());
             }
-            for target in 0..3 {
-                unistd::dup2(slave, target)?;
-            }
-            if slave > 2 {
-                unistd::close(slave)?;
+            unistd::dup2_stdin(&slave)?;
+            unistd::dup2_stdout(&slave)?;
+            unistd::dup2_stderr(&slave)?;
+            // Dropped, the slave closes unless it was one of 0, 1, 2 already.
+            if slave.as_raw_fd() <= 2 {
+                std::mem::forget(slave);
             }
         }
         if let Some(streams) = streams {
@@ -332,15 +333,12 @@ fn relay_terminal(master: &PtyMaster, child_exit: BorrowedFd<'_>) {
         }
         if !exited.is_empty() {
             // Whatever the command wrote before it ended is still in the master.
-            let _ = nix::fcntl::fcntl(
-                master_fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
-            );
+            let _ = nix::fcntl::fcntl(master_fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
             while copy_master_to_stdout(master_fd, &mut buffer) {}
             break;
         }
         if !stdin_events.is_empty() {
-            match unistd::read(0, &mut buffer) {
+            match unistd::read(std::io::stdin(), &mut buffer) {
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(count) => {
                     let _ = exec_streams::write_all(master_fd, &buffer[..count]);
@@ -355,7 +353,7 @@ fn relay_terminal(master: &PtyMaster, child_exit: BorrowedFd<'_>) {
 
 /// Copies one read of the master to stdout; false at the end of the command's output.
 fn copy_master_to_stdout(master: BorrowedFd<'_>, buffer: &mut [u8]) -> bool {
-    match unistd::read(master.as_raw_fd(), buffer) {
+    match unistd::read(master, buffer) {
         Ok(0) | Err(_) => false,
         Ok(count) => {
             let mut out = std::io::stdout();

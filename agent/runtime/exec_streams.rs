@@ -40,7 +40,7 @@ pub fn open() -> std::io::Result<(CommandStreams, CallerStreams)> {
         (Some(read), Some(write))
     };
     for fd in [&stdout_read, &stdin_write].into_iter().chain(&stderr_read) {
-        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     }
     Ok((
         CommandStreams {
@@ -66,13 +66,15 @@ fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    let moved = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    let moved = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor, owned by nothing else.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) })
 }
 
 /// Whether two of our descriptors are the same file (a shell's `2>&1`).
 fn same_file(a: RawFd, b: RawFd) -> bool {
+    // SAFETY: the caller's standard descriptors, open for the whole of this call.
+    let (a, b) = unsafe { (BorrowedFd::borrow_raw(a), BorrowedFd::borrow_raw(b)) };
     match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
         (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
         _ => false,
@@ -83,10 +85,9 @@ impl CommandStreams {
     /// In the command's process: its pipes become 0, 1 and 2 (the duplicates are not
     /// close-on-exec, the originals are).
     pub fn install(&self) -> nix::Result<()> {
-        unistd::dup2(self.stdin.as_raw_fd(), 0)?;
-        unistd::dup2(self.stdout.as_raw_fd(), 1)?;
-        let stderr = self.stderr.as_ref().unwrap_or(&self.stdout);
-        unistd::dup2(stderr.as_raw_fd(), 2)?;
+        unistd::dup2_stdin(&self.stdin)?;
+        unistd::dup2_stdout(&self.stdout)?;
+        unistd::dup2_stderr(self.stderr.as_ref().unwrap_or(&self.stdout))?;
         Ok(())
     }
 }
@@ -176,7 +177,7 @@ impl Input {
     }
 
     fn read(&mut self, buffer: &mut [u8]) {
-        match unistd::read(0, buffer) {
+        match unistd::read(std::io::stdin(), buffer) {
             Ok(0) | Err(_) => self.caller_open = false,
             Ok(count) => self.pending.extend_from_slice(&buffer[..count]),
         }
@@ -245,7 +246,7 @@ fn drain(from: BorrowedFd<'_>, to: RawFd, buffer: &mut [u8]) {
 
 /// One read of `from`, written whole to `to`: how much (0 at the end of file).
 fn copy_once(from: BorrowedFd<'_>, to: RawFd, buffer: &mut [u8]) -> nix::Result<usize> {
-    let count = unistd::read(from.as_raw_fd(), buffer)?;
+    let count = unistd::read(from, buffer)?;
     // SAFETY: the caller's stdout and stderr stay open while we relay.
     let to = unsafe { BorrowedFd::borrow_raw(to) };
     write_all(to, &buffer[..count])?;

@@ -396,7 +396,7 @@ pub fn mapping_namespace(inside: u32, outside: u32) -> std::io::Result<OwnedFd> 
     drop(ready_write);
     let made = (|| -> std::io::Result<OwnedFd> {
         let mut errno = [0u8; 4];
-        let read = nix::unistd::read(ready_read.as_raw_fd(), &mut errno)?;
+        let read = nix::unistd::read(&ready_read, &mut errno)?;
         if read != errno.len() {
             return Err(std::io::Error::other(
                 "the helper process ended before making a user namespace",
