@@ -137,7 +137,7 @@ fn node_life(
     // The same node without its user namespace (and so without the idmapped lower layer), run
     // interleaved with the isolated one so both see the same machine.
     let mut shared_ids = config.nodes["b2"].clone();
-    shared_ids.privileged = true;
+    shared_ids.definition.privileged = true;
     let mut agent_life = Vec::new();
     let mut agent_start = Vec::new();
     let mut agent_stop = Vec::new();
@@ -587,11 +587,11 @@ fn seccomp_cost(spec: &NodeSpec) {
     let mut prepare: Vec<Duration> = (0..ROUNDS)
         .map(|_| {
             let started = Instant::now();
-            Confinement::new(&spec.capabilities).expect("confinement");
+            Confinement::new(&spec.definition.capabilities).expect("confinement");
             started.elapsed()
         })
         .collect();
-    let confinement = Confinement::new(&spec.capabilities).expect("confinement");
+    let confinement = Confinement::new(&spec.definition.capabilities).expect("confinement");
     let child_life = |confine: bool| {
         let started = Instant::now();
         // SAFETY: the bench is single-threaded here; the child only applies the prepared

@@ -231,7 +231,7 @@ fn nodes_using(dirs: &HostDirs) -> BTreeMap<String, Vec<String>> {
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for record in live_records(&dirs.nodes_run_dir()) {
         users
-            .entry(record.spec.image)
+            .entry(record.spec.definition.image)
             .or_default()
             .push(record.name);
     }

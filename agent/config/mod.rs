@@ -24,7 +24,7 @@ pub use host_view::{check_against_host, HostLink, HostRoute, HostView};
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
     ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
-    PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Subnet, TemplateReload,
+    PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Role, Subnet, TemplateReload,
     TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE, TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};

@@ -264,20 +264,36 @@ impl std::fmt::Display for Subnet {
     }
 }
 
-/// The effective definition of one node: its role merged with every override. Two specs that
-/// compare equal run the same way, which is what `reload` uses to decide on restarts.
+/// The effective definition of one node: its role's definition, with the node's own resources
+/// laid over the role's, and its place on the network. Two specs that compare equal run the
+/// same way, which is what `reload` uses to decide on restarts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
     pub name: String,
     pub role: String,
-    pub image: String,
-    pub ip: Ipv4Addr,
+    /// Flattened: a record keeps the shape it had when these were the spec's own fields.
+    #[serde(flatten)]
+    pub definition: Role,
     pub network: NodeNetwork,
-    /// The bounding set of the node's processes.
+}
+
+impl NodeSpec {
+    /// The node's address on the internal network.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.network.address.address
+    }
+}
+
+/// A role with everything a node needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Role {
+    pub image: String,
+    /// The bounding set of the role's processes.
     pub capabilities: Vec<String>,
     /// Runs without a user namespace (root inside is root outside).
     pub privileged: bool,
     pub processes: Vec<ProcessSpec>,
+    /// A node's: the role's, with the node's own `[nodes.<node>.resources]` over them.
     pub resources: Resources,
     pub volumes: Vec<VolumeSpec>,
     pub health: Option<HealthSpec>,

@@ -163,7 +163,7 @@ pub fn attach_nodes(
     pending: PendingPublic,
     nodes: &mut BTreeMap<String, NodeSpec>,
 ) {
-    let ip_of = |name: &str| nodes.get(name).map(|n| n.ip);
+    let ip_of = |name: &str| nodes.get(name).map(|n| n.ip());
     let public = match (pending.address, pending.gateway) {
         (Some(address), Some(gateway)) => Some(PublicSide {
             uplink: pending.uplink,
@@ -179,12 +179,12 @@ pub fn attach_nodes(
     let gateway_node = nodes
         .get(GATEWAY_NODE)
         .filter(|n| n.role == "fw")
-        .map(|n| n.ip);
+        .map(|n| n.ip());
     for node in nodes.values_mut() {
         let is_gateway = node.name == GATEWAY_NODE && node.role == "fw";
         node.network = NodeNetwork {
             address: Cidr {
-                address: node.ip,
+                address: node.ip(),
                 prefix: network.subnet.prefix,
             },
             gateway: match (is_gateway, &public) {
@@ -223,7 +223,7 @@ fn forwards(
             );
             continue;
         };
-        let Some(to_ip) = nodes.get(to_node).map(|n| n.ip) else {
+        let Some(to_ip) = nodes.get(to_node).map(|n| n.ip()) else {
             checker.error(
                 &forward.to,
                 format!("network.forward.to: no node named {to_node}"),

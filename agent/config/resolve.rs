@@ -10,12 +10,12 @@ use toml::Spanned;
 use super::duration::parse_duration;
 use super::model::{
     valid_id_base, Cidr, Config, HostSettings, ImageBuilder, LogRotation, MetricsSettings,
-    NetworkSettings, NodeNetwork, NodeSpec, TemplateText, DEFAULT_ID_BASE, ID_RANGE, LAST_ID_BASE,
-    MIN_ID_RANGES,
+    NetworkSettings, NodeNetwork, NodeSpec, Role, TemplateText, DEFAULT_ID_BASE, ID_RANGE,
+    LAST_ID_BASE, MIN_ID_RANGES,
 };
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
 use super::raw::{RawConfig, RawHost, RawLogs, RawMetrics, RawNode, RawRole};
-use super::role::{Checker, PartialRole, Role};
+use super::role::{Checker, PartialRole};
 use super::shipped::{role_source, DEFAULT_NODES};
 use super::source::{Diagnostic, Source};
 use super::ConfigError;
@@ -396,25 +396,19 @@ fn node_specs(
             NodeSpec {
                 name: node,
                 role: raw.role.into_inner(),
-                image: role.image.clone(),
-                ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                definition: Role {
+                    resources,
+                    ..role.clone()
+                },
+                // The prefix, gateway and public side come with the network's settings.
                 network: NodeNetwork {
                     address: Cidr {
-                        address: Ipv4Addr::UNSPECIFIED,
+                        address: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
                         prefix: 0,
                     },
                     gateway: None,
                     public: None,
                 },
-                capabilities: role.capabilities.clone(),
-                privileged: role.privileged,
-                processes: role.processes.clone(),
-                resources,
-                volumes: role.volumes.clone(),
-                health: role.health.clone(),
-                allow: role.allow.clone(),
-                templates: role.templates.clone(),
-                ssh_keys: role.ssh_keys.clone(),
             },
         );
     }
@@ -430,7 +424,7 @@ fn node_specs(
             Some(ip) if free(*ip, &addresses) => {
                 addresses.insert(*ip, node.clone());
                 if let Some(spec) = nodes.get_mut(&node) {
-                    spec.ip = *ip;
+                    spec.network.address.address = *ip;
                 }
             }
             _ => unplanned_left.push(node),
@@ -448,7 +442,7 @@ fn node_specs(
             Some(ip) => {
                 addresses.insert(ip, node.clone());
                 if let Some(spec) = nodes.get_mut(&node) {
-                    spec.ip = ip;
+                    spec.network.address.address = ip;
                 }
             }
             None => checker.error_at(

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::bounds;
 use super::duration::parse_duration;
 use super::model::{
-    AllowRule, HealthCheck, HealthSpec, HttpTarget, ProcessSpec, Resources, RestartPolicy,
+    AllowRule, HealthCheck, HealthSpec, HttpTarget, ProcessSpec, Resources, RestartPolicy, Role,
     TemplateReload, TemplateSpec, VolumeSpec,
 };
 use super::raw::{
@@ -41,21 +41,6 @@ pub struct PartialHealth {
     pub timeout: Option<Duration>,
     pub healthy_after: Option<u32>,
     pub unhealthy_after: Option<u32>,
-}
-
-/// A role with everything a node needs to run.
-#[derive(Debug, Clone)]
-pub struct Role {
-    pub image: String,
-    pub capabilities: Vec<String>,
-    pub privileged: bool,
-    pub processes: Vec<ProcessSpec>,
-    pub resources: Resources,
-    pub volumes: Vec<VolumeSpec>,
-    pub health: Option<HealthSpec>,
-    pub allow: Vec<AllowRule>,
-    pub templates: Vec<TemplateSpec>,
-    pub ssh_keys: BTreeMap<String, Vec<String>>,
 }
 
 /// Collects the problems of one source, each located in that source's text.

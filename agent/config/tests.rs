@@ -31,13 +31,16 @@ fn embedded_default_runs_the_default_node_set_on_the_plan() {
         names,
         ["acc1", "db1", "fw1", "lb1", "mail1", "monitor1", "web1", "web2"]
     );
-    let ip = |node: &str| config.nodes[node].ip;
+    let ip = |node: &str| config.nodes[node].ip();
     assert_eq!(ip("fw1"), Ipv4Addr::new(172, 16, 0, 1));
     assert_eq!(ip("lb1"), Ipv4Addr::new(172, 16, 0, 11));
     assert_eq!(ip("web2"), Ipv4Addr::new(172, 16, 0, 22));
     assert_eq!(ip("db1"), Ipv4Addr::new(172, 16, 0, 41));
     assert_eq!(ip("acc1"), Ipv4Addr::new(172, 16, 0, 61));
-    assert_eq!(config.nodes["db1"].volumes[0].path, "/var/lib/mysql");
+    assert_eq!(
+        config.nodes["db1"].definition.volumes[0].path,
+        "/var/lib/mysql"
+    );
     assert_eq!(config.origin, DEFAULT_CONFIG_NAME);
 }
 
@@ -45,9 +48,9 @@ fn embedded_default_runs_the_default_node_set_on_the_plan() {
 fn inline_role_defines_a_new_role_from_address_100() {
     let config = parse_text(SLEEPER).unwrap();
     let node = &config.nodes["s1"];
-    assert_eq!(node.processes[0].command, ["sleep", "1000000"]);
-    assert_eq!(node.processes[0].restart, RestartPolicy::Always);
-    assert_eq!(node.ip, Ipv4Addr::new(172, 16, 0, 100));
+    assert_eq!(node.definition.processes[0].command, ["sleep", "1000000"]);
+    assert_eq!(node.definition.processes[0].restart, RestartPolicy::Always);
+    assert_eq!(node.ip(), Ipv4Addr::new(172, 16, 0, 100));
     assert_eq!(config.host.state_dir, std::path::PathBuf::from("/tmp/ms"));
     assert_eq!(
         config.host.image_dir,
@@ -136,18 +139,25 @@ restart = "on-failure"
     )
     .unwrap();
     let web1 = &config.nodes["web1"];
-    assert_eq!(web1.resources.memory_bytes, Some(64 << 20));
-    assert_eq!(web1.resources.cpus, Some(2.0), "kept from roles/web.toml");
-    assert_eq!(web1.processes.len(), 1);
-    assert_eq!(web1.processes[0].name, "sleep");
-    assert_eq!(web1.processes[0].restart, RestartPolicy::OnFailure);
+    assert_eq!(web1.definition.resources.memory_bytes, Some(64 << 20));
     assert_eq!(
-        web1.volumes[0].name, "media",
+        web1.definition.resources.cpus,
+        Some(2.0),
+        "kept from roles/web.toml"
+    );
+    assert_eq!(web1.definition.processes.len(), 1);
+    assert_eq!(web1.definition.processes[0].name, "sleep");
+    assert_eq!(
+        web1.definition.processes[0].restart,
+        RestartPolicy::OnFailure
+    );
+    assert_eq!(
+        web1.definition.volumes[0].name, "media",
         "volumes kept from the shipped role"
     );
     let web2 = &config.nodes["web2"];
-    assert_eq!(web2.resources.pids, Some(99));
-    assert_eq!(web2.resources.memory_bytes, Some(64 << 20));
+    assert_eq!(web2.definition.resources.pids, Some(99));
+    assert_eq!(web2.definition.resources.memory_bytes, Some(64 << 20));
 }
 
 #[test]
@@ -249,14 +259,14 @@ fn shipped_roles_all_parse_and_complete() {
         // The built-in image, or one with a shipped recipe.
         let shipped = crate::image::recipe::SHIPPED
             .iter()
-            .any(|(name, _)| *name == node.image);
+            .any(|(name, _)| *name == node.definition.image);
         assert!(
-            node.image == "busybox" || shipped,
+            node.definition.image == "busybox" || shipped,
             "{}: {}",
             node.name,
-            node.image
+            node.definition.image
         );
-        assert!(!node.processes.is_empty(), "{}", node.name);
+        assert!(!node.definition.processes.is_empty(), "{}", node.name);
     }
 }
 
@@ -409,7 +419,7 @@ fn http_checks_must_name_a_local_address() {
         "{SLEEPER}[roles.sleeper.health]\nhttp = \"/health\"\ninterval = \"200ms\"\n"
     ))
     .unwrap();
-    let health = config.nodes["s1"].health.as_ref().unwrap();
+    let health = config.nodes["s1"].definition.health.as_ref().unwrap();
     assert_eq!(health.check, HealthCheck::Http("/health".into()));
     assert_eq!(health.interval, std::time::Duration::from_millis(200));
     assert_eq!((health.healthy_after, health.unhealthy_after), (1, 3));
@@ -482,9 +492,12 @@ fn a_privileged_role_must_state_its_reason_and_no_shipped_role_is_privileged() {
         "privileged_reason = \"loads a kernel module\"\n",
     ))
     .unwrap();
-    assert!(config.nodes["s1"].privileged);
+    assert!(config.nodes["s1"].definition.privileged);
     let shipped = load(None).unwrap();
-    assert!(shipped.nodes.values().all(|node| !node.privileged));
+    assert!(shipped
+        .nodes
+        .values()
+        .all(|node| !node.definition.privileged));
 }
 
 #[test]
@@ -495,9 +508,9 @@ fn ssh_keys_merge_user_by_user() {
     ))
     .unwrap();
     let acc1 = &config.nodes["acc1"];
-    assert_eq!(acc1.ssh_keys["root"], vec![key.to_string()]);
+    assert_eq!(acc1.definition.ssh_keys["root"], vec![key.to_string()]);
     assert!(
-        acc1.ssh_keys["www-data"].is_empty(),
+        acc1.definition.ssh_keys["www-data"].is_empty(),
         "kept from roles/acc.toml"
     );
 }
@@ -540,23 +553,23 @@ fn nodes_outside_the_plan_keep_their_running_addresses_when_others_come() {
     let host = |n: u8| Ipv4Addr::new(172, 16, 0, n);
     let first = resolve_with(&["b1", "c1"], &BTreeMap::new());
     assert_eq!(
-        (first.nodes["b1"].ip, first.nodes["c1"].ip),
+        (first.nodes["b1"].ip(), first.nodes["c1"].ip()),
         (host(100), host(101))
     );
 
     // Without what runs, a1 sorts first and takes .100, moving b1 and c1.
     let renumbered = resolve_with(&["a1", "b1", "c1"], &BTreeMap::new());
-    assert_eq!(renumbered.nodes["b1"].ip, host(101));
+    assert_eq!(renumbered.nodes["b1"].ip(), host(101));
     // With it, b1 and c1 keep theirs and a1 takes the next free one.
     let running: BTreeMap<String, Ipv4Addr> = first
         .nodes
         .values()
-        .map(|spec| (spec.name.clone(), spec.ip))
+        .map(|spec| (spec.name.clone(), spec.ip()))
         .collect();
     let kept = resolve_with(&["a1", "b1", "c1"], &running);
     let ips: Vec<Ipv4Addr> = ["a1", "b1", "c1"]
         .iter()
-        .map(|node| kept.nodes[*node].ip)
+        .map(|node| kept.nodes[*node].ip())
         .collect();
     assert_eq!(ips, [host(102), host(100), host(101)]);
 
@@ -570,13 +583,13 @@ fn nodes_outside_the_plan_keep_their_running_addresses_when_others_come() {
     let config =
         resolve::resolve(&Source::new("agent.toml", &claimed), &kept_c1_elsewhere).unwrap();
     assert_eq!(
-        (config.nodes["b1"].ip, config.nodes["c1"].ip),
+        (config.nodes["b1"].ip(), config.nodes["c1"].ip()),
         (host(101), host(100))
     );
     // Planned roles never move: the plan decides.
     let planned: BTreeMap<String, Ipv4Addr> = [("web1".to_string(), host(150))].into();
     let default = resolve::resolve(&crate::config::shipped::default_config(), &planned).unwrap();
-    assert_eq!(default.nodes["web1"].ip, host(21));
+    assert_eq!(default.nodes["web1"].ip(), host(21));
 }
 
 #[test]
@@ -723,14 +736,23 @@ role = "fw"
 "#,
     )
     .unwrap();
-    assert_eq!(config.nodes["web1"].resources.disk_bytes, Some(10 << 30));
-    assert_eq!(config.nodes["web2"].resources.disk_bytes, Some(512 << 20));
     assert_eq!(
-        config.nodes["web2"].resources.memory_bytes,
+        config.nodes["web1"].definition.resources.disk_bytes,
+        Some(10 << 30)
+    );
+    assert_eq!(
+        config.nodes["web2"].definition.resources.disk_bytes,
+        Some(512 << 20)
+    );
+    assert_eq!(
+        config.nodes["web2"].definition.resources.memory_bytes,
         Some(1 << 30),
         "kept from roles/web.toml"
     );
-    assert_eq!(config.nodes["fw1"].resources.disk_bytes, Some(256 << 20));
+    assert_eq!(
+        config.nodes["fw1"].definition.resources.disk_bytes,
+        Some(256 << 20)
+    );
     let error = parse_text("[nodes.web1]\nrole = \"web\"\n[nodes.web1.resources]\ndisk = \"0\"\n[roles.web.resources]\ndisk = \"1.5G\"\n")
         .unwrap_err();
     let text = error.to_string();

@@ -49,11 +49,11 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
     let running: BTreeMap<String, std::net::Ipv4Addr> =
         crate::runtime::live_records(&config.host.run_dir.join("nodes"))
             .into_iter()
-            .map(|record| (record.name, record.spec.ip))
+            .map(|record| (record.name, record.spec.ip()))
             .collect();
     let moved = running
         .iter()
-        .any(|(node, ip)| config.nodes.get(node).is_some_and(|spec| spec.ip != *ip));
+        .any(|(node, ip)| config.nodes.get(node).is_some_and(|spec| spec.ip() != *ip));
     let config = if moved {
         config::parse_keeping(&source, &running)?
     } else {
@@ -61,11 +61,18 @@ pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, 
     };
     let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for node in config.nodes.values() {
-        if !images.knows(&node.image) {
-            missing.entry(&node.image).or_default().push(&node.name);
+        if !images.knows(&node.definition.image) {
+            missing
+                .entry(&node.definition.image)
+                .or_default()
+                .push(&node.name);
         }
     }
-    let used: BTreeSet<&str> = config.nodes.values().map(|n| n.image.as_str()).collect();
+    let used: BTreeSet<&str> = config
+        .nodes
+        .values()
+        .map(|n| n.definition.image.as_str())
+        .collect();
     let mut problems: Vec<config::Diagnostic> = used
         .into_iter()
         .flat_map(|image| images.recipe_problems(image))
@@ -164,7 +171,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     for image in config
         .nodes
         .values()
-        .map(|n| n.image.as_str())
+        .map(|n| n.definition.image.as_str())
         .filter(|image| crate::image::BUILT_IN.contains(image))
         .collect::<BTreeSet<_>>()
     {

@@ -54,7 +54,7 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         memory_limit_bytes: snapshot
             .handle
             .as_ref()
-            .and_then(|h| h.record.spec.resources.memory_bytes),
+            .and_then(|h| h.record.spec.definition.resources.memory_bytes),
         cpu_usec: stats.as_ref().map(|s| s.cpu_usec),
         disk_bytes: disk.and_then(|d| d.used),
         disk_limit_bytes: disk.and_then(|d| d.limit),
@@ -83,7 +83,7 @@ struct DiskStatus {
 /// configured, enforced when the group holds exactly that limit.
 fn disk_status(record: &NodeRecord) -> DiskStatus {
     let usage = record.disk_quota.as_ref().and_then(quota::usage);
-    disk_figures(record.spec.resources.disk_bytes, usage)
+    disk_figures(record.spec.definition.resources.disk_bytes, usage)
 }
 
 fn disk_figures(limit: Option<u64>, usage: Option<quota::Usage>) -> DiskStatus {

@@ -431,7 +431,7 @@ impl World {
                     .into_iter()
                     .map(|p| p.display().to_string())
                     .collect(),
-                capabilities: handle.record.spec.capabilities.clone(),
+                capabilities: handle.record.spec.definition.capabilities.clone(),
                 user_namespace: handle.record.id_base.is_some(),
             }),
             None if self.nodes.contains_key(node) => Response::Error {
@@ -461,7 +461,7 @@ impl World {
                     role: spec.map(|s| s.role.clone()).unwrap_or_default(),
                     state: entry.phase.state(),
                     pid: entry.handle.as_ref().map(|h| h.record.pid),
-                    ip: spec.map(|s| s.ip.to_string()).unwrap_or_default(),
+                    ip: spec.map(|s| s.ip().to_string()).unwrap_or_default(),
                     started_at: entry.handle.as_ref().map(|h| h.record.started_at),
                     restarts: entry.restarts,
                     error: entry.error.clone(),
@@ -786,7 +786,9 @@ impl World {
             return;
         };
         // A node about to restart for a changed definition renders at its next start.
-        if entry.phase != Phase::Running || spec.templates.is_empty() || *spec != handle.record.spec
+        if entry.phase != Phase::Running
+            || spec.definition.templates.is_empty()
+            || *spec != handle.record.spec
         {
             return;
         }
@@ -864,7 +866,7 @@ impl World {
     /// interval (within [`HEALTH_POLL_MIN`], [`HEALTH_POLL_MAX`]), and reports each change to the
     /// core. Ends once the core has let go of the handle (the node stopped or its init died).
     fn poll_health(&self, node: &str, handle: &Arc<NodeHandle>) {
-        let Some(check) = &handle.record.spec.health else {
+        let Some(check) = &handle.record.spec.definition.health else {
             return;
         };
         let period = check.interval.clamp(HEALTH_POLL_MIN, HEALTH_POLL_MAX);
@@ -1011,7 +1013,7 @@ impl NodeEntry {
 
 /// A node's health from its start until its init first reports one.
 fn first_health(spec: &NodeSpec) -> String {
-    if spec.health.is_some() {
+    if spec.definition.health.is_some() {
         "starting"
     } else {
         "none"

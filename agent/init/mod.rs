@@ -165,7 +165,7 @@ impl Init {
             .map_err(|e| fail("open /dev/null", e.to_string()))?;
 
         let mut outputs = Vec::new();
-        for spec in &plan.spec.processes {
+        for spec in &plan.spec.definition.processes {
             let (read, write) =
                 process::output_pipe().map_err(|e| fail("create output pipe", e.to_string()))?;
             let dir = log_dir
@@ -180,13 +180,18 @@ impl Init {
         control
             .set_nonblocking(true)
             .map_err(|e| fail("control socket", e.to_string()))?;
-        let confinement = Confinement::new(&plan.spec.capabilities)
+        let confinement = Confinement::new(&plan.spec.definition.capabilities)
             .map_err(|e| fail("prepare confinement", e.to_string()))?;
 
         let now = Instant::now();
         let mut init = Init {
-            supervisor: Supervisor::new(plan.spec.processes.clone(), now),
-            prober: plan.spec.health.as_ref().map(|spec| Prober::new(spec, now)),
+            supervisor: Supervisor::new(plan.spec.definition.processes.clone(), now),
+            prober: plan
+                .spec
+                .definition
+                .health
+                .as_ref()
+                .map(|spec| Prober::new(spec, now)),
             confinement,
             plan,
             signals,

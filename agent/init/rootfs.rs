@@ -198,7 +198,7 @@ pub fn plan(node: &InitPlan) -> Result<Vec<Step>, String> {
             file: false,
         });
         steps.push(Step::RemountReadOnly(mounted));
-        for template in &node.spec.templates {
+        for template in &node.spec.definition.templates {
             steps.push(Step::TemplateLink {
                 target: format!("{}{}", crate::template::IN_NODE, template.dest),
                 link: at(&template.dest),
@@ -564,7 +564,7 @@ mod tests {
             .iter()
             .any(|step| matches!(step, Step::TemplateLink { .. })));
         node.templates_dir = Some("/r/nodes/web1/templates".into());
-        node.spec.templates = vec![crate::config::TemplateSpec {
+        node.spec.definition.templates = vec![crate::config::TemplateSpec {
             source: "web.conf".into(),
             dest: "/etc/web/web.conf".into(),
             reload: None,

@@ -10,7 +10,7 @@ pub fn hosts_file(config: &Config) -> String {
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let _ = writeln!(text, "{}\thost.i", config.network.host_ip);
     for node in config.nodes.values() {
-        let _ = writeln!(text, "{}\t{}.i {}", node.ip, node.name, node.name);
+        let _ = writeln!(text, "{}\t{}.i {}", node.ip(), node.name, node.name);
     }
     text
 }

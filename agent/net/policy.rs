@@ -32,7 +32,7 @@ pub fn render(config: &Config) -> String {
             .nodes
             .values()
             .filter(|n| role == "*" || n.role == role)
-            .map(|n| n.ip)
+            .map(|n| n.ip())
             .collect()
     };
 
@@ -47,7 +47,7 @@ pub fn render(config: &Config) -> String {
             continue;
         }
         let targets = ips_of(&node.role);
-        for allow in &node.allow {
+        for allow in &node.definition.allow {
             if allow.ports.is_empty() {
                 continue;
             }

@@ -197,9 +197,11 @@ impl Runtime {
         let node = spec.name.as_str();
         self.halt(handle);
         let same = &handle.record.spec;
-        let kept = if same.network == spec.network && same.privileged == spec.privileged {
+        let kept = if same.network == spec.network
+            && same.definition.privileged == spec.definition.privileged
+        {
             self.release_init(node);
-            Sandbox::of(&handle.paths).open(!spec.privileged)
+            Sandbox::of(&handle.paths).open(!spec.definition.privileged)
         } else {
             None
         };
@@ -225,14 +227,14 @@ impl Runtime {
     ) -> Result<NodeHandle, RuntimeError> {
         let node = spec.name.as_str();
         let paths = self.dirs.node(node);
-        let image_rootfs =
-            self.images
-                .rootfs(&spec.image)
-                .map_err(|source| RuntimeError::Image {
-                    node: node.into(),
-                    source,
-                })?;
-        let id_base = if spec.privileged {
+        let image_rootfs = self
+            .images
+            .rootfs(&spec.definition.image)
+            .map_err(|source| RuntimeError::Image {
+                node: node.into(),
+                source,
+            })?;
+        let id_base = if spec.definition.privileged {
             None
         } else {
             Some(
@@ -281,7 +283,7 @@ impl Runtime {
             .map_err(io_error(node, "write hosts file"))?;
         std::fs::write(paths.resolv_file(), &self.resolv)
             .map_err(io_error(node, "write resolv.conf"))?;
-        let templates_dir = if spec.templates.is_empty() {
+        let templates_dir = if spec.definition.templates.is_empty() {
             None
         } else {
             let dir = self.templates_dir(node);
@@ -293,9 +295,9 @@ impl Runtime {
         let cgroup = self.node_cgroup(node);
         cgroup
             .create(&Limits {
-                memory_bytes: spec.resources.memory_bytes,
-                cpus: spec.resources.cpus,
-                pids: spec.resources.pids,
+                memory_bytes: spec.definition.resources.memory_bytes,
+                cpus: spec.definition.resources.cpus,
+                pids: spec.definition.resources.pids,
             })
             .map_err(|source| RuntimeError::Cgroup {
                 node: node.into(),
@@ -529,7 +531,7 @@ impl Runtime {
         }
         let mut mounts = Vec::new();
         let mut shared = Vec::new();
-        for volume in &spec.volumes {
+        for volume in &spec.definition.volumes {
             let owner = volume::owner(spec, volume);
             // A shared volume's files are owned by its role's own id range.
             let owner_base = if volume.shared {
@@ -623,7 +625,7 @@ impl Runtime {
         undo: &mut Undo,
     ) -> Result<Option<quota::NodeQuota>, RuntimeError> {
         let node = spec.name.as_str();
-        let limit = spec.resources.disk_bytes;
+        let limit = spec.definition.resources.disk_bytes;
         let survey = quota::survey(&paths.layer, &quota::own_volumes(&self.dirs, spec))
             .map_err(io_error(node, "look at the writable layer and volumes"))?;
         let plan = quota::plan(limit, &survey);

@@ -245,7 +245,8 @@ pub fn plan(limit: Option<u64>, survey: &Survey) -> Plan {
 /// The paths of `spec`'s own volumes, the ones its group counts (not its role's shared ones).
 pub fn own_volumes(dirs: &HostDirs, spec: &NodeSpec) -> Vec<PathBuf> {
     let paths = dirs.node(&spec.name);
-    spec.volumes
+    spec.definition
+        .volumes
         .iter()
         .filter(|volume| !volume.shared)
         .map(|volume| paths.volume(&volume.name))
@@ -264,7 +265,7 @@ pub fn unenforced(config: &Config) -> Vec<String> {
         .nodes
         .values()
         .filter_map(|spec| {
-            let limit = spec.resources.disk_bytes?;
+            let limit = spec.definition.resources.disk_bytes?;
             let reason = match survey(&dirs.node(&spec.name).layer, &own_volumes(&dirs, spec)) {
                 Ok(survey) => match plan(Some(limit), &survey).outcome {
                     Outcome::NotEnforced(reason) => reason,

@@ -155,7 +155,8 @@ pub fn volume_use(
     live: &[NodeRecord],
 ) -> Option<VolumeUse> {
     let declares = |spec: &NodeSpec| {
-        spec.volumes
+        spec.definition
+            .volumes
             .iter()
             .any(|volume| volume.name == name && self::owner(spec, volume) == owner)
     };
@@ -595,7 +596,7 @@ mod tests {
     #[test]
     fn a_volume_is_in_use_while_a_live_node_mounts_it_or_the_configuration_declares_it() {
         let mut spec = crate::config::load(None).unwrap().nodes["web1"].clone();
-        spec.volumes = vec![crate::config::VolumeSpec {
+        spec.definition.volumes = vec![crate::config::VolumeSpec {
             shared: false,
             name: "media".into(),
             path: "/srv/media".into(),
@@ -645,6 +646,7 @@ mod tests {
         let config = crate::config::load(None).unwrap();
         let web1 = config.nodes["web1"].clone();
         let media = web1
+            .definition
             .volumes
             .iter()
             .find(|volume| volume.name == "media")

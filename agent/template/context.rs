@@ -80,6 +80,7 @@ impl Context {
 impl NodeView {
     fn new(spec: &NodeSpec, health: Option<&String>) -> NodeView {
         let ports: BTreeSet<u16> = spec
+            .definition
             .allow
             .iter()
             .flat_map(|rule| rule.ports.iter().copied())
@@ -87,11 +88,12 @@ impl NodeView {
         NodeView {
             name: spec.name.clone(),
             role: spec.role.clone(),
-            ip: spec.ip.to_string(),
+            ip: spec.ip().to_string(),
             running: health.is_some(),
             health: health.map_or(HEALTH_UNKNOWN, String::as_str).to_string(),
             ports: ports.into_iter().collect(),
             allow: spec
+                .definition
                 .allow
                 .iter()
                 .map(|rule| AllowView {
@@ -99,7 +101,7 @@ impl NodeView {
                     ports: rule.ports.clone(),
                 })
                 .collect(),
-            ssh_keys: spec.ssh_keys.clone(),
+            ssh_keys: spec.definition.ssh_keys.clone(),
         }
     }
 }

@@ -75,12 +75,13 @@ pub fn render_node(
     spec: &NodeSpec,
     running: &Running,
 ) -> Result<Vec<Rendered>, TemplateError> {
-    if spec.templates.is_empty() {
+    if spec.definition.templates.is_empty() {
         return Ok(Vec::new());
     }
     let env = environment();
     let context = Context::new(config, spec, running);
-    spec.templates
+    spec.definition
+        .templates
         .iter()
         .map(|template| {
             let error = |message: String, line: usize, column: usize, file: &str| TemplateError {

@@ -80,7 +80,8 @@ fn nodes_lists_the_running_ones_and_node_is_the_renderer() {
         files[0].text,
         format!(
             "# lb1 {} lb\nserver web2 {}:80 check\n",
-            lb1.ip, config.nodes["web2"].ip
+            lb1.ip(),
+            config.nodes["web2"].ip()
         )
     );
     assert_eq!(files[0].reload, None);
@@ -88,7 +89,7 @@ fn nodes_lists_the_running_ones_and_node_is_the_renderer() {
     assert!(both[0].text.contains("server web1 ") && both[0].text.contains("server web2 "));
     // A node without templates renders nothing.
     let mut bare = config.nodes["web1"].clone();
-    bare.templates.clear();
+    bare.definition.templates.clear();
     assert!(render_node(&config, &bare, &running(&[]))
         .unwrap()
         .is_empty());
@@ -214,14 +215,19 @@ fn reload_names_a_process_of_the_role_and_a_catchable_signal() {
         "reload_process = \"haproxy\"\nreload_signal = \"USR2\"\n",
     );
     let config = setup.load().unwrap();
-    let reload = config.nodes["lb1"].templates[0].reload.clone().unwrap();
+    let reload = config.nodes["lb1"].definition.templates[0]
+        .reload
+        .clone()
+        .unwrap();
     assert_eq!(
         (reload.process.as_str(), reload.signal.as_str()),
         ("haproxy", "SIGUSR2")
     );
 
     let default_signal = Setup::new("x", "reload_process = \"haproxy\"\n");
-    let reload = default_signal.load().unwrap().nodes["lb1"].templates[0]
+    let reload = default_signal.load().unwrap().nodes["lb1"]
+        .definition
+        .templates[0]
         .reload
         .clone()
         .unwrap();
@@ -294,7 +300,7 @@ fn the_shipped_monitrc_checks_every_other_node_by_the_ports_its_role_serves() {
         ("mail1", &[25]),
         ("acc1", &[22]),
     ] {
-        let ip = config.nodes[name].ip;
+        let ip = config.nodes[name].ip();
         let check = format!("check host {name} with address {ip}\n");
         let at = rc.find(&check).unwrap_or_else(|| panic!("{check}: {rc}"));
         let block = rc[at + check.len()..].split("\n\n").next().unwrap();
