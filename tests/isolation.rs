@@ -496,12 +496,13 @@ fn ipv6_is_no_way_around_the_policy() {
             "nsenter", &netns, "ip", "-6", "address", "add", &address, "dev", "eth0", "nodad",
         ]);
     }
-    // The path works: the host reaches lb1 and web1 over IPv6 (host output is not filtered).
+    // A node's port carries IPv4 and ARP only: not even the replies to the host's own IPv6
+    // connections leave it.
     for n in [11, 21] {
         let target = format!("[{}]:80", v6(n));
         assert!(
-            http_get(&target, "/", Duration::from_secs(2)).is_some(),
-            "the host does not reach {target}"
+            http_get(&target, "/", Duration::from_secs(1)).is_none(),
+            "the host reached {target} over IPv6"
         );
     }
     let flows = [
@@ -583,4 +584,141 @@ fn swap_is_no_way_past_the_memory_limit() {
             assert!(host.cli(&["status"]).contains("swap not limited"));
         }
     }
+}
+
+/// acc1 (which the policy lets reach every node), s1 the attacker with a volume for its tools,
+/// s2 with a secret on a port the policy closes to s1, and fw1, their way out.
+fn spoofing_nodes(name: &str) -> TestHost {
+    let mut host = TestHost::new(
+        name,
+        &format!(
+            r#"
+[nodes.fw1]
+role = "fw"
+[nodes.acc1]
+role = "acc"
+[nodes.s1]
+role = "sleeper"
+[nodes.s2]
+role = "target"
+[roles.acc]
+image = "busybox"
+template = []
+ssh_keys = {{}}
+[[roles.acc.process]]
+name = "sshd"
+command = ["sleep", "1000000"]
+[roles.target]
+image = "busybox"
+[[roles.target.process]]
+name = "secret"
+command = ["nc", "-ll", "-p", "9999", "-e", "echo", "SECRET-9999"]
+{SLEEPER_ROLE}
+[[roles.sleeper.volume]]
+name = "tools"
+path = "/tools"
+"#
+        ),
+    );
+    host.start_daemon();
+    for node in ["fw1", "acc1", "s1", "s2"] {
+        host.wait_node_state(node, "running");
+    }
+    install_tool(&host, "s1", "spoof");
+    host
+}
+
+/// Builds `tests/tools/<tool>.c` statically and puts it in `node`'s `tools` volume (`/tools`).
+fn install_tool(host: &TestHost, node: &str, tool: &str) {
+    let binary = host.dir.join(tool);
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/tools/{tool}.c"));
+    let built = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("gcc (setup.sh installs it) builds the test's tools");
+    assert!(built.success(), "gcc {}", source.display());
+    let dest = host
+        .state_dir()
+        .join(format!("volumes/{node}/tools/{tool}"));
+    std::fs::copy(&binary, &dest).unwrap();
+    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+fn node_ip(host: &TestHost, node: &str) -> String {
+    host.node(node)["ip"].as_str().unwrap().to_string()
+}
+
+/// The MAC a node's eth0 has: `02:6e` and its IPv4 address.
+fn node_mac(ip: &str) -> String {
+    let o = ip.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    format!("02:6e:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+#[test]
+fn a_node_cannot_send_as_another_node() {
+    let host = spoofing_nodes("spoof");
+    let (acc, s1, s2) = (
+        node_ip(&host, "acc1"),
+        node_ip(&host, "s1"),
+        node_ip(&host, "s2"),
+    );
+    let (reached, text) = attempt(&host, "s1", &format!("echo | nc -w 2 {s2} 9999"));
+    assert!(
+        !text.contains("SECRET"),
+        "the policy itself lets s1 in: {reached} {text}"
+    );
+    // As acc1 (which may reach everything): its address, then its address and MAC too.
+    let line = format!("/tools/spoof eth0 {acc} {s2} 9999 {}", node_mac(&s2));
+    let (_, as_acc) = attempt(&host, "s1", &line);
+    assert!(
+        !as_acc.contains("SECRET-9999"),
+        "s1 passed as acc1:\n{as_acc}"
+    );
+    let line = format!(
+        "/tools/spoof eth0 {acc} {s2} 9999 {} noVLAN arp {}",
+        node_mac(&s2),
+        node_mac(&acc)
+    );
+    let (_, as_acc_mac) = attempt(&host, "s1", &line);
+    assert!(
+        !as_acc_mac.contains("SECRET-9999"),
+        "s1 passed as acc1's address and MAC:\n{as_acc_mac}"
+    );
+    // Its own address in a VLAN-tagged frame, which the inet policy would never see.
+    let line = format!(
+        "/tools/spoof eth0 {s1} {s2} 9999 {} vlan0 noarp",
+        node_mac(&s2)
+    );
+    let (_, tagged) = attempt(&host, "s1", &line);
+    assert!(
+        tagged.contains("no SYN-ACK seen"),
+        "a tagged SYN was answered:\n{tagged}"
+    );
+    // And acc1 itself still reaches s2: the rules hold each port to its own node only.
+    let (_, from_acc) = attempt(&host, "acc1", &format!("echo | nc -w 2 {s2} 9999"));
+    assert!(from_acc.contains("SECRET-9999"), "acc1: {from_acc}");
+}
+
+#[test]
+fn a_node_cannot_fill_the_hosts_connection_table() {
+    let host = spoofing_nodes("flows");
+    install_tool(&host, "s1", "udpn");
+    let s1 = node_ip(&host, "s1");
+    // Twice the allowance of new flows out through fw1 (which the policy lets pass), each to
+    // another port; nothing answers, so each stays tracked for half a minute.
+    let outside = "10.255.255.1";
+    let (sent, text) = attempt(&host, "s1", &format!("/tools/udpn {outside} 8192"));
+    assert!(sent, "{text}");
+    let table = std::fs::read_to_string("/proc/net/nf_conntrack").unwrap();
+    let held = table
+        .lines()
+        .filter(|entry| entry.contains(&format!("src={s1} dst={outside} ")))
+        .count();
+    assert!(
+        (1..=4096).contains(&held),
+        "s1 holds {held} tracked flows on the host"
+    );
 }

@@ -63,11 +63,12 @@ pub fn show(request: &LogsRequest) -> Result<()> {
     };
 
     let stdout = io::stdout();
+    let escape = io::IsTerminal::is_terminal(&stdout);
     let mut out = io::BufWriter::new(stdout.lock());
     let mut followers = Vec::new();
     for name in &names {
         let path = node_dir.join(format!("{name}.log"));
-        let mut follower = Follower::new(prefix(name), path);
+        let mut follower = Follower::new(prefix(name), path, escape);
         follower.print_last(request.lines, &mut out)?;
         followers.push(follower);
     }
@@ -82,7 +83,7 @@ pub fn show(request: &LogsRequest) -> Result<()> {
             for name in processes(&node_dir)? {
                 let path = node_dir.join(format!("{name}.log"));
                 if !followers.iter().any(|f| f.path == path) {
-                    followers.push(Follower::new(prefix(&name), path));
+                    followers.push(Follower::new(prefix(&name), path, escape));
                 }
             }
         }
@@ -128,6 +129,9 @@ fn processes(node_dir: &Path) -> Result<Vec<String>> {
 /// One process's log file, read from where the last read stopped.
 struct Follower {
     prefix: String,
+    /// Control characters are shown escaped: a node writes its logs, and a terminal would obey
+    /// its escape sequences (retitle, clear, forge lines).
+    escape: bool,
     path: PathBuf,
     file: Option<File>,
     /// The start of a line whose end has not been written yet.
@@ -135,9 +139,10 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(prefix: String, path: PathBuf) -> Follower {
+    fn new(prefix: String, path: PathBuf, escape: bool) -> Follower {
         Follower {
             prefix,
+            escape,
             path,
             file: None,
             partial: Vec::new(),
@@ -228,11 +233,32 @@ impl Follower {
         let rest = self.partial.split_off(last_newline + 1);
         for line in self.partial.split_inclusive(|b| *b == b'\n') {
             out.write_all(self.prefix.as_bytes())?;
-            out.write_all(line)?;
+            if self.escape {
+                out.write_all(&escape_controls(line))?;
+            } else {
+                out.write_all(line)?;
+            }
         }
         self.partial = rest;
         Ok(())
     }
+}
+
+/// `line` with every control character but tab and the final newline written as `\xNN`.
+fn escape_controls(line: &[u8]) -> Vec<u8> {
+    let mut shown = Vec::with_capacity(line.len());
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    for &byte in body {
+        if (byte < 0x20 && byte != b'\t') || byte == 0x7f {
+            shown.extend_from_slice(format!("\\x{byte:02x}").as_bytes());
+        } else {
+            shown.push(byte);
+        }
+    }
+    if body.len() < line.len() {
+        shown.push(b'\n');
+    }
+    shown
 }
 
 /// Lines in `text`, counting an unfinished last line.
@@ -282,6 +308,19 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(
+            escape_controls(b"\x1b]0;PWNED\x07\x1b[2Jfake\tline\r\n"),
+            b"\\x1b]0;PWNED\\x07\\x1b[2Jfake\tline\\x0d\n".to_vec()
+        );
+        assert_eq!(escape_controls(b"plain"), b"plain".to_vec());
+        assert_eq!(
+            escape_controls("caf\u{e9} \u{2713}\n".as_bytes()),
+            "caf\u{e9} \u{2713}\n".as_bytes()
+        );
+    }
+
     fn last(text: &str, count: usize) -> String {
         String::from_utf8(last_lines(&mut Cursor::new(text.as_bytes()), count).unwrap()).unwrap()
     }
@@ -307,7 +346,7 @@ mod tests {
 
     #[test]
     fn emit_prefixes_whole_lines_and_keeps_the_unfinished_rest() {
-        let mut follower = Follower::new("web | ".into(), PathBuf::from("x.log"));
+        let mut follower = Follower::new("web | ".into(), PathBuf::from("x.log"), false);
         let mut out = Vec::new();
         follower.emit(b"one\ntw", &mut out).unwrap();
         follower.emit(b"o\nthree", &mut out).unwrap();
@@ -320,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sh.log");
         fs::write(&path, "old 1\nold 2\n").unwrap();
-        let mut follower = Follower::new(String::new(), path.clone());
+        let mut follower = Follower::new(String::new(), path.clone(), false);
         let mut out = Vec::new();
         follower.print_last(1, &mut out).unwrap();
         assert_eq!(out, b"old 2\n");
@@ -353,7 +392,7 @@ mod tests {
         fs::write(dir.path().join("sh.log.1"), "r1\nr2\n").unwrap();
         fs::write(dir.path().join("sh.log"), "c1\n").unwrap();
         let print = |count: usize| {
-            let mut follower = Follower::new(String::new(), dir.path().join("sh.log"));
+            let mut follower = Follower::new(String::new(), dir.path().join("sh.log"), false);
             let mut out = Vec::new();
             follower.print_last(count, &mut out).unwrap();
             String::from_utf8(out).unwrap()

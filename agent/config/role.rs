@@ -63,8 +63,19 @@ impl Checker<'_> {
     pub fn role(&mut self, role: &str, raw: RawRole) -> PartialRole {
         if let Some(list) = &raw.capabilities {
             for name in list.get_ref() {
-                if let Err(error) = crate::confinement::parse_capability(name) {
-                    self.error(list, format!("roles.{role}.capabilities: {error}"));
+                match crate::confinement::parse_capability(name) {
+                    Err(error) => self.error(list, format!("roles.{role}.capabilities: {error}")),
+                    Ok(capability) => {
+                        let refused = crate::confinement::REFUSED_CAPABILITIES
+                            .iter()
+                            .find(|(refused, _)| *refused == capability);
+                        if let Some((_, why)) = refused {
+                            self.error(
+                                list,
+                                format!("roles.{role}.capabilities: `{name}` is refused: {why}"),
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -765,3 +765,17 @@ role = "fw"
         "{text}"
     );
 }
+
+#[test]
+fn a_role_may_not_trace_its_init() {
+    let error = first_error(
+        "[nodes.s1]\nrole = \"tracer\"\n[roles.tracer]\nimage = \"busybox\"\ncapabilities = [\"CHOWN\", \"SYS_PTRACE\"]\n[[roles.tracer.process]]\nname = \"sleep\"\ncommand = [\"sleep\", \"1\"]\n",
+    );
+    assert_eq!((error.line, error.column), (5, 16), "{error}");
+    assert!(
+        error
+            .message
+            .starts_with("roles.tracer.capabilities: `SYS_PTRACE` is refused: it would let"),
+        "{error}"
+    );
+}

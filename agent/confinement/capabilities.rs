@@ -26,6 +26,12 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 ];
 
 /// "NET_ADMIN", "net_admin" and "CAP_NET_ADMIN" are the same capability.
+/// Capabilities no role may hold, and why.
+pub const REFUSED_CAPABILITIES: &[(Capability, &str)] = &[(
+    Capability::CAP_SYS_PTRACE,
+    "it would let the role's processes trace the node's init, which holds the host's descriptors of the node (its log directory, its sockets to the agent)",
+)];
+
 pub fn parse_capability(name: &str) -> Result<Capability, ConfinementError> {
     let upper = name.to_ascii_uppercase();
     let full = if upper.starts_with("CAP_") {

@@ -6,7 +6,7 @@ mod capabilities;
 mod descriptors;
 mod seccomp;
 
-pub use capabilities::{parse_capability, DEFAULT_CAPABILITIES};
+pub use capabilities::{parse_capability, DEFAULT_CAPABILITIES, REFUSED_CAPABILITIES};
 pub use descriptors::{close_on_exec_beyond_stdio, keep_private};
 
 use std::collections::HashSet;

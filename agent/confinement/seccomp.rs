@@ -54,7 +54,15 @@ pub const DENIED: &[(&str, i64)] = &[
     ("mount_setattr", libc::SYS_mount_setattr),
     ("unshare", libc::SYS_unshare),
     ("setns", libc::SYS_setns),
+    // A large kernel surface no role needs.
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
 ];
+
+/// Socket families refused: vsock is not a network namespace's (it reaches the hypervisor and
+/// the host's own vsock services).
+pub const DENIED_SOCKET_FAMILIES: &[(&str, i32)] = &[("AF_VSOCK", libc::AF_VSOCK)];
 
 /// `ioctl` requests refused: making btrfs subvolumes and snapshots. Any user may make one where
 /// it may write, and a node's volumes are btrfs subvolumes on a btrfs state dir: a subvolume
@@ -101,6 +109,16 @@ pub fn filters() -> Result<Vec<BpfProgram>, ConfinementError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     denied.insert(libc::SYS_ioctl, ioctl_rules);
+    let socket_rules = DENIED_SOCKET_FAMILIES
+        .iter()
+        .map(|(_, family)| {
+            let family =
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *family as u64)
+                    .map_err(error)?;
+            SeccompRule::new(vec![family]).map_err(error)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    denied.insert(libc::SYS_socket, socket_rules);
     let refuse = SeccompFilter::new(
         denied,
         SeccompAction::Allow,
@@ -171,6 +189,16 @@ mod tests {
                         || *libc::__errno_location() != libc::EPERM
                     {
                         code |= 16;
+                    }
+                    if libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != -1
+                        || *libc::__errno_location() != libc::EPERM
+                    {
+                        code |= 64;
+                    }
+                    if libc::syscall(libc::SYS_io_uring_setup, 1, 0) != -1
+                        || *libc::__errno_location() != libc::EPERM
+                    {
+                        code |= 128;
                     }
                     // Other ioctls still reach the kernel (a terminal request on a directory).
                     if libc::ioctl(root, libc::TIOCGWINSZ, args.as_mut_ptr()) != -1

@@ -9,6 +9,7 @@ mod names;
 mod netlink;
 mod nft;
 mod policy;
+mod ports;
 mod repair;
 
 use std::os::fd::OwnedFd;
@@ -266,16 +267,19 @@ impl HostNetwork {
         })
     }
 
-    /// Replaces the inter-node policy table in one atomic nft transaction.
+    /// Replaces the inter-node policy and the nodes' port rules in one atomic nft transaction.
     pub fn apply_policy(&self, config: &Config) -> Result<(), NetError> {
-        nft::apply(&policy::render(config), None)
+        let rules = policy::render(config) + &ports::render(config);
+        nft::apply(&rules, None)
     }
 
-    /// Removes the policy table (used when the host network is torn down).
+    /// Removes the policy and port tables (used when the host network is torn down).
     pub fn remove_policy(&self) -> Result<(), NetError> {
         let table = policy::table_name(&self.settings.bridge);
         nft::apply(
-            &format!("table inet {table}\ndelete table inet {table}\n"),
+            &format!(
+                "table inet {table}\ndelete table inet {table}\ntable bridge {table}\ndelete table bridge {table}\n"
+            ),
             None,
         )
     }

@@ -14,6 +14,9 @@ use std::net::Ipv4Addr;
 
 use crate::config::Config;
 
+/// How many tracked flows one node may hold open through the bridge at once.
+pub const FLOWS_PER_NODE: u32 = 4096;
+
 /// Roles whose nodes may open connections to every node.
 pub const REACH_EVERYTHING: &[&str] = &["acc", "monitor"];
 
@@ -98,9 +101,15 @@ pub fn render(config: &Config) -> String {
         text,
         "    iifname \"{bridge}\" oifname \"{bridge}\" jump nodes\n  }}"
     );
+    // Bridged flows are tracked in the host's own table, which the host and every agent on it
+    // share: a node may hold only so many at once.
     let _ = writeln!(
         text,
-        "  chain nodes {{\n    ct state established,related accept\n    ct state invalid drop"
+        "  set node_flows {{\n    type ipv4_addr; size 65535; flags dynamic;\n  }}"
+    );
+    let _ = writeln!(
+        text,
+        "  chain nodes {{\n    ct state established,related accept\n    ct state invalid drop\n    ct state new add @node_flows {{ ip saddr ct count over {FLOWS_PER_NODE} }} drop"
     );
     for rule in &rules {
         let _ = writeln!(text, "    {rule}");
@@ -184,6 +193,10 @@ mod tests {
             "{rules}"
         );
         assert!(rules.trim_end().ends_with('}'));
+        assert!(
+            rules.contains("ct state new add @node_flows { ip saddr ct count over 4096 } drop"),
+            "{rules}"
+        );
         // Whatever is not accepted is dropped, IPv6 included; the host takes nothing new from
         // the bridge (either family) or from fw1's public link.
         assert!(rules.contains("    drop\n  }\n  chain input"), "{rules}");

@@ -123,10 +123,12 @@ impl TestNet {
     /// Removes the bridge, the policy table and any link with this host's prefix.
     fn remove(&self) {
         let table = format!("magestack_{}", self.bridge);
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &table])
-            .stderr(Stdio::null())
-            .status();
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &table])
+                .stderr(Stdio::null())
+                .status();
+        }
         for link in self.links() {
             let _ = Command::new("ip").args(["link", "del", &link]).status();
         }
