@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::backoff::{jitter, Backoff};
-use super::ca::names_host;
+use super::ca::{names_host, Fingerprint};
 use super::refusal::Refusal;
 use super::tls::{join_client_config, refusal_of, Identity, TlsError};
 use super::token::Token;
@@ -105,6 +105,11 @@ pub enum JoinError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the host at {address} is not of the pair the token names: its CA is not the one the token names ({ca:?})")]
+    ForeignCa {
+        address: SocketAddr,
+        ca: Fingerprint,
+    },
     #[error("TLS with {address}: {source}")]
     Tls {
         address: SocketAddr,
@@ -124,6 +129,7 @@ impl JoinError {
     /// What this host refused of the inviting host, if anything (a CA other than the token's).
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
+            JoinError::ForeignCa { .. } => Some(Refusal::FingerprintMismatch),
             JoinError::Tls { source, .. } => refusal_of(source, false),
             _ => None,
         }
@@ -372,12 +378,13 @@ async fn inbound(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, activ
                     let Ok(generation) = generation.await else {
                         return;
                     };
-                    let result = run_link(&shared, &mut tls, &partner.name, generation).await;
-                    if let Err(error) = result {
-                        let error = format!("link from {peer}: {error}");
-                        tracing::warn!(partner = partner.name, "pair {error}");
-                        shared.report_link(Some(generation), LinkState::Down, Some(error));
-                    }
+                    let error = match run_link(&shared, &mut tls, &partner.name, generation).await {
+                        Ok(()) => "the partner closed the link".to_string(),
+                        Err(error) => error.to_string(),
+                    };
+                    let error = format!("link from {peer}: {error}");
+                    tracing::warn!(partner = partner.name, "pair {error}");
+                    shared.report_link(Some(generation), LinkState::Down, Some(error));
                 }
             });
             let _ = start.send(shared.take_over(task.abort_handle()));
@@ -569,10 +576,15 @@ async fn join(token: &Token, request: &JoinRequest) -> Result<JoinAccepted, Join
                     source: std::io::Error::other(error),
                 }
             })?;
-        let mut tls = connector
-            .connect(name, stream)
-            .await
-            .map_err(|source| JoinError::Tls { address, source })?;
+        let mut tls = connector.connect(name, stream).await.map_err(|source| {
+            match refusal_of(&source, false) {
+                Some(Refusal::FingerprintMismatch) => JoinError::ForeignCa {
+                    address,
+                    ca: token.ca,
+                },
+                _ => JoinError::Tls { address, source },
+            }
+        })?;
         let protocol = |what: String| JoinError::Protocol { address, what };
         wire::write(&mut tls, &Message::Join(request.clone()))
             .await
