@@ -1,6 +1,6 @@
 //! Pairing two agents, each in a network namespace of its own, over a veth: invite, join, a
-//! mutually authenticated link that comes back after a restart, and every bad peer refused with
-//! a log line naming it and the reason, counted, and nothing changed on disk.
+//! mutually authenticated link that comes back after a restart of either agent, and every bad
+//! peer refused with a log line naming it and the reason, counted, and nothing changed on disk.
 
 mod common;
 
@@ -26,7 +26,7 @@ use magestack_agent::pair::wire::{self, JoinRequest, Message};
 use magestack_agent::pair::Token;
 
 #[test]
-fn invite_and_join_link_both_hosts_and_the_link_comes_back_after_a_restart() {
+fn invite_and_join_link_both_hosts_and_the_link_comes_back_after_restarts() {
     let mut hosts = PairHosts::start("pa", "pb");
     for host in [&hosts.a, &hosts.b] {
         let status = host.status();
@@ -74,7 +74,19 @@ fn invite_and_join_link_both_hosts_and_the_link_comes_back_after_a_restart() {
         wait_link(host, "up", Duration::from_secs(15));
     }
     eprintln!(
-        "agent restart to link up on both: {:?}",
+        "dialing agent restart to link up: {:?}",
+        restarted.elapsed()
+    );
+    // And the accepting one, killed: the dialer redials with backoff.
+    hosts.b.kill_daemon(libc::SIGKILL);
+    wait_link(&hosts.a, "down", Duration::from_secs(10));
+    let restarted = Instant::now();
+    hosts.b.start_daemon_in_netns(&hosts.spaces[1].0.clone());
+    for host in [&hosts.a, &hosts.b] {
+        wait_link(host, "up", Duration::from_secs(15));
+    }
+    eprintln!(
+        "accepting agent restart to link up: {:?}",
         restarted.elapsed()
     );
 
