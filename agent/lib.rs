@@ -10,5 +10,6 @@ pub mod daemon;
 pub mod image;
 pub mod init;
 pub mod net;
+pub mod pair;
 pub mod runtime;
 pub mod template;

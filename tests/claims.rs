@@ -9,6 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::Netns;
 use common::{process_alive, sleeper_nodes, TestHost, AGENT};
 
 fn running_host(name: &str, nodes: &[&str]) -> TestHost {
@@ -157,43 +158,10 @@ fn a_second_agent_on_the_same_bridge_link_prefix_or_subnet_is_refused_and_change
     }
 }
 
-/// A network namespace made with `ip netns add`, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("mscl{}{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let made = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(made.success(), "ip netns add {name}");
-        Netns(name)
-    }
-
-    fn links(&self) -> String {
-        let output = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link", "show"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn agents_in_their_own_network_namespaces_share_bridge_link_prefix_and_subnet() {
     // Declared first, dropped last: after both hosts stopped their nodes and daemons.
-    let spaces = [Netns::new("a"), Netns::new("b")];
+    let spaces = [Netns::new("cla"), Netns::new("clb")];
     let mut hosts = [
         TestHost::new("nsa", &sleeper_nodes(&["n1"])),
         TestHost::new("nsb", &sleeper_nodes(&["n1"])),

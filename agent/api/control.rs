@@ -1,5 +1,7 @@
 //! The CLI <-> daemon protocol on `run_dir/agent.sock`: one request, one response, per connection.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +25,13 @@ pub enum Request {
     ExecTarget {
         node: String,
     },
+    /// Open a one-time invite for a partner host.
+    PairInvite,
+    /// Pair with the host that printed `token`.
+    PairJoin {
+        token: String,
+    },
+    PairStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +44,15 @@ pub enum Response {
     },
     Reloaded(ReloadReport),
     ExecTarget(ExecTarget),
+    /// The token `pair invite` prints.
+    PairInvite {
+        token: String,
+    },
+    /// This host is now paired with `partner`.
+    PairJoined {
+        partner: String,
+    },
+    PairStatus(PairStatus),
     Error {
         message: String,
     },
@@ -45,6 +63,41 @@ pub enum Response {
 pub struct StatusReport {
     pub host: HostStatus,
     pub nodes: Vec<NodeStatus>,
+    /// The pair: no partner on a standalone host.
+    #[serde(default)]
+    pub pair: PairStatus,
+}
+
+/// `pair status --json`, and `pair` in `status --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStatus {
+    /// The partner's host name; `None` on a standalone host.
+    pub partner: Option<String>,
+    /// The partner's pair address (its `[pair] listen`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// This host's `[pair] listen`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// `up`, `connecting` or `down` while paired; `None` on a standalone host.
+    pub link: Option<String>,
+    /// When the link entered its state, seconds since the epoch.
+    #[serde(default)]
+    pub link_since_unix: Option<u64>,
+    /// Why the link is down, or what is wrong with the pairing.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When this host's pair certificate expires, seconds since the epoch.
+    #[serde(default)]
+    pub certificate_expires_unix: Option<i64>,
+    /// When the open invite expires (on the inviting host, until it is used).
+    #[serde(default)]
+    pub invite_expires_unix: Option<u64>,
+    /// The witness (none yet).
+    pub witness: Option<String>,
+    /// Peers refused since the agent started, by reason.
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 mod client;
 mod image;
 mod logs;
+mod pair;
 mod table;
 mod volume;
 
@@ -92,6 +93,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: image::ImageCommand,
+    },
+    /// Pair this host with a partner host: invite, join, and the link's status.
+    Pair {
+        #[command(subcommand)]
+        command: pair::PairCommand,
     },
     /// The nodes' persistent volumes: list them, remove one (never done otherwise).
     Volume {
@@ -228,6 +234,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Image { command } => image::run(config_path.as_deref(), command),
         Command::Volume { command } => volume::run(config_path.as_deref(), command),
+        Command::Pair { command } => pair::run(&config_path, command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -28,6 +28,13 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
         report.host.cgroup_version,
         report.host.config,
     );
+    if let Some(partner) = &report.pair.partner {
+        out.push_str(&format!(
+            "pair with {partner} at {}: link {}\n",
+            report.pair.address.as_deref().unwrap_or("?"),
+            report.pair.link.as_deref().unwrap_or("?"),
+        ));
+    }
     let mut table = Table::new();
     table.force_no_tty();
     if colour {
@@ -138,7 +145,7 @@ fn share_color(used: u64, limit: u64) -> Option<Color> {
     }
 }
 
-fn duration(seconds: u64) -> String {
+pub(super) fn duration(seconds: u64) -> String {
     match seconds {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
@@ -192,6 +199,7 @@ mod tests {
                 cgroup_version: "v2".into(),
                 swap_limited: true,
             },
+            pair: Default::default(),
             nodes: vec![
                 node.clone(),
                 NodeStatus {

@@ -9,6 +9,7 @@ mod host_view;
 mod lenient;
 mod model;
 mod network;
+mod pair;
 mod plan;
 mod raw;
 mod resolve;
@@ -24,8 +25,9 @@ pub use host_view::{check_against_host, HostLink, HostRoute, HostView};
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
     ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
-    PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Role, Subnet, TemplateReload,
-    TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE, TEMPLATES_IN_NODE,
+    PairSettings, PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Role, Subnet,
+    TemplateReload, TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE,
+    TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::DEFAULT_CONFIG_NAME;

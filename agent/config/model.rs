@@ -18,6 +18,7 @@ pub struct Config {
     pub nodes: BTreeMap<String, NodeSpec>,
     pub metrics: MetricsSettings,
     pub logs: LogRotation,
+    pub pair: PairSettings,
     /// The text of every template a node's role names, by its `source` as written.
     pub templates: BTreeMap<String, TemplateText>,
 }
@@ -52,6 +53,31 @@ impl Default for LogRotation {
 pub struct MetricsSettings {
     /// Where `GET /metrics` is served; `None` (the default) serves nothing.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[pair]`: this host's end of the pair link and the timing of its heartbeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairSettings {
+    /// Where this host accepts the partner's TLS connections, and the address it gives the
+    /// partner to dial; `None` (the default) leaves the host standalone.
+    pub listen: Option<SocketAddr>,
+    /// How often a host tells its peers it is alive.
+    pub heartbeat: Duration,
+    /// How long a peer's silence is tolerated.
+    pub lease: Duration,
+    /// Added to the lease before a takeover.
+    pub fence_margin: Duration,
+}
+
+impl Default for PairSettings {
+    fn default() -> Self {
+        PairSettings {
+            listen: None,
+            heartbeat: Duration::from_millis(100),
+            lease: Duration::from_millis(500),
+            fence_margin: Duration::from_millis(200),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,18 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub logs: RawLogs,
+    #[serde(default)]
+    pub pair: RawPair,
+}
+
+/// The pair link with the partner host; off unless `listen` is set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPair {
+    pub listen: Option<Spanned<String>>,
+    pub heartbeat: Option<Spanned<String>>,
+    pub lease: Option<Spanned<String>>,
+    pub fence_margin: Option<Spanned<String>>,
 }
 
 /// Rotation of the nodes' process output files.

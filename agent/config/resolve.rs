@@ -36,6 +36,7 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
     let host = host_settings(&mut checker, raw.host);
     let metrics = metrics_settings(&mut checker, raw.metrics);
     let logs = log_rotation(&mut checker, raw.logs);
+    let pair = super::pair::pair_settings(&mut checker, raw.pair);
     let network = super::network::network_settings(&mut checker, raw.network);
     let known_roles: BTreeSet<String> = super::shipped::ROLES
         .iter()
@@ -72,6 +73,7 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
             nodes,
             metrics,
             logs,
+            pair,
             templates,
         }),
         _ => Err(ConfigError::Invalid(diagnostics)),

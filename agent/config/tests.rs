@@ -444,6 +444,37 @@ fn metrics_are_off_unless_listen_names_an_address_with_a_port() {
 }
 
 #[test]
+fn the_pair_link_is_off_unless_listen_names_an_address_the_partner_can_dial() {
+    let standalone = parse_text(SLEEPER).unwrap().pair;
+    assert_eq!(standalone, crate::config::PairSettings::default());
+    assert_eq!(standalone.heartbeat, std::time::Duration::from_millis(100));
+    assert_eq!(standalone.lease, std::time::Duration::from_millis(500));
+    assert_eq!(
+        standalone.fence_margin,
+        std::time::Duration::from_millis(200)
+    );
+    let paired = parse_text(&format!(
+        "{SLEEPER}[pair]\nlisten = \"10.0.0.1:7946\"\nlease = \"1s\"\n"
+    ))
+    .unwrap()
+    .pair;
+    assert_eq!(paired.listen, Some("10.0.0.1:7946".parse().unwrap()));
+    assert_eq!(paired.lease, std::time::Duration::from_secs(1));
+    for (text, field) in [
+        ("listen = \"0.0.0.0:7946\"", "pair.listen"),
+        ("listen = \"10.0.0.1\"", "pair.listen"),
+        ("listen = \"10.0.0.1:0\"", "pair.listen"),
+        ("heartbeat = \"1d\"", "pair.heartbeat"),
+        ("lease = \"50ms\"", "pair.lease"),
+        ("fence_margin = \"0ms\"", "pair.fence_margin"),
+    ] {
+        let error = first_error(&format!("{SLEEPER}[pair]\n{text}\n"));
+        assert_eq!(error.line, 12, "{text}: {error}");
+        assert!(error.message.contains(field), "{text}: {error}");
+    }
+}
+
+#[test]
 fn log_rotation_defaults_and_limits() {
     assert_eq!(
         parse_text(SLEEPER).unwrap().logs,

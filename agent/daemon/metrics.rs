@@ -75,6 +75,7 @@ impl Metrics {
             self.reconcile.clone(),
         );
         register_nodes(&mut registry, report);
+        register_pair(&mut registry, report);
         let mut text = String::new();
         encode(&mut text, &registry).expect("writing to a String cannot fail");
         text
@@ -225,6 +226,33 @@ fn register_nodes(registry: &mut Registry, report: &StatusReport) {
     );
 }
 
+/// Refused peers by reason (every reason, so a query finds a 0 rather than nothing), and, once
+/// paired, whether the link is up.
+fn register_pair(registry: &mut Registry, report: &StatusReport) {
+    let refused = Family::<Labels, Counter>::default();
+    for reason in crate::pair::Refusal::ALL {
+        let count = report.pair.refused.get(reason.label()).copied();
+        refused
+            .get_or_create(&vec![("reason", reason.label().to_string())])
+            .inc_by(count.unwrap_or(0));
+    }
+    registry.register(
+        "pair_refused",
+        "Peers the pair link refused since the agent started, by reason",
+        refused,
+    );
+    if let Some(partner) = &report.pair.partner {
+        let up = Family::<Labels, Gauge>::default();
+        up.get_or_create(&vec![("partner", partner.clone())])
+            .set(i64::from(report.pair.link.as_deref() == Some("up")));
+        registry.register(
+            "pair_link_up",
+            "1 while the link to the partner is up, else 0",
+            up,
+        );
+    }
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -365,6 +393,12 @@ mod tests {
                 cgroup_version: "v2".into(),
                 swap_limited: true,
             },
+            pair: crate::api::control::PairStatus {
+                partner: Some("dh2".into()),
+                link: Some("up".into()),
+                refused: [("wrong_secret".to_string(), 3)].into(),
+                ..Default::default()
+            },
             nodes: vec![
                 node("web1", NodeState::Running),
                 NodeStatus {
@@ -403,6 +437,9 @@ mod tests {
             r#"magestack_process_restarts_total{node="web1",process="nginx"} 3"#,
             r#"magestack_process_running{node="web1",process="nginx"} 1"#,
             "magestack_reconcile_duration_seconds_count 1",
+            r#"magestack_pair_refused_total{reason="wrong_secret"} 3"#,
+            r#"magestack_pair_refused_total{reason="not_tls"} 0"#,
+            r#"magestack_pair_link_up{partner="dh2"} 1"#,
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

@@ -1,10 +1,11 @@
 //! What of a new configuration a reload applies while the agent runs, and what waits for its
-//! restart: the directories, the cgroup parent, the image store, the stop timeout, log rotation
-//! and the metrics listener are taken once, when the agent starts (the runtime and the listeners
-//! are built from them), so a reload keeps them and says which ones it did not apply.
+//! restart: the directories, the cgroup parent, the image store, the stop timeout, log rotation,
+//! the metrics listener and the pair link are taken once, when the agent starts (the runtime,
+//! the listeners and the link are built from them), so a reload keeps them and says which ones
+//! it did not apply.
 
 use crate::api::control::PendingSetting;
-use crate::config::{Config, HostSettings, LogRotation, MetricsSettings};
+use crate::config::{Config, HostSettings, LogRotation, MetricsSettings, PairSettings};
 
 /// Every setting whose value in `new` differs from the one `running` is in force with, and that
 /// only a restart of the agent applies.
@@ -23,6 +24,12 @@ pub fn pending_settings(running: &Config, new: &Config) -> Vec<PendingSetting> {
     } = &new.host;
     let LogRotation { max_size, keep } = new.logs;
     let MetricsSettings { listen } = new.metrics;
+    let PairSettings {
+        listen: pair_listen,
+        heartbeat,
+        lease,
+        fence_margin,
+    } = new.pair;
     let was = &running.host;
     let mut pending = Vec::new();
     let mut compare = |field: &str, running: String, configured: String| {
@@ -66,6 +73,19 @@ pub fn pending_settings(running: &Config, new: &Config) -> Vec<PendingSetting> {
         address(running.metrics.listen),
         address(listen),
     );
+    compare(
+        "pair.listen",
+        address(running.pair.listen),
+        address(pair_listen),
+    );
+    let pair = &running.pair;
+    for (field, was, now) in [
+        ("pair.heartbeat", pair.heartbeat, heartbeat),
+        ("pair.lease", pair.lease, lease),
+        ("pair.fence_margin", pair.fence_margin, fence_margin),
+    ] {
+        compare(field, format!("{was:?}"), format!("{now:?}"));
+    }
     pending
 }
 
@@ -79,6 +99,7 @@ pub fn in_force(running: &Config, new: Config) -> Config {
         },
         logs: running.logs,
         metrics: running.metrics.clone(),
+        pair: running.pair.clone(),
         ..new
     }
 }
@@ -104,7 +125,7 @@ mod tests {
     fn each_setting_taken_at_start_is_named_with_both_values() {
         let running = config("");
         let new = config(
-            "cgroup = \"other\"\nstop_timeout = \"3s\"\nrun_dir = \"/r\"\nimage_builder = \"debootstrap\"\n[logs]\nkeep = 2\n[metrics]\nlisten = \"127.0.0.1:9\"",
+            "cgroup = \"other\"\nstop_timeout = \"3s\"\nrun_dir = \"/r\"\nimage_builder = \"debootstrap\"\n[logs]\nkeep = 2\n[metrics]\nlisten = \"127.0.0.1:9\"\n[pair]\nlisten = \"10.0.0.1:7946\"",
         );
         let pending = pending_settings(&running, &new);
         let found: Vec<(&str, &str, &str)> = pending
@@ -120,6 +141,7 @@ mod tests {
                 ("host.stop_timeout", "10s", "3s"),
                 ("logs.keep", "5", "2"),
                 ("metrics.listen", "none", "127.0.0.1:9"),
+                ("pair.listen", "none", "10.0.0.1:7946"),
             ]
         );
     }

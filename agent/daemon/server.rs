@@ -91,6 +91,9 @@ impl Server {
             Request::Restart { nodes } => Command::Restart(nodes),
             Request::ExecTarget { node } => Command::ExecTarget(node),
             Request::Reload => return self.reload().await,
+            Request::PairInvite => Command::PairInvite,
+            Request::PairJoin { token } => Command::PairJoin(token),
+            Request::PairStatus => Command::PairStatus,
         };
         self.command(command).await
     }
@@ -121,7 +124,7 @@ impl Server {
             cgroup_version: format!("{:?}", self.runtime.cgroups.version()).to_lowercase(),
             swap_limited: self.runtime.cgroups.limits_swap(),
         };
-        Ok(status::report(host, snapshot.nodes).await)
+        Ok(status::report(host, snapshot.nodes, snapshot.pair).await)
     }
 
     /// `reload` and SIGHUP: reads the configuration again and hands it to the core, which

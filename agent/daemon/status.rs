@@ -3,11 +3,15 @@
 
 use super::init_client::{ask_init, InitAnswer};
 use super::world::NodeSnapshot;
-use crate::api::control::{HostStatus, NodeState, NodeStatus, StatusReport};
+use crate::api::control::{HostStatus, NodeState, NodeStatus, PairStatus, StatusReport};
 use crate::api::init::HealthStatus;
 use crate::runtime::{quota, unix_now, NodeRecord};
 
-pub async fn report(host: HostStatus, snapshots: Vec<NodeSnapshot>) -> StatusReport {
+pub async fn report(
+    host: HostStatus,
+    snapshots: Vec<NodeSnapshot>,
+    pair: PairStatus,
+) -> StatusReport {
     let queries = snapshots.into_iter().map(|snapshot| async move {
         let answer = match &snapshot.handle {
             Some(handle) => ask_init(&handle.paths.control_socket()).await,
@@ -16,7 +20,7 @@ pub async fn report(host: HostStatus, snapshots: Vec<NodeSnapshot>) -> StatusRep
         node_status(snapshot, answer)
     });
     let nodes = futures_util::future::join_all(queries).await;
-    StatusReport { host, nodes }
+    StatusReport { host, nodes, pair }
 }
 
 fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus {

@@ -11,16 +11,20 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
 use super::desired::DesiredState;
-use crate::api::control::{ExecTarget, NodeState, RefusedChange, ReloadReport, Response};
+use crate::api::control::{
+    ExecTarget, NodeState, PairStatus, RefusedChange, ReloadReport, Response,
+};
 use crate::api::init::{InitReply, InitRequest};
 use crate::config::{Config, NodeSpec};
 use crate::runtime::{NodeHandle, Runtime, RuntimeError};
 use crate::template::{Rendered, Running};
 
 mod network;
+mod pair;
 
 use network::NetworkAudit;
 pub use network::NetworkEvent;
+use pair::PairCore;
 
 /// First delay before restarting a node whose init died; doubles up to [`RETRY_CAP`].
 const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -49,6 +53,8 @@ pub enum Event {
     Health(String, i32, String),
     /// The network audit's notifications and findings.
     Network(NetworkEvent),
+    /// What the pair link saw.
+    Pair(crate::pair::PairEvent),
 }
 
 pub enum Command {
@@ -57,6 +63,9 @@ pub enum Command {
     Restart(Vec<String>),
     Reload(Box<Config>),
     ExecTarget(String),
+    PairInvite,
+    PairJoin(String),
+    PairStatus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +109,7 @@ pub struct Snapshot {
     pub host: String,
     pub config: String,
     pub nodes: Vec<NodeSnapshot>,
+    pub pair: PairStatus,
 }
 
 /// One node's part of a [`Snapshot`].
@@ -142,6 +152,8 @@ pub struct World {
     templates_rendered_for: Option<Running>,
     /// The network audit: when it is due, and the nodes whose network it is repairing.
     network: NetworkAudit,
+    /// The pairing, the link's state and the refused peers.
+    pair: PairCore,
 }
 
 impl World {
@@ -153,7 +165,9 @@ impl World {
         dead_restarts: BTreeMap<String, u32>,
         events: mpsc::UnboundedSender<Event>,
     ) -> World {
+        let pair = PairCore::start(&config, &events);
         let mut world = World {
+            pair,
             config,
             runtime,
             desired,
@@ -222,6 +236,7 @@ impl World {
             Event::InitExited(node, pid) => self.init_exited(&node, pid),
             Event::Health(node, pid, health) => self.health_reported(&node, pid, health),
             Event::Network(event) => self.network_event(event),
+            Event::Pair(event) => self.pair.handle(event),
         }
         self.reconcile();
         self.audit_network_when_due();
@@ -245,6 +260,32 @@ impl World {
             Command::Reload(config) => self.reload(*config),
             Command::ExecTarget(node) => {
                 let _ = reply.send(self.exec_target(&node));
+                return;
+            }
+            Command::PairInvite => {
+                let _ = reply.send(match self.pair.invite() {
+                    Ok(token) => Response::PairInvite { token },
+                    Err(error) => Response::Error {
+                        message: format!("pair invite: {error}"),
+                    },
+                });
+                return;
+            }
+            Command::PairJoin(token) => {
+                let running: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, entry)| {
+                        entry.handle.is_some()
+                            || matches!(entry.phase, Phase::Starting | Phase::Stopping)
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                self.pair.join(&token, &running, reply);
+                return;
+            }
+            Command::PairStatus => {
+                let _ = reply.send(Response::PairStatus(self.pair.status()));
                 return;
             }
         };
@@ -475,6 +516,7 @@ impl World {
             host: self.config.host.name.clone(),
             config: self.config.origin.clone(),
             nodes,
+            pair: self.pair.status(),
         })
     }
 

@@ -35,7 +35,10 @@ use cgroup::{Cgroups, Limits, NodeCgroup};
 pub use clone::{pidfd_signal, reap, wait_exit};
 use idmap::IdMaps;
 pub use paths::{create_dir, HostDirs, NodePaths};
-pub use record::{live_records, process_start_ticks, remove_stale_temps, write_atomic, NodeRecord};
+pub use record::{
+    live_records, process_start_ticks, remove_stale_temps, write_atomic, write_atomic_mode,
+    NodeRecord,
+};
 use sandbox::{Kept, Sandbox};
 use undo::Undo;
 

@@ -37,9 +37,21 @@ pub struct NodeRecord {
 /// the rename itself survives a power cut. On failure (a full disk) the old file is untouched
 /// and the temp file removed; the error names `path`.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, data, 0o666)
+}
+
+/// [`write_atomic`] of a file made with `mode` (less the umask) from its first byte: a key
+/// written 0600 is never readable by others, not even as the temp file.
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let temp = temp_path(path, std::process::id());
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
         file.write_all(data)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;

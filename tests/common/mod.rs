@@ -6,7 +6,9 @@
 
 pub mod btrfs;
 pub mod descriptors;
+pub mod netns;
 pub mod network;
+pub mod pair;
 pub mod stack;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,23 @@
+//! The pair: two hosts that know each other through a CA of their own and keep a mutually
+//! authenticated TLS link.
+//!
+//! `pair invite` (on the inviting host) makes the CA and this host's certificate and opens a
+//! one-time invite ([`token`], [`ca`], [`invite`]); `pair join TOKEN` (on the joining host)
+//! connects, checks the inviting host's CA against the token's fingerprint, sends the secret and
+//! a signing request, and stores the certificate it gets back ([`store`]). From then on [`link`]
+//! keeps one connection between them ([`tls`], [`wire`], [`backoff`]). What is refused, and why,
+//! is a [`refusal::Refusal`]. The daemon's core owns the pairing; the link only reports to it.
+
+pub mod backoff;
+pub mod ca;
+pub mod invite;
+pub mod link;
+pub mod refusal;
+pub mod store;
+pub mod tls;
+pub mod token;
+pub mod wire;
+
+pub use link::{Link, LinkCommand, LinkState, PairEvent, PartnerAddress, Plan};
+pub use refusal::Refusal;
+pub use token::Token;

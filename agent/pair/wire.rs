@@ -1,0 +1,205 @@
+//! The messages on the pair link, and their framing: a 4-byte big-endian length, then that
+//! many bytes of one JSON message. One enum carries every kind, so heartbeats, leases and the
+//! stack's versions (later) are new variants on the same framing.
+//!
+//! A join connection carries one `Join` and its answer (`Accepted` or `Refused`); a link
+//! connection starts with a `Hello` each way, then `Keepalive`s.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest frame either side accepts (a join carries two certificates: a few KiB).
+pub const MAX_FRAME: usize = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Join(JoinRequest),
+    Accepted(JoinAccepted),
+    /// A join refused, and why (a refusal reason's label).
+    Refused {
+        reason: String,
+    },
+    Hello {
+        host: String,
+        version: String,
+    },
+    Keepalive,
+}
+
+/// What the joining host sends, inside TLS, once it has checked the inviting host's CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The joining host's name: its certificate will name it.
+    pub host: String,
+    /// Its `[pair] listen`, for the inviting host to record as its partner's address.
+    pub listen: SocketAddr,
+    /// The token's secret, hex.
+    pub secret: String,
+    /// Its certificate signing request, DER in base64.
+    pub request: String,
+}
+
+impl JoinRequest {
+    /// What identifies this exact message: the same join sent again has the same digest.
+    pub fn digest(&self) -> [u8; 32] {
+        let bytes = serde_json::to_vec(self).expect("a join request serialises");
+        Sha256::digest(bytes).into()
+    }
+}
+
+/// The inviting host's answer: the pair CA and the joining host's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    pub host: String,
+    pub listen: SocketAddr,
+    /// PEM.
+    pub ca: String,
+    /// PEM.
+    pub certificate: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("a frame of {0} bytes, more than {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("not a pair message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One message as a frame.
+pub fn encode(message: &Message) -> Vec<u8> {
+    let body = serde_json::to_vec(message).expect("a message serialises");
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// The first message in `bytes` and how many bytes it took; `None` while it is incomplete.
+pub fn decode(bytes: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some(header) = bytes.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let length = body_length(*header)?;
+    let Some(body) = bytes.get(4..4 + length) else {
+        return Ok(None);
+    };
+    Ok(Some((serde_json::from_slice(body)?, 4 + length)))
+}
+
+fn body_length(header: [u8; 4]) -> Result<usize, FrameError> {
+    let length = u32::from_be_bytes(header) as usize;
+    if length > MAX_FRAME {
+        return Err(FrameError::TooLarge(length));
+    }
+    Ok(length)
+}
+
+pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> Result<Message, FrameError> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(FrameError::Closed)
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let mut body = vec![0u8; body_length(header)?];
+    stream.read_exact(&mut body).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+pub async fn write(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &Message,
+) -> Result<(), FrameError> {
+    stream.write_all(&encode(message)).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn messages() -> Vec<Message> {
+        vec![
+            Message::Join(JoinRequest {
+                host: "dh2".into(),
+                listen: "10.0.0.2:7946".parse().unwrap(),
+                secret: "00ff".into(),
+                request: "MIIB".into(),
+            }),
+            Message::Refused {
+                reason: "wrong_secret".into(),
+            },
+            Message::Hello {
+                host: "dh1".into(),
+                version: "0.1.0".into(),
+            },
+            Message::Keepalive,
+        ]
+    }
+
+    #[test]
+    fn frames_decode_one_after_another() {
+        let stream: Vec<u8> = messages().iter().flat_map(encode).collect();
+        let mut at = 0;
+        let mut decoded = Vec::new();
+        while let Some((message, used)) = decode(&stream[at..]).unwrap() {
+            decoded.push(message);
+            at += used;
+        }
+        assert_eq!(decoded, messages());
+        assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_before_its_body_arrives() {
+        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(matches!(decode(&header), Err(FrameError::TooLarge(_))));
+    }
+
+    #[tokio::test]
+    async fn reading_a_stream_stops_at_its_end() {
+        let frame = encode(&Message::Keepalive);
+        let mut reader = &frame[..];
+        assert_eq!(read(&mut reader).await.unwrap(), Message::Keepalive);
+        assert!(matches!(read(&mut reader).await, Err(FrameError::Closed)));
+        let mut garbage = &b"GET / HTTP/1.1\r\n\r\n"[..];
+        assert!(matches!(
+            read(&mut garbage).await,
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn a_frame_cut_anywhere_is_incomplete_never_another_message(cut in 0usize..200) {
+            for message in messages() {
+                let frame = encode(&message);
+                match decode(&frame[..cut.min(frame.len())]).unwrap() {
+                    Some((decoded, used)) => {
+                        prop_assert_eq!(decoded, message);
+                        prop_assert_eq!(used, frame.len());
+                    }
+                    None => prop_assert!(cut < frame.len()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Two test hosts that can pair: each agent in a network namespace of its own, joined by a veth
+//! carrying the pair link's addresses (10.231.<k>.1 and .2), each with its own state, run and log
+//! dirs, cgroup parent and network (as every `TestHost`). Dropping it stops both agents, then
+//! deletes the namespaces and so the veth, on success and on failure.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::netns::Netns;
+use super::{wait_for, TestHost};
+
+/// The pair link's port on both hosts.
+pub const PAIR_PORT: u16 = 7946;
+/// The metrics port on each host's loopback, inside its namespace.
+pub const METRICS_PORT: u16 = 9477;
+
+pub struct PairHosts {
+    pub a: TestHost,
+    pub b: TestHost,
+    /// Declared last, dropped last: after both agents stopped.
+    pub spaces: [Netns; 2],
+    /// 10.231.<k>.0/24 carries the link (k is host a's own network number).
+    pub k: u32,
+}
+
+impl PairHosts {
+    /// Hosts `a` and `b` with no nodes, `[pair] listen` on the veth and metrics on loopback,
+    /// both agents running.
+    pub fn start(a: &str, b: &str) -> PairHosts {
+        let spaces = [Netns::new(&format!("{a}a")), Netns::new(&format!("{b}b"))];
+        let mut a = TestHost::new(a, "");
+        let k = a.net.k;
+        let mut b = TestHost::new(b, "");
+        for (host, n) in [(&mut a, 1), (&mut b, 2)] {
+            host.write_config(&format!(
+                "[nodes]\n\n[pair]\nlisten = \"10.231.{k}.{n}:{PAIR_PORT}\"\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n"
+            ));
+        }
+        let veth = [
+            format!("pv{}a{k}", std::process::id() % 100_000),
+            format!("pv{}b{k}", std::process::id() % 100_000),
+        ];
+        let made = Command::new("ip")
+            .args([
+                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success(), "ip link add {veth:?}");
+        for (n, (space, link)) in spaces.iter().zip(&veth).enumerate() {
+            let moved = Command::new("ip")
+                .args(["link", "set", link, "netns", &space.0])
+                .status()
+                .unwrap();
+            assert!(moved.success(), "moving {link} into {}", space.0);
+            space.ip(&[
+                "addr",
+                "add",
+                &format!("10.231.{k}.{}/24", n + 1),
+                "dev",
+                link,
+            ]);
+            space.ip(&["link", "set", link, "up"]);
+            space.ip(&["link", "set", "lo", "up"]);
+        }
+        let mut hosts = PairHosts { a, b, spaces, k };
+        hosts.a.start_daemon_in_netns(&hosts.spaces[0].0);
+        hosts.b.start_daemon_in_netns(&hosts.spaces[1].0);
+        hosts
+    }
+
+    /// Host a's pair address.
+    pub fn a_address(&self) -> String {
+        format!("10.231.{}.1:{PAIR_PORT}", self.k)
+    }
+
+    pub fn b_ip(&self) -> String {
+        format!("10.231.{}.2", self.k)
+    }
+
+    /// `pair invite` on a, then `pair join` on b, until the link is up on both.
+    pub fn pair(&self) -> String {
+        let token = invite(&self.a);
+        let joined = self.b.cli(&["pair", "join", &token]);
+        assert_eq!(joined.trim(), format!("paired with {}", self.a.name));
+        for host in [&self.a, &self.b] {
+            wait_link(host, "up", Duration::from_secs(15));
+        }
+        token
+    }
+
+    /// GET /metrics from inside host `n`'s namespace.
+    pub fn metrics(&self, n: usize) -> String {
+        self.spaces[n].run(|| {
+            use std::io::{Read, Write};
+            let mut stream =
+                std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).expect("metrics");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+    }
+}
+
+/// `pair invite`: one line, the token.
+pub fn invite(host: &TestHost) -> String {
+    let out = host.cli(&["pair", "invite"]);
+    assert_eq!(out.lines().count(), 1, "more than the token: {out:?}");
+    out.trim().to_string()
+}
+
+pub fn pair_status(host: &TestHost) -> Value {
+    serde_json::from_str(&host.cli(&["pair", "status", "--json"])).unwrap()
+}
+
+/// Waits until `pair status` shows the link in `state`.
+pub fn wait_link(host: &TestHost, state: &str, limit: Duration) {
+    wait_for(&format!("{}'s link {state}", host.name), limit, || {
+        pair_status(host)["link"] == state
+    });
+}
+
+/// How many refusals for `reason` the host counted.
+pub fn refused(host: &TestHost, reason: &str) -> u64 {
+    pair_status(host)["refused"][reason].as_u64().unwrap_or(0)
+}
+
+/// Every file of the host's pairing with its mode and content: what "nothing changed" compares.
+pub fn pair_files(host: &TestHost) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let dir = host.state_dir().join("pair");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                (mode, std::fs::read(entry.path()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The mode of a file of the pairing.
+pub fn pair_file_mode(host: &TestHost, name: &str) -> u32 {
+    let path = host.state_dir().join("pair").join(name);
+    std::fs::metadata(Path::new(&path))
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
