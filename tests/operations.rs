@@ -113,7 +113,9 @@ fn receive_until(socket: &UnixDatagram, limit: Instant) -> Vec<(Instant, Vec<u8>
             Err(error)
                 if matches!(
                     error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(error) => panic!("receiving: {error}"),
         }
