@@ -11,6 +11,18 @@ fn first_error(text: &str) -> Diagnostic {
     error.diagnostics()[0].clone()
 }
 
+/// The first problem of `text` is at `(line, column)` and its message holds every fragment.
+fn assert_error_at(text: &str, (line, column): (usize, usize), fragments: &[&str]) {
+    let error = first_error(text);
+    assert_eq!((error.line, error.column), (line, column), "{error:?}");
+    for fragment in fragments {
+        assert!(
+            error.message.contains(fragment),
+            "{fragment:?} not in {error:?}"
+        );
+    }
+}
+
 const SLEEPER: &str = r#"
 [host]
 state_dir = "/tmp/ms"
@@ -548,13 +560,10 @@ fn ssh_keys_merge_user_by_user() {
 
 #[test]
 fn ssh_keys_are_checked_with_their_place() {
-    let error = first_error(
+    assert_error_at(
         "[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"ssh-ed25519\"]\n",
-    );
-    assert_eq!((error.line, error.column), (4, 9), "{error:?}");
-    assert!(
-        error.message.contains("roles.acc.ssh_keys.root") && error.message.contains("base64"),
-        "{error:?}"
+        (4, 9),
+        &["roles.acc.ssh_keys.root", "base64"],
     );
     let error = first_error(
         "[nodes.acc1]\nrole = \"acc\"\n[roles.acc.ssh_keys]\nroot = [\"password123\"]\n",
@@ -625,33 +634,28 @@ fn nodes_outside_the_plan_keep_their_running_addresses_when_others_come() {
 
 #[test]
 fn a_subnet_with_host_bits_set_is_refused_with_its_network() {
-    let error = first_error("[network]\nsubnet = \"172.16.0.5/24\"\n");
-    assert_eq!((error.line, error.column), (2, 10), "{error:?}");
-    assert!(
-        error.message.contains("network.subnet") && error.message.contains("172.16.0.0/24"),
-        "{error:?}"
+    assert_error_at(
+        "[network]\nsubnet = \"172.16.0.5/24\"\n",
+        (2, 10),
+        &["network.subnet", "172.16.0.0/24"],
     );
 }
 
 #[test]
 fn a_subnet_on_loopback_is_refused() {
-    let error = first_error("[network]\nsubnet = \"127.0.0.0/24\"\nhost_ip = \"127.0.0.254\"\n");
-    assert_eq!((error.line, error.column), (2, 10), "{error:?}");
-    assert!(
-        error.message.contains("network.subnet") && error.message.contains("loopback"),
-        "{error:?}"
+    assert_error_at(
+        "[network]\nsubnet = \"127.0.0.0/24\"\nhost_ip = \"127.0.0.254\"\n",
+        (2, 10),
+        &["network.subnet", "loopback"],
     );
 }
 
 #[test]
 fn a_public_address_inside_the_internal_subnet_is_refused() {
-    let error = first_error(
+    assert_error_at(
         "[network]\nsubnet = \"172.16.0.0/24\"\npublic_ip = \"172.16.0.200/24\"\npublic_gateway = \"172.16.0.199\"\n",
-    );
-    assert_eq!((error.line, error.column), (3, 13), "{error:?}");
-    assert!(
-        error.message.contains("network.public_ip") && error.message.contains("172.16.0.0/24"),
-        "{error:?}"
+        (3, 13),
+        &["network.public_ip", "172.16.0.0/24"],
     );
 }
 
@@ -660,12 +664,7 @@ fn allow_rules_must_name_existing_roles() {
     let text = format!(
         "{SLEEPER}[[roles.sleeper.allow]]\nfrom = [\"web\", \"nosuchrole\"]\nports = [80]\n"
     );
-    let error = first_error(&text);
-    assert_eq!((error.line, error.column), (12, 8), "{error:?}");
-    assert!(
-        error.message.contains("roles.sleeper.allow.from") && error.message.contains("nosuchrole"),
-        "{error:?}"
-    );
+    assert_error_at(&text, (12, 8), &["roles.sleeper.allow.from", "nosuchrole"]);
     // Every node, an inline role and a shipped one are all fine.
     let fine = format!(
         "{SLEEPER}[[roles.sleeper.allow]]\nfrom = [\"*\", \"sleeper\", \"monitor\"]\nports = [80]\n"
@@ -678,12 +677,7 @@ fn two_volumes_of_a_role_on_one_path_are_refused() {
     let text = format!(
         "{SLEEPER}[[roles.sleeper.volume]]\nname = \"a\"\npath = \"/srv/data\"\n[[roles.sleeper.volume]]\nname = \"b\"\npath = \"/srv/data/\"\n"
     );
-    let error = first_error(&text);
-    assert_eq!((error.line, error.column), (16, 8), "{error:?}");
-    assert!(
-        error.message.contains("roles.sleeper.volume.b.path") && error.message.contains("volume a"),
-        "{error:?}"
-    );
+    assert_error_at(&text, (16, 8), &["roles.sleeper.volume.b.path", "volume a"]);
 }
 
 #[test]
