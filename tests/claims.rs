@@ -46,15 +46,7 @@ fn footprint(host: &TestHost, nodes: &[&str]) -> Footprint {
             ours(name).then(|| format!("{index}: {name}"))
         })
         .collect();
-    let table = Command::new("nft")
-        .args([
-            "list",
-            "table",
-            "inet",
-            &format!("magestack_{}", host.net.bridge),
-        ])
-        .output()
-        .unwrap();
+    let table = host.net.policy_table();
     assert!(table.status.success(), "no policy table");
     Footprint {
         pids: nodes.iter().map(|node| host.node_pid(node)).collect(),

@@ -225,15 +225,7 @@ fn the_policy_allows_declared_flows_only() {
         listener.accept().is_err(),
         "web1 reached the host: {to_host:?}"
     );
-    let table = std::process::Command::new("nft")
-        .args([
-            "list",
-            "table",
-            "inet",
-            &format!("magestack_{}", host.net.bridge),
-        ])
-        .output()
-        .unwrap();
+    let table = host.net.policy_table();
     assert!(table.status.success());
 }
 

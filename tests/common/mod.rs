@@ -160,6 +160,19 @@ impl TestNet {
             .collect()
     }
 
+    /// `nft list table inet magestack_<bridge>`: this host's inter-node policy, as nft shows it.
+    pub fn policy_table(&self) -> Output {
+        Command::new("nft")
+            .args([
+                "list",
+                "table",
+                "inet",
+                &format!("magestack_{}", self.bridge),
+            ])
+            .output()
+            .unwrap()
+    }
+
     /// Host links of this test host's nodes.
     pub fn links(&self) -> Vec<String> {
         let output = Command::new("ip")
