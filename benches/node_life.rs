@@ -738,12 +738,14 @@ fn default_set_start(bench: &BenchDir) {
     );
 }
 
-/// Removes a bench bridge and its policy table.
+/// Removes a bench bridge, its policy table and its port table.
 fn remove_network(bridge: &str) {
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &format!("magestack_{bridge}")])
-        .stderr(Stdio::null())
-        .status();
+    for family in ["inet", "bridge"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &format!("magestack_{bridge}")])
+            .stderr(Stdio::null())
+            .status();
+    }
     let _ = Command::new("ip")
         .args(["link", "del", bridge])
         .stderr(Stdio::null())

@@ -576,7 +576,27 @@ impl Drop for TestHost {
             let _ = std::fs::remove_dir(&dir);
         }
         self.net.remove();
+        unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Detaches every mount at or below `dir` in this mount namespace, deepest first: what a daemon
+/// killed before it could stop its nodes leaves (their pinned namespaces in the run dir), and a
+/// filesystem a test mounted there.
+pub fn unmount_below(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in points {
+        let path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: umount2 with a valid C string; MNT_DETACH so a busy mount goes too.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
