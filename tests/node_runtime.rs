@@ -6,8 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{host_namespace, process_namespace, TestHost, AGENT, SLEEPER_ROLE};
+use common::{host_namespace, process_namespace, wait_for, TestHost, AGENT, SLEEPER_ROLE};
 
 fn sleeper_host(name: &str, extra: &str) -> TestHost {
     let mut host = TestHost::new(
@@ -384,33 +385,24 @@ command = ["sh", "-c", "echo started >> /srv/data/lives; trap 'sleep 0.3; echo s
     host.start_daemon();
     host.wait_node_state("s1", "running");
     let lives = host.state_dir().join("volumes/s1/data/lives");
+    let logged = |count: usize| {
+        wait_for("the lives to log", Duration::from_secs(5), || {
+            std::fs::read_to_string(&lives)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= count
+        })
+    };
     // The first life's shell may still be on its way to its `echo`.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::read_to_string(&lives)
-        .unwrap_or_default()
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first life never logged"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    logged(1);
     const RESTARTS: usize = 4;
     for restart in 1..=RESTARTS {
         let before = host.node_pid("s1");
         host.cli(&["restart", "s1"]);
         assert_ne!(host.node_pid("s1"), before);
         // Each restart logs a stop and a start, the start once the next life's shell runs.
-        let expected = 1 + 2 * restart;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_to_string(&lives).unwrap().lines().count() < expected {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the next life never logged"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        logged(1 + 2 * restart);
     }
     let log = std::fs::read_to_string(&lives).unwrap();
     let mut expected = vec!["started"];
