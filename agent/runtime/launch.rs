@@ -265,7 +265,7 @@ impl Runtime {
             disk_quota,
             cgroup,
             born_in_cgroup,
-            handshake: handshake.into(),
+            handshake,
             child,
             lower,
             links_kept,
