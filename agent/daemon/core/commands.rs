@@ -174,9 +174,7 @@ impl Core {
                 }
             }
         }
-        let target = wish.target();
-        self.supersede(&names, target);
-        self.waiters.push(Waiter::new(id, names, target));
+        self.waiters.push(Waiter::new(id, names, wish.target()));
     }
 
     /// A new, already validated configuration: checked against what only a restart changes,

@@ -64,6 +64,9 @@ impl Core {
         let (Some(previous), Some(changed)) = (entry.previous.take(), entry.spec.clone()) else {
             tracing::error!(node, role, "start failed: {error}");
             entry.phase = Phase::Failed;
+            // A failed node waits for an operator: a restart asked meanwhile is answered with
+            // the failure.
+            entry.restart_pending = false;
             entry.error = Some(match &entry.refused {
                 Some((_, why)) => format!("{error} (its changed definition was refused: {why})"),
                 None => error,

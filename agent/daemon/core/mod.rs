@@ -16,6 +16,9 @@ mod node;
 mod templates;
 mod waiters;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 

@@ -137,7 +137,10 @@ impl Core {
         match (repair, result) {
             (Repair::Restart { reason, .. }, _) => {
                 tracing::warn!(node = node_label, role, "network: {reason}");
-                if let Some(entry) = node.as_deref().and_then(|n| self.nodes.get_mut(n)) {
+                // Only a node still running: one that stopped or restarted since the audit
+                // looked has a new network already.
+                let running = node.as_deref().and_then(|n| self.nodes.get_mut(n));
+                if let Some(entry) = running.filter(|entry| entry.init.is_some()) {
                     entry.error = Some(format!("network: {reason}"));
                     entry.restart_pending = true;
                     entry.restarts += 1;

@@ -1,7 +1,8 @@
 //! Commands waiting for their nodes: `start`, `stop`, `restart` and `reload` are answered once
-//! every node they named has settled, with the failures collected. A later command that turns a
-//! node the other way answers the earlier one for that node as overtaken, so no command waits
-//! for a state its node will no longer reach (a reload only stops waiting for that node).
+//! every node they named has settled, with the failures collected. A node that settled the other
+//! way because a later command wants it so (an operator's stop or start, a reload that adds it
+//! back) answers the earlier command as overtaken rather than keeping it waiting for a state
+//! the node will not reach; a reload only stops waiting for it.
 
 use super::{Action, CommandId, Core, Phase};
 use crate::api::control::{ReloadReport, Response};
@@ -15,8 +16,6 @@ pub(super) enum Target {
 pub(super) struct Waiter {
     command: CommandId,
     targets: Vec<(String, Target)>,
-    /// Nodes a later command turned the other way, with why: they count as failures.
-    overtaken: Vec<(String, &'static str)>,
     /// A reload's report, completed while its nodes settle.
     pub(super) report: Option<ReloadReport>,
 }
@@ -26,7 +25,6 @@ impl Waiter {
         Waiter {
             command,
             targets: names.into_iter().map(|n| (n, target)).collect(),
-            overtaken: Vec::new(),
             report: None,
         }
     }
@@ -39,7 +37,6 @@ impl Waiter {
         Waiter {
             command,
             targets,
-            overtaken: Vec::new(),
             report: Some(report),
         }
     }
@@ -50,27 +47,6 @@ impl Waiter {
 }
 
 impl Core {
-    /// `names` are now wanted towards `target`: earlier waiters for the other state of them
-    /// stop waiting.
-    pub(super) fn supersede(&mut self, names: &[String], target: Target) {
-        let why = match target {
-            Target::Running => "started again by a later command",
-            Target::Stopped => "stopped by a later command",
-        };
-        for waiter in &mut self.waiters {
-            let (overtaken, kept) = std::mem::take(&mut waiter.targets)
-                .into_iter()
-                .partition(|(name, wanted)| *wanted != target && names.contains(name));
-            waiter.targets = kept;
-            // A reload did its part once its configuration was adopted: it only stops waiting.
-            if waiter.report.is_none() {
-                let overtaken: Vec<(String, Target)> = overtaken;
-                let overtaken = overtaken.into_iter().map(|(name, _)| (name, why));
-                waiter.overtaken.extend(overtaken);
-            }
-        }
-    }
-
     pub(super) fn answer_waiters(&mut self) {
         let waiters = std::mem::take(&mut self.waiters);
         for waiter in waiters {
@@ -101,24 +77,28 @@ impl Core {
             if node.in_flight() || node.restart_pending {
                 return None;
             }
-            match (target, node.phase) {
-                (Target::Running, Phase::Running) | (Target::Stopped, Phase::Stopped) => {}
-                (Target::Running, Phase::Failed) => failures.push(format!(
-                    "{name}: {}",
-                    node.error.as_deref().unwrap_or("failed")
-                )),
-                (Target::Running, Phase::Stopped) if node.retry_at.is_some() => failures.push(
-                    format!("{name}: {}", node.error.as_deref().unwrap_or("stopped")),
-                ),
+            let wanted = node.spec.is_some() && self.wants_running(name);
+            let overtaken = match (target, node.phase) {
+                (Target::Running, Phase::Running) | (Target::Stopped, Phase::Stopped) => None,
+                (Target::Running, Phase::Failed) => {
+                    let error = node.error.as_deref().unwrap_or("failed");
+                    failures.push(format!("{name}: {error}"));
+                    None
+                }
+                (Target::Running, Phase::Stopped) if node.retry_at.is_some() => {
+                    let error = node.error.as_deref().unwrap_or("stopped");
+                    failures.push(format!("{name}: {error}"));
+                    None
+                }
+                (Target::Running, Phase::Stopped) if !wanted => Some("stopped by a later command"),
+                (Target::Stopped, _) if wanted => Some("started again by a later command"),
                 _ => return None,
+            };
+            // A reload did its part once its configuration was adopted.
+            if let Some(why) = overtaken.filter(|_| waiter.report.is_none()) {
+                failures.push(format!("{name}: {why}"));
             }
         }
-        failures.extend(
-            waiter
-                .overtaken
-                .iter()
-                .map(|(name, why)| format!("{name}: {why}")),
-        );
         Some(if failures.is_empty() {
             Ok(())
         } else {
