@@ -1,7 +1,8 @@
 //! Each node's life: what a finished start, a stop or a dead init does to it, and the step that
 //! moves it towards what is wanted of it:
 //!
-//! - wanted (configured and not stopped by an operator) and stopped -> start (after `retry_at`
+//! - wanted (configured, not stopped by an operator, and this host's to run: see
+//!   `pair/ownership.rs`) and stopped -> start (after `retry_at`
 //!   when its init died: [`RETRY_BASE`] doubling to [`RETRY_CAP`]);
 //! - running and not wanted -> stop;
 //! - running and wanted, and a restart pending or its running definition differs from the
@@ -173,7 +174,8 @@ impl Core {
         let mut removed = Vec::new();
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for name in names {
-            let wanted = self.wants_running(&name);
+            // Wanted by the operator, and this host's to run.
+            let wanted = self.wants_running(&name) && self.ownership.may_run(&name).is_ok();
             let entry = self.nodes.get_mut(&name).expect("listed");
             let wanted = wanted && entry.spec.is_some();
             match (entry.phase, entry.init.is_some()) {

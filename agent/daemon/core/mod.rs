@@ -25,6 +25,7 @@ use std::time::Instant;
 use crate::api::control::{NodeState, Response};
 use crate::config::{Config, NodeNetwork, NodeSpec};
 use crate::net::NetError;
+use crate::pair::ownership::Ownership;
 use crate::runtime::RuntimeError;
 use crate::template::{Rendered, Running};
 
@@ -197,6 +198,9 @@ pub struct Core {
     templates_rendered_for: Option<Running>,
     /// The network audit: when it is due, and the nodes whose network it is repairing.
     network: NetworkAudit,
+    /// Which nodes this host may run. Standalone for now (it owns every node): the pair's
+    /// leases and the witness are not wired in yet.
+    ownership: Ownership,
     /// What the step under way decided.
     actions: Vec<Action>,
 }
@@ -212,6 +216,7 @@ impl Core {
         dead_restarts: BTreeMap<String, u32>,
         now: &Now,
     ) -> (Core, Vec<Action>) {
+        let ownership = Ownership::standalone(&config.host.name);
         let mut core = Core {
             nodes: config
                 .nodes
@@ -224,6 +229,7 @@ impl Core {
             parked: Parked::default(),
             templates_rendered_for: None,
             network: NetworkAudit::new(now.instant),
+            ownership,
             actions: Vec::new(),
         };
         for (name, restarts) in dead_restarts {
