@@ -7,11 +7,14 @@
 //! a signing request, and stores the certificate it gets back ([`store`]). From then on [`link`]
 //! keeps one connection between them ([`tls`], [`wire`], [`backoff`]). What is refused, and why,
 //! is a [`refusal::Refusal`]. The daemon's core owns the pairing; the link only reports to it.
+//! Who may run which node, and the witness's compare-and-set that hands a node over, are the
+//! rules of [`ownership`].
 
 pub mod backoff;
 pub mod ca;
 pub mod invite;
 pub mod link;
+pub mod ownership;
 pub mod refusal;
 pub mod store;
 pub mod tls;
