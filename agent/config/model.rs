@@ -67,6 +67,28 @@ pub struct PairSettings {
     pub lease: Duration,
     /// Added to the lease before a takeover.
     pub fence_margin: Duration,
+    /// Powers the partner off (exit 0: it is off); used by failover only, with the witness's
+    /// agreement. Program and arguments, run without a shell.
+    pub fence_command: Option<Vec<String>>,
+    /// Runs on every fence, takeover and refused takeover decision, with the event in its
+    /// environment. Program and arguments, run without a shell.
+    pub alert_command: Option<Vec<String>>,
+}
+
+impl PairSettings {
+    /// How long a node's init holds the lease its agent renews, before it fences the node.
+    ///
+    /// The partner's lease for this host lapses `lease` after the last heartbeat it received,
+    /// and that heartbeat may be one `heartbeat` older than the agent's last renewal of the
+    /// init; the init then needs time to take the links down and freeze, budgeted one more
+    /// `heartbeat` (it takes milliseconds). So the init's lease is `lease - 2 * heartbeat`,
+    /// at least one `heartbeat` (the agent renews every `heartbeat`); the configuration
+    /// check refuses settings that leave less (`lease` under three heartbeats).
+    pub fn init_lease(&self) -> Duration {
+        self.lease
+            .saturating_sub(2 * self.heartbeat)
+            .max(self.heartbeat)
+    }
 }
 
 impl Default for PairSettings {
@@ -76,6 +98,8 @@ impl Default for PairSettings {
             heartbeat: Duration::from_millis(100),
             lease: Duration::from_millis(500),
             fence_margin: Duration::from_millis(200),
+            fence_command: None,
+            alert_command: None,
         }
     }
 }

@@ -57,11 +57,11 @@ pub fn pair_settings(checker: &mut Checker, raw: RawPair) -> PairSettings {
     let lease_span = raw.lease.as_ref().map(Spanned::span);
     let lease = duration("lease", raw.lease, default.lease);
     let fence_margin = duration("fence_margin", raw.fence_margin, default.fence_margin);
-    if lease <= heartbeat {
+    if lease < 3 * heartbeat {
         checker.error_at(
             lease_span,
             format!(
-                "pair.lease: {lease:?} is not longer than pair.heartbeat ({heartbeat:?}): a peer would lose its lease between two heartbeats"
+                "pair.lease: {lease:?} is under three pair.heartbeat ({heartbeat:?}): a node's init holds a lease of pair.lease less two heartbeats (one for the partner's last heartbeat, one to fence in), renewed every heartbeat"
             ),
         );
     }
@@ -70,5 +70,37 @@ pub fn pair_settings(checker: &mut Checker, raw: RawPair) -> PairSettings {
         heartbeat,
         lease,
         fence_margin,
+        fence_command: raw
+            .fence_command
+            .and_then(|command| checked_command(checker, "fence_command", command)),
+        alert_command: raw
+            .alert_command
+            .and_then(|command| checked_command(checker, "alert_command", command)),
+    }
+}
+
+/// A command run without a shell: a program named by an absolute path (the agent's PATH is
+/// not the operator's), then its arguments.
+fn checked_command(
+    checker: &mut Checker,
+    key: &str,
+    command: Spanned<Vec<String>>,
+) -> Option<Vec<String>> {
+    let problem = match command.get_ref().first() {
+        None => Some("an empty list: name the program, then its arguments".to_string()),
+        Some(program) if !program.starts_with('/') => Some(format!(
+            "`{program}` is not an absolute path: name the program by its full path, like [\"/usr/local/sbin/page-ops\"]"
+        )),
+        Some(_) if command.get_ref().iter().any(|word| word.contains('\0')) => {
+            Some("a NUL byte in the command".to_string())
+        }
+        Some(_) => None,
+    };
+    match problem {
+        Some(problem) => {
+            checker.error(&command, format!("pair.{key}: {problem}"));
+            None
+        }
+        None => Some(command.into_inner()),
     }
 }

@@ -32,6 +32,8 @@ pub struct RawPair {
     pub heartbeat: Option<Spanned<String>>,
     pub lease: Option<Spanned<String>>,
     pub fence_margin: Option<Spanned<String>>,
+    pub fence_command: Option<Spanned<Vec<String>>>,
+    pub alert_command: Option<Spanned<Vec<String>>>,
 }
 
 /// Rotation of the nodes' process output files.

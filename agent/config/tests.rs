@@ -487,6 +487,48 @@ fn the_pair_link_is_off_unless_listen_names_an_address_the_partner_can_dial() {
 }
 
 #[test]
+fn the_init_lease_leaves_the_partner_s_lease_two_heartbeats() {
+    let ms = std::time::Duration::from_millis;
+    let defaults = crate::config::PairSettings::default();
+    assert_eq!(defaults.init_lease(), ms(300));
+    let settings = parse_text(&format!(
+        "{SLEEPER}[pair]\nlisten = \"10.0.0.1:7946\"\nheartbeat = \"50ms\"\nlease = \"2s\"\n"
+    ))
+    .unwrap()
+    .pair;
+    assert_eq!(settings.init_lease(), ms(1900));
+    let tight = first_error(&format!("{SLEEPER}[pair]\nlease = \"250ms\"\n"));
+    assert!(tight.message.contains("three pair.heartbeat"), "{tight}");
+}
+
+#[test]
+fn fence_and_alert_commands_are_absolute_programs_with_arguments() {
+    let settings = parse_text(&format!(
+        "{SLEEPER}[pair]\nfence_command = [\"/usr/local/sbin/fence-dh2\", \"--now\"]\nalert_command = [\"/usr/local/sbin/page-ops\"]\n"
+    ))
+    .unwrap()
+    .pair;
+    assert_eq!(
+        settings.fence_command,
+        Some(vec!["/usr/local/sbin/fence-dh2".to_string(), "--now".into()])
+    );
+    assert_eq!(
+        settings.alert_command,
+        Some(vec!["/usr/local/sbin/page-ops".to_string()])
+    );
+    for (text, field, says) in [
+        ("fence_command = []", "pair.fence_command", "empty"),
+        ("alert_command = [\"page-ops\"]", "pair.alert_command", "absolute"),
+        ("alert_command = \"/bin/true\"", "expected a sequence", ""),
+    ] {
+        let error = first_error(&format!("{SLEEPER}[pair]\n{text}\n"));
+        assert_eq!(error.line, 12, "{text}: {error}");
+        assert!(error.message.contains(field), "{text}: {error}");
+        assert!(error.message.contains(says), "{text}: {error}");
+    }
+}
+
+#[test]
 fn log_rotation_defaults_and_limits() {
     assert_eq!(
         parse_text(SLEEPER).unwrap().logs,

@@ -29,7 +29,9 @@ pub fn pending_settings(running: &Config, new: &Config) -> Vec<PendingSetting> {
         heartbeat,
         lease,
         fence_margin,
-    } = new.pair;
+        fence_command,
+        alert_command,
+    } = &new.pair;
     let was = &running.host;
     let mut pending = Vec::new();
     let mut compare = |field: &str, running: String, configured: String| {
@@ -76,13 +78,19 @@ pub fn pending_settings(running: &Config, new: &Config) -> Vec<PendingSetting> {
     compare(
         "pair.listen",
         address(running.pair.listen),
-        address(pair_listen),
+        address(*pair_listen),
     );
     let pair = &running.pair;
     for (field, was, now) in [
-        ("pair.heartbeat", pair.heartbeat, heartbeat),
-        ("pair.lease", pair.lease, lease),
-        ("pair.fence_margin", pair.fence_margin, fence_margin),
+        ("pair.heartbeat", pair.heartbeat, *heartbeat),
+        ("pair.lease", pair.lease, *lease),
+        ("pair.fence_margin", pair.fence_margin, *fence_margin),
+    ] {
+        compare(field, format!("{was:?}"), format!("{now:?}"));
+    }
+    for (field, was, now) in [
+        ("pair.fence_command", &pair.fence_command, fence_command),
+        ("pair.alert_command", &pair.alert_command, alert_command),
     ] {
         compare(field, format!("{was:?}"), format!("{now:?}"));
     }
