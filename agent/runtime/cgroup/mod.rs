@@ -12,6 +12,7 @@
 
 mod delegation;
 mod devices;
+mod freezer;
 mod mountinfo;
 mod v1;
 mod v2;
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+pub use freezer::{FreezeControl, FreezeState};
 
 /// Where the kernel describes this process's mounts.
 const MOUNTINFO: &str = "/proc/self/mountinfo";

@@ -30,7 +30,7 @@ pub(super) const V2: &str = "\
 const V1_MOUNTS: [&str; 6] = ["cpu", "cpuacct", "memory", "devices", "freezer", "pids"];
 
 /// A plain directory standing in for this machine's v1 cgroupfs.
-fn fake_v1() -> (TempDir, Cgroups) {
+pub(super) fn fake_v1() -> (TempDir, Cgroups) {
     let temp = TempDir::new().unwrap();
     for controller in V1_MOUNTS {
         fs::create_dir_all(temp.path().join("sys/fs/cgroup").join(controller)).unwrap();
@@ -42,7 +42,7 @@ fn fake_v1() -> (TempDir, Cgroups) {
 }
 
 /// A plain directory standing in for a v2 cgroupfs whose root offers `offered`.
-fn fake_v2(offered: &str, enabled: &str) -> (TempDir, Cgroups, PathBuf) {
+pub(super) fn fake_v2(offered: &str, enabled: &str) -> (TempDir, Cgroups, PathBuf) {
     let temp = TempDir::new().unwrap();
     let root = temp.path().join("sys/fs/cgroup");
     fs::create_dir_all(&root).unwrap();
@@ -54,7 +54,7 @@ fn fake_v2(offered: &str, enabled: &str) -> (TempDir, Cgroups, PathBuf) {
     (temp, cgroups, root)
 }
 
-fn v1_dir(temp: &TempDir, relative: &str) -> PathBuf {
+pub(super) fn v1_dir(temp: &TempDir, relative: &str) -> PathBuf {
     temp.path().join("sys/fs/cgroup").join(relative)
 }
 
