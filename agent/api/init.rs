@@ -17,6 +17,8 @@ use crate::config::{LogRotation, NodeSpec};
 pub const HANDSHAKE_FD: i32 = 3;
 pub const CONTROL_FD: i32 = 4;
 pub const LOG_DIR_FD: i32 = 5;
+/// The node cgroup's freeze file, open for writing (`/dev/null` on a host without a freezer).
+pub const FREEZE_FD: i32 = 6;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "message", rename_all = "snake_case")]
@@ -58,6 +60,11 @@ pub struct InitPlan {
     /// else, then unsharing its cgroup namespace there (cgroup v1). Empty when it was cloned
     /// straight into its cgroup and namespace (v2).
     pub join_cgroup: Vec<PathBuf>,
+    /// What the init writes into [`FREEZE_FD`] to freeze its node's cgroup when it fences;
+    /// `None` on a v1 host without the freezer controller, where a fence only takes the links
+    /// down.
+    #[serde(default)]
+    pub freeze_value: Option<String>,
     /// The node's network namespace is configured already: kept across a restart with its
     /// links, in a node that cannot change it (no CAP_NET_ADMIN). The init leaves it as it is.
     #[serde(default)]
@@ -82,6 +89,13 @@ pub enum InitRequest {
         process: String,
         signal: String,
     },
+    /// The agent holds quorum and still owns the node: the init may run it for `lease` more
+    /// (from when it reads this, on CLOCK_BOOTTIME); it fences the node when the lease lapses.
+    /// The first renewal arms the fence: an init never renewed (a standalone host's) never
+    /// fences. A fenced init's renewal (the agent thawed it) brings its links back.
+    Renew {
+        lease: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +112,15 @@ pub enum InitReply {
     /// running, so it reads the new file when it next starts.
     Signalled {
         pid: Option<i32>,
+    },
+    /// The lease runs again; `unfenced` when the init was fenced and has brought its links
+    /// back up and announced them with a gratuitous ARP.
+    Renewed {
+        unfenced: bool,
+    },
+    /// The init was fenced and could not bring its links back; the next renewal tries again.
+    StillFenced {
+        error: String,
     },
 }
 

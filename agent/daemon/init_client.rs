@@ -1,5 +1,6 @@
 //! Asking a running node's init what it knows (its processes and the role's health), over its
-//! control socket, with a deadline: what `status` reports and the health poll watches.
+//! control socket, with a deadline: what `status` reports and the health poll watches; and
+//! renewing its lease (fencing).
 
 use std::time::Duration;
 
@@ -23,23 +24,46 @@ pub(super) async fn ask_health(socket: &std::path::Path) -> Option<HealthStatus>
 }
 
 pub(super) async fn ask_init(socket: &std::path::Path) -> Option<InitAnswer> {
+    match exchange(socket, &InitRequest::Status, INIT_TIMEOUT).await.ok()? {
+        InitReply::Status { processes, health } => Some(InitAnswer { processes, health }),
+        _ => None,
+    }
+}
+
+/// Renews the init's lease for `lease`; the init's reply, or why there was none within
+/// `timeout` (a frozen init accepts the connection but never answers).
+pub(super) async fn renew(
+    socket: &std::path::Path,
+    lease: Duration,
+    timeout: Duration,
+) -> Result<InitReply, String> {
+    exchange(socket, &InitRequest::Renew { lease }, timeout).await
+}
+
+/// One request and its reply within `timeout` (the connect included).
+async fn exchange(
+    socket: &std::path::Path,
+    request: &InitRequest,
+    timeout: Duration,
+) -> Result<InitReply, String> {
     let exchange = async {
-        let mut stream = UnixStream::connect(socket).await.ok()?;
-        let mut line = serde_json::to_vec(&InitRequest::Status).ok()?;
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|error| format!("connect {}: {error}", socket.display()))?;
+        let mut line = serde_json::to_vec(request).map_err(|error| error.to_string())?;
         line.push(b'\n');
-        stream.write_all(&line).await.ok()?;
+        stream
+            .write_all(&line)
+            .await
+            .map_err(|error| format!("send: {error}"))?;
         let mut reply = Vec::new();
         BufReader::new(stream)
             .read_until(b'\n', &mut reply)
             .await
-            .ok()?;
-        match crate::api::decode_line::<InitReply>(&reply).ok()? {
-            InitReply::Status { processes, health } => Some(InitAnswer { processes, health }),
-            InitReply::Stopping | InitReply::Signalled { .. } => None,
-        }
+            .map_err(|error| format!("read: {error}"))?;
+        crate::api::decode_line::<InitReply>(&reply).map_err(|error| error.to_string())
     };
-    tokio::time::timeout(INIT_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .ok()
-        .flatten()
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }

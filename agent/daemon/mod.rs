@@ -1,10 +1,12 @@
 //! The daemon (`magestack-agent run`): adopts running nodes, sweeps leftovers, serves the
 //! control socket and drives every node towards its desired state. Nodes outlive it.
 
+mod alert;
 mod claim;
 mod core;
 mod desired;
 mod executor;
+mod fencing;
 mod init_client;
 mod metrics;
 mod notify;

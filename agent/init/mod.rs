@@ -5,7 +5,9 @@
 //! output to log files, answers the daemon on its control socket, and stops gracefully.
 //! Single-threaded by design: it forks, and a forking process must not have other threads.
 
+mod fence;
 mod health;
+pub mod lease;
 mod logs;
 mod probe;
 mod process;
@@ -27,11 +29,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::api::init::{
-    Handshake, InitPlan, InitReply, InitRequest, CONTROL_FD, HANDSHAKE_FD, LOG_DIR_FD,
+    Handshake, InitPlan, InitReply, InitRequest, CONTROL_FD, FREEZE_FD, HANDSHAKE_FD, LOG_DIR_FD,
 };
 use crate::api::{read_message, write_message};
 use crate::config::LogRotation;
 use crate::confinement::Confinement;
+use fence::{Fence, Renewed};
 use logs::LogFile;
 use probe::Prober;
 use supervisor::{Exit, Supervisor};
@@ -45,17 +48,18 @@ const SIGNAL_GRACE: Duration = Duration::from_secs(1);
 pub fn main() -> i32 {
     // Handed over open across the exec; from here on no program the init starts may inherit
     // them, whatever path starts it.
-    if let Err(error) = crate::confinement::keep_private(&[HANDSHAKE_FD, CONTROL_FD, LOG_DIR_FD]) {
+    if let Err(error) = crate::confinement::keep_private(&[HANDSHAKE_FD, CONTROL_FD, LOG_DIR_FD, FREEZE_FD]) {
         eprintln!("magestack-agent init: close-on-exec on the daemon's descriptors: {error}");
         return 1;
     }
     // SAFETY: the daemon passes these descriptors open at these numbers and nothing else in this
     // process owns them.
-    let (handshake, control, log_dir) = unsafe {
+    let (handshake, control, log_dir, freeze) = unsafe {
         (
             File::from_raw_fd(HANDSHAKE_FD),
             UnixListener::from_raw_fd(CONTROL_FD),
             OwnedFd::from_raw_fd(LOG_DIR_FD),
+            File::from_raw_fd(FREEZE_FD),
         )
     };
     let mut own_log = LogFile::new(
@@ -63,7 +67,7 @@ pub fn main() -> i32 {
         "init",
         LogRotation::default(),
     );
-    match Init::start(handshake, control, log_dir, &mut own_log) {
+    match Init::start(handshake, control, log_dir, freeze, &mut own_log) {
         Ok(mut init) => {
             init.run(&mut own_log);
             0
@@ -103,6 +107,8 @@ struct Init {
     stop_deadline: Option<Instant>,
     /// Reload signals held until their process has run for [`SIGNAL_GRACE`]: (when, pid, signal).
     held_signals: Vec<(Instant, i32, Signal)>,
+    /// The lease the agent renews, and the fence when it lapses.
+    fence: Fence,
 }
 
 impl Init {
@@ -111,6 +117,7 @@ impl Init {
         handshake: File,
         control: UnixListener,
         log_dir: OwnedFd,
+        freeze: File,
         own_log: &mut LogFile,
     ) -> Result<Init, String> {
         // Nothing in the node may ptrace its init or read its memory and inherited descriptors.
@@ -183,8 +190,13 @@ impl Init {
         let confinement = Confinement::new(&plan.spec.definition.capabilities)
             .map_err(|e| fail("prepare confinement", e.to_string()))?;
 
+        let fence = Fence::new(
+            plan.spec.network.clone(),
+            plan.freeze_value.clone().map(|value| (freeze, value)),
+        );
         let now = Instant::now();
         let mut init = Init {
+            fence,
             supervisor: Supervisor::new(plan.spec.definition.processes.clone(), now),
             prober: plan
                 .spec
@@ -282,6 +294,7 @@ impl Init {
             if control_ready {
                 self.handle_control(own_log);
             }
+            self.fence.enforce(own_log);
             self.enforce_stop_deadline(own_log);
             self.deliver_held_signals(Instant::now());
             self.start_due(own_log);
@@ -305,6 +318,7 @@ impl Init {
             self.stop_deadline,
             self.prober.as_ref().and_then(Prober::next_deadline),
             self.held_signals.iter().map(|(at, _, _)| *at).min(),
+            self.fence.remaining().map(|left| Instant::now() + left),
         ]
         .into_iter()
         .flatten()
@@ -388,7 +402,7 @@ impl Init {
 
     fn handle_control(&mut self, own_log: &mut LogFile) {
         while let Ok((stream, _)) = self.control.accept() {
-            if let Err(error) = self.answer(stream) {
+            if let Err(error) = self.answer(stream, own_log) {
                 own_log.append(format!("control: {error}\n").as_bytes());
             }
         }
@@ -421,7 +435,11 @@ impl Init {
         });
     }
 
-    fn answer(&mut self, stream: UnixStream) -> Result<(), crate::api::WireError> {
+    fn answer(
+        &mut self,
+        stream: UnixStream,
+        own_log: &mut LogFile,
+    ) -> Result<(), crate::api::WireError> {
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(1)))?;
         stream.set_write_timeout(Some(Duration::from_secs(1)))?;
@@ -439,6 +457,11 @@ impl Init {
             }
             InitRequest::Signal { process, signal } => InitReply::Signalled {
                 pid: self.signal_process(&process, &signal),
+            },
+            InitRequest::Renew { lease } => match self.fence.renew(lease, own_log) {
+                Renewed::Extended => InitReply::Renewed { unfenced: false },
+                Renewed::Unfenced => InitReply::Renewed { unfenced: true },
+                Renewed::StillFenced(error) => InitReply::StillFenced { error },
             },
         };
         write_message(&stream, &reply)

@@ -2,7 +2,9 @@
 //! node's network namespace), fw1's public side and rules, the inter-node policy, and the names
 //! every node sees.
 
+pub mod fence;
 mod firewall;
+mod garp;
 mod host_view;
 mod monitor;
 mod names;
@@ -328,6 +330,21 @@ pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
     for interface in ["default", NODE_INTERFACE].into_iter().chain(public) {
         disable_ipv6(interface)?;
     }
+    configure_links(network)?;
+    if network.public.is_some() {
+        // /proc/sys/net belongs to the namespace of the process that opens it.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+            what: "enable forwarding in the gateway node".into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The node's links addressed and up with its routes, from inside its namespace; what is
+/// there already is fine, so this also brings a fenced node's links back (the kernel dropped
+/// their routes when they went down).
+fn configure_links(network: &NodeNetwork) -> Result<(), NetError> {
     let node = Netlink::connect()?;
     // fw1's default route leaves by its public link, made ready below.
     let gateway = match network.public {
@@ -348,11 +365,6 @@ pub fn configure_inside(network: &NodeNetwork) -> Result<(), NetError> {
             public.address.prefix,
         )?;
         node.default_route(public.gateway)?;
-        // /proc/sys/net belongs to the namespace of the process that opens it.
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
-            what: "enable forwarding in the gateway node".into(),
-            source,
-        })?;
     }
     Ok(())
 }

@@ -568,6 +568,21 @@ impl Netlink {
         Ok(())
     }
 
+    /// Links by index set down (`up` false) or up, in one round trip; a link already so is
+    /// fine.
+    pub fn set_links(&self, links: &[(u32, &str)], up: bool) -> Result<(), NetError> {
+        let requests = links
+            .iter()
+            .map(|(index, _)| if up { link_up(*index) } else { link_down(*index) })
+            .collect();
+        let state = if up { "up" } else { "down" };
+        let answers = self.exchange(&format!("set links {state}"), requests)?;
+        for ((_, name), answer) in links.iter().zip(answers) {
+            answer.accepted(&format!("set {name} {state}"))?;
+        }
+        Ok(())
+    }
+
     /// Address on a link by name, and the link up.
     pub fn address_link(&self, name: &str, address: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
         let index = self
@@ -587,6 +602,11 @@ impl Netlink {
 fn link_up(index: u32) -> Request {
     let up = LinkUnspec::new_with_index(index).up().build();
     Request::change(RouteNetlinkMessage::SetLink(up))
+}
+
+fn link_down(index: u32) -> Request {
+    let down = LinkUnspec::new_with_index(index).down().build();
+    Request::change(RouteNetlinkMessage::SetLink(down))
 }
 
 fn add_address(index: u32, address: Ipv4Addr, prefix: u8) -> Request {

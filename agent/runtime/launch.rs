@@ -173,6 +173,18 @@ impl Runtime {
             .write(true)
             .open("/dev/null")
             .map_err(io_error(node, "open /dev/null"))?;
+        // The init fences its node by writing its cgroup's freeze file through this descriptor:
+        // it reaches no cgroupfs by path (its root is the node's), and on v1 the file is host
+        // root's. Without a freezer it gets /dev/null and a fence only takes the links down.
+        let freeze_file = match cgroup.freeze_control() {
+            Some(control) => File::options()
+                .write(true)
+                .open(&control.path)
+                .map_err(io_error(node, format!("open {}", control.path.display())))?,
+            None => null
+                .try_clone()
+                .map_err(io_error(node, "dup /dev/null"))?,
+        };
         let cgroup_fd = cgroup
             .clone_into_fd()
             .map_err(|source| RuntimeError::Cgroup {
@@ -201,7 +213,12 @@ impl Runtime {
             ],
             env: vec![CString::new("MAGESTACK_NODE_INIT=1").expect("static")],
             null: null.as_fd(),
-            fds: vec![child_handshake.as_fd(), control.as_fd(), log_dir.as_fd()],
+            fds: vec![
+                child_handshake.as_fd(),
+                control.as_fd(),
+                log_dir.as_fd(),
+                freeze_file.as_fd(),
+            ],
             cgroup: cgroup_fd.as_ref().map(AsFd::as_fd),
             sandbox: match kept {
                 Some(kept) => clone::Sandbox::Join {
@@ -218,6 +235,7 @@ impl Runtime {
             child_handshake,
             control,
             log_dir,
+            freeze_file,
             null,
             cgroup_fd,
             maps_read,
@@ -314,6 +332,10 @@ impl Runtime {
             } else {
                 spawned.cgroup.join_files()
             },
+            freeze_value: spawned
+                .cgroup
+                .freeze_control()
+                .map(|control| control.freeze.to_string()),
             // fw1 may change its own network: its init sets it up again.
             network_configured: spawned.links_kept && spec.network.public.is_none(),
         };

@@ -5,6 +5,7 @@
 pub mod cgroup;
 mod clone;
 pub mod enter;
+pub mod freezer;
 mod exec_streams;
 mod idmap;
 mod launch;
