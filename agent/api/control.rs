@@ -66,6 +66,25 @@ pub struct StatusReport {
     /// The pair: no partner on a standalone host.
     #[serde(default)]
     pub pair: PairStatus,
+    /// The inits' leases and the fences since the agent started.
+    #[serde(default)]
+    pub fencing: FencingStatus,
+}
+
+/// Fencing below the agent, as `status --json` and the metrics show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencingStatus {
+    /// How long each node's init holds the lease this agent renews, in milliseconds; `None` on
+    /// a standalone host, whose nodes never fence.
+    pub init_lease_ms: Option<u64>,
+    /// Whether this host holds quorum (and so renews the leases); `None` when standalone.
+    pub quorum: Option<bool>,
+    /// Nodes fenced now.
+    pub fenced: u64,
+    /// Fences found since the agent started.
+    pub fences: u64,
+    /// Fenced nodes the agent thawed and whose links came back since it started.
+    pub unfences: u64,
 }
 
 /// `pair status --json`, and `pair` in `status --json`.
@@ -152,6 +171,16 @@ pub struct NodeStatus {
     /// node as degraded).
     #[serde(default)]
     pub degraded: Option<String>,
+    /// Whether the node is fenced: its init took its links down and froze it when its lease
+    /// lapsed (`status` shows it as fenced); only the agent thaws it, once quorum confirms the
+    /// node is still this host's.
+    #[serde(default)]
+    pub fenced: bool,
+    /// While fenced: why, and since when the agent knows (seconds since the epoch).
+    #[serde(default)]
+    pub fence_reason: Option<String>,
+    #[serde(default)]
+    pub fenced_since_unix: Option<u64>,
     /// Whether the node should be running (false after `stop`).
     pub desired: String,
 }

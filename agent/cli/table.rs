@@ -51,9 +51,10 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
         table.add_row([
             Cell::new(&node.name),
             Cell::new(&node.role),
-            match node.degraded {
-                Some(_) => paint(Cell::new("degraded"), Some(Color::Yellow)),
-                None => paint(Cell::new(node.state.as_str()), state_color(node.state)),
+            match (node.fenced, &node.degraded) {
+                (true, _) => paint(Cell::new("fenced"), Some(Color::Red)),
+                (false, Some(_)) => paint(Cell::new("degraded"), Some(Color::Yellow)),
+                (false, None) => paint(Cell::new(node.state.as_str()), state_color(node.state)),
             },
             Cell::new(&node.ip),
             Cell::new(node.uptime_s.map(duration).unwrap_or_else(|| "-".into())),
@@ -74,7 +75,11 @@ pub fn render(report: &StatusReport, colour: bool) -> String {
     out.push_str(&table.to_string());
     out.push('\n');
     for node in &report.nodes {
-        for reason in [&node.degraded, &node.error].into_iter().flatten() {
+        let fenced = node
+            .fence_reason
+            .as_ref()
+            .map(|reason| format!("fenced: {reason}"));
+        for reason in [&fenced, &node.degraded, &node.error].into_iter().flatten() {
             out.push_str(&format!("{}: {reason}\n", node.name));
         }
     }
@@ -188,6 +193,9 @@ mod tests {
             processes: Vec::new(),
             error: None,
             degraded: None,
+            fenced: false,
+            fence_reason: None,
+            fenced_since_unix: None,
             desired: "running".into(),
         };
         StatusReport {
@@ -213,6 +221,9 @@ mod tests {
                     health: "unhealthy".into(),
                     error: Some("process mariadbd: crash loop".into()),
                     degraded: None,
+                    fenced: false,
+                    fence_reason: None,
+                    fenced_since_unix: None,
                     ..node
                 },
             ],
@@ -249,6 +260,17 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "colour without a terminal: {text}");
+        let mut fenced = report();
+        fenced.nodes[0].fenced = true;
+        fenced.nodes[0].fence_reason = Some("its init's lease lapsed".into());
+        let screen = render(&fenced, false);
+        let row = screen.lines().find(|line| line.contains("web1")).unwrap();
+        assert!(row.contains("fenced"), "{screen}");
+        assert!(
+            screen.contains("web1: fenced: its init's lease lapsed"),
+            "{screen}"
+        );
+
         let mut degraded = report();
         degraded.nodes[0].degraded = Some("network: its link (eth0) was gone; repairing".into());
         let screen = render(&degraded, false);

@@ -510,7 +510,10 @@ fn fence_and_alert_commands_are_absolute_programs_with_arguments() {
     .pair;
     assert_eq!(
         settings.fence_command,
-        Some(vec!["/usr/local/sbin/fence-dh2".to_string(), "--now".into()])
+        Some(vec![
+            "/usr/local/sbin/fence-dh2".to_string(),
+            "--now".into()
+        ])
     );
     assert_eq!(
         settings.alert_command,
@@ -518,7 +521,11 @@ fn fence_and_alert_commands_are_absolute_programs_with_arguments() {
     );
     for (text, field, says) in [
         ("fence_command = []", "pair.fence_command", "empty"),
-        ("alert_command = [\"page-ops\"]", "pair.alert_command", "absolute"),
+        (
+            "alert_command = [\"page-ops\"]",
+            "pair.alert_command",
+            "absolute",
+        ),
         ("alert_command = \"/bin/true\"", "expected a sequence", ""),
     ] {
         let error = first_error(&format!("{SLEEPER}[pair]\n{text}\n"));

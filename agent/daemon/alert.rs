@@ -70,7 +70,10 @@ fn run(command: &[String], alert: &Alert) {
                 return;
             }
             Err(error) => {
-                tracing::warn!(event = alert.event, "alert_command {program}: wait: {error}");
+                tracing::warn!(
+                    event = alert.event,
+                    "alert_command {program}: wait: {error}"
+                );
                 return;
             }
         }

@@ -6,6 +6,7 @@
 //! nodes.
 
 mod audit;
+mod fencing;
 mod pair;
 mod watch;
 
@@ -17,13 +18,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{self as core, Action, CommandId, Core, InstallFailed, NodeView, QueryError};
 use super::desired::DesiredState;
-use crate::api::control::{ExecTarget, NodeState, PairStatus, Response};
+use crate::api::control::{ExecTarget, FencingStatus, NodeState, PairStatus, Response};
 use crate::api::init::{InitReply, InitRequest};
 use crate::config::{Config, NodeSpec};
 use crate::runtime::{unix_now, NodeHandle, Runtime, RuntimeError};
 use crate::template::Rendered;
 
 pub use super::core::NetworkEvent;
+use fencing::Fencing;
+pub use fencing::LeaseOutcome;
 use pair::PairCore;
 
 /// What the executor's inbox takes.
@@ -40,6 +43,8 @@ pub enum Event {
     Network(NetworkEvent),
     /// What the pair link saw.
     Pair(crate::pair::PairEvent),
+    /// What a renewal of a node's init lease (or its unfence) found.
+    Lease(String, LeaseOutcome),
 }
 
 pub enum Command {
@@ -59,12 +64,15 @@ pub struct Snapshot {
     pub config: String,
     pub nodes: Vec<NodeSnapshot>,
     pub pair: PairStatus,
+    pub fencing: FencingStatus,
 }
 
 /// One node's part of a [`Snapshot`]: the core's view, and the handle of its running init.
 pub struct NodeSnapshot {
     pub view: NodeView,
     pub handle: Option<Arc<NodeHandle>>,
+    /// While the node is fenced.
+    pub fence: Option<crate::runtime::freezer::FenceRecord>,
 }
 
 pub struct Executor {
@@ -79,6 +87,8 @@ pub struct Executor {
     events: mpsc::UnboundedSender<Event>,
     /// The pairing, the link's state and the refused peers.
     pair: PairCore,
+    /// The inits' leases, the fenced nodes and the freezer's owner.
+    fencing: Fencing,
 }
 
 impl Executor {
@@ -91,6 +101,7 @@ impl Executor {
         events: mpsc::UnboundedSender<Event>,
     ) -> Executor {
         let pair = PairCore::start(&config, &events);
+        let fencing = Fencing::new(&config);
         let mut handles = BTreeMap::new();
         let adopted = adopted
             .into_iter()
@@ -124,6 +135,7 @@ impl Executor {
             next_command: 0,
             events,
             pair,
+            fencing,
         };
         executor.carry_out_all(actions);
         executor
@@ -165,8 +177,29 @@ impl Executor {
                 self.pair.handle(event);
                 core::Event::Tick
             }
+            Event::Lease(node, outcome) => {
+                // Fencing's own: the core learns nothing from a renewal.
+                self.fencing.outcome(&node, outcome, self.core.ownership());
+                return;
+            }
         };
         self.step(event);
+    }
+
+    /// How often the inits' leases are renewed (every heartbeat).
+    pub fn lease_interval(&self) -> std::time::Duration {
+        self.fencing.interval()
+    }
+
+    /// One heartbeat of fencing: on a paired host, the inits' leases renewed while quorum holds,
+    /// fenced nodes found, and thawed once they may be.
+    pub fn renew_leases(&mut self) {
+        self.fencing.round(
+            self.pair.partner_link(),
+            self.core.ownership(),
+            &self.handles,
+            &self.events,
+        );
     }
 
     /// Called when a retry or an audit is due.
@@ -243,6 +276,7 @@ impl Executor {
             .into_iter()
             .map(|view| NodeSnapshot {
                 handle: self.handles.get(&view.name).cloned(),
+                fence: self.fencing.fence(&view.name),
                 view,
             })
             .collect();
@@ -252,6 +286,7 @@ impl Executor {
             config: config.origin.clone(),
             nodes,
             pair: self.pair.status(),
+            fencing: self.fencing.status(self.pair.partner_link().is_some()),
         })
     }
 
@@ -310,6 +345,7 @@ impl Executor {
                 templates,
             } => {
                 let previous = self.handles.remove(&spec.name);
+                self.fencing.forget(&spec.name);
                 if previous.is_none() {
                     tracing::error!(
                         node = spec.name,
@@ -321,6 +357,7 @@ impl Executor {
             }
             Action::Stop(node) => {
                 let handle = self.handles.remove(&node);
+                self.fencing.forget(&node);
                 self.blocking(node, move |runtime, node| {
                     if let Some(handle) = handle {
                         runtime.stop(&handle);
@@ -331,6 +368,7 @@ impl Executor {
             }
             Action::CleanUp(node) => {
                 self.handles.remove(&node);
+                self.fencing.forget(&node);
                 self.blocking(node, |runtime, node| {
                     runtime.cleanup(&node);
                     Event::Stopped(node)

@@ -24,7 +24,10 @@ pub(super) async fn ask_health(socket: &std::path::Path) -> Option<HealthStatus>
 }
 
 pub(super) async fn ask_init(socket: &std::path::Path) -> Option<InitAnswer> {
-    match exchange(socket, &InitRequest::Status, INIT_TIMEOUT).await.ok()? {
+    match exchange(socket, &InitRequest::Status, INIT_TIMEOUT)
+        .await
+        .ok()?
+    {
         InitReply::Status { processes, health } => Some(InitAnswer { processes, health }),
         _ => None,
     }

@@ -76,6 +76,7 @@ impl Metrics {
         );
         register_nodes(&mut registry, report);
         register_pair(&mut registry, report);
+        register_fencing(&mut registry, report);
         let mut text = String::new();
         encode(&mut text, &registry).expect("writing to a String cannot fail");
         text
@@ -253,6 +254,34 @@ fn register_pair(registry: &mut Registry, report: &StatusReport) {
     }
 }
 
+/// On a paired host: the fences found and lifted since the agent started, and the nodes
+/// fenced now.
+fn register_fencing(registry: &mut Registry, report: &StatusReport) {
+    let fencing = &report.fencing;
+    if fencing.init_lease_ms.is_none() {
+        return;
+    }
+    for (name, help, count) in [
+        (
+            "fences",
+            "Nodes whose init fenced them (lease lapsed: links down, cgroup frozen) since the agent started",
+            fencing.fences,
+        ),
+        (
+            "unfences",
+            "Fenced nodes the agent thawed with their links back since it started",
+            fencing.unfences,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(count);
+        registry.register(name, help, counter);
+    }
+    let fenced = Gauge::<i64>::default();
+    fenced.set(saturating_i64(fencing.fenced));
+    registry.register("nodes_fenced", "Nodes fenced now", fenced);
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -382,6 +411,9 @@ mod tests {
             }],
             error: None,
             degraded: None,
+            fenced: false,
+            fence_reason: None,
+            fenced_since_unix: None,
             desired: "running".into(),
         };
         StatusReport {
@@ -398,6 +430,13 @@ mod tests {
                 link: Some("up".into()),
                 refused: [("wrong_secret".to_string(), 3)].into(),
                 ..Default::default()
+            },
+            fencing: crate::api::control::FencingStatus {
+                init_lease_ms: Some(300),
+                quorum: Some(true),
+                fenced: 1,
+                fences: 2,
+                unfences: 1,
             },
             nodes: vec![
                 node("web1", NodeState::Running),
@@ -439,6 +478,9 @@ mod tests {
             "magestack_reconcile_duration_seconds_count 1",
             r#"magestack_pair_refused_total{reason="wrong_secret"} 3"#,
             r#"magestack_pair_refused_total{reason="not_tls"} 0"#,
+            "magestack_fences_total 2",
+            "magestack_unfences_total 1",
+            "magestack_nodes_fenced 1",
             r#"magestack_pair_link_up{partner="dh2"} 1"#,
             "# EOF",
         ] {

@@ -239,6 +239,10 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
+        // Leases are renewed from this loop too: a hung core renews nothing and, on a paired
+        // host, its nodes fence.
+        let mut leases = tokio::time::interval(executor.lease_interval());
+        leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(socket = %socket.display(), "ready");
         service.ready(crate::api::control::summary(&executor.node_states()));
         loop {
@@ -255,6 +259,10 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
                     metrics.observe_reconcile(began.elapsed());
                 }
                 _ = next_tick(&mut watchdog) => service.watchdog(),
+                _ = leases.tick() => {
+                    executor.renew_leases();
+                    continue;
+                }
                 _ = hangup.recv() => {
                     let server = server.clone();
                     tokio::spawn(async move { server.reload_on_signal().await });

@@ -127,7 +127,7 @@ impl Server {
             cgroup_version: format!("{:?}", self.runtime.cgroups.version()).to_lowercase(),
             swap_limited: self.runtime.cgroups.limits_swap(),
         };
-        Ok(status::report(host, snapshot.nodes, snapshot.pair).await)
+        Ok(status::report(host, snapshot.nodes, snapshot.pair, snapshot.fencing).await)
     }
 
     /// `reload` and SIGHUP: reads the configuration again and hands it to the core, which

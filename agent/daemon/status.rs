@@ -3,7 +3,9 @@
 
 use super::executor::NodeSnapshot;
 use super::init_client::{ask_init, InitAnswer};
-use crate::api::control::{HostStatus, NodeState, NodeStatus, PairStatus, StatusReport};
+use crate::api::control::{
+    FencingStatus, HostStatus, NodeState, NodeStatus, PairStatus, StatusReport,
+};
 use crate::api::init::HealthStatus;
 use crate::runtime::{quota, unix_now, NodeRecord};
 
@@ -11,20 +13,33 @@ pub async fn report(
     host: HostStatus,
     snapshots: Vec<NodeSnapshot>,
     pair: PairStatus,
+    fencing: FencingStatus,
 ) -> StatusReport {
     let queries = snapshots.into_iter().map(|snapshot| async move {
+        // A fenced node's init is frozen: it would only make the report wait.
         let answer = match &snapshot.handle {
-            Some(handle) => ask_init(&handle.paths.control_socket()).await,
-            None => None,
+            Some(handle) if snapshot.fence.is_none() => {
+                ask_init(&handle.paths.control_socket()).await
+            }
+            _ => None,
         };
         node_status(snapshot, answer)
     });
     let nodes = futures_util::future::join_all(queries).await;
-    StatusReport { host, nodes, pair }
+    StatusReport {
+        host,
+        nodes,
+        pair,
+        fencing,
+    }
 }
 
 fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus {
-    let NodeSnapshot { view, handle } = snapshot;
+    let NodeSnapshot {
+        view,
+        handle,
+        fence,
+    } = snapshot;
     let stats = handle.as_ref().map(|h| h.cgroup.stats());
     let disk = handle.as_ref().map(|h| disk_status(&h.record));
     let (processes, health) = match answer {
@@ -67,6 +82,9 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         processes,
         error,
         degraded: view.degraded,
+        fenced: fence.is_some(),
+        fence_reason: fence.as_ref().map(|fence| fence.reason.clone()),
+        fenced_since_unix: fence.as_ref().map(|fence| fence.since_unix),
         desired: if view.desired_running {
             "running".into()
         } else {

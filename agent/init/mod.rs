@@ -48,7 +48,9 @@ const SIGNAL_GRACE: Duration = Duration::from_secs(1);
 pub fn main() -> i32 {
     // Handed over open across the exec; from here on no program the init starts may inherit
     // them, whatever path starts it.
-    if let Err(error) = crate::confinement::keep_private(&[HANDSHAKE_FD, CONTROL_FD, LOG_DIR_FD, FREEZE_FD]) {
+    if let Err(error) =
+        crate::confinement::keep_private(&[HANDSHAKE_FD, CONTROL_FD, LOG_DIR_FD, FREEZE_FD])
+    {
         eprintln!("magestack-agent init: close-on-exec on the daemon's descriptors: {error}");
         return 1;
     }

@@ -445,6 +445,7 @@ mod tests {
 
     fn node_plan() -> InitPlan {
         InitPlan {
+            freeze_value: None,
             network_configured: false,
             spec: crate::config::load(None).unwrap().nodes["web1"].clone(),
             image_rootfs: "/s/images/busybox/abc/rootfs".into(),

@@ -573,7 +573,13 @@ impl Netlink {
     pub fn set_links(&self, links: &[(u32, &str)], up: bool) -> Result<(), NetError> {
         let requests = links
             .iter()
-            .map(|(index, _)| if up { link_up(*index) } else { link_down(*index) })
+            .map(|(index, _)| {
+                if up {
+                    link_up(*index)
+                } else {
+                    link_down(*index)
+                }
+            })
             .collect();
         let state = if up { "up" } else { "down" };
         let answers = self.exchange(&format!("set links {state}"), requests)?;

@@ -168,8 +168,14 @@ mod tests {
         assert!(!freezer.fenced("db1", record()), "known already");
         assert!(!freezer.freeze_for_snapshot("db1"));
         assert!(!freezer.lift_fence("db1"), "the snapshot still holds it");
-        assert!(freezer.fence("db1").is_some(), "fenced until its links are back");
-        assert!(freezer.snapshot_done("db1"), "the snapshot's end thaws it now");
+        assert!(
+            freezer.fence("db1").is_some(),
+            "fenced until its links are back"
+        );
+        assert!(
+            freezer.snapshot_done("db1"),
+            "the snapshot's end thaws it now"
+        );
         freezer.fence_lifted("db1");
         assert_eq!(freezer.fence("db1"), None);
         assert_eq!(freezer.fenced_count(), 0);

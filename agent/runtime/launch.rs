@@ -181,9 +181,7 @@ impl Runtime {
                 .write(true)
                 .open(&control.path)
                 .map_err(io_error(node, format!("open {}", control.path.display())))?,
-            None => null
-                .try_clone()
-                .map_err(io_error(node, "dup /dev/null"))?,
+            None => null.try_clone().map_err(io_error(node, "dup /dev/null"))?,
         };
         let cgroup_fd = cgroup
             .clone_into_fd()

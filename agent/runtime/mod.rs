@@ -5,8 +5,8 @@
 pub mod cgroup;
 mod clone;
 pub mod enter;
-pub mod freezer;
 mod exec_streams;
+pub mod freezer;
 mod idmap;
 mod launch;
 mod paths;

@@ -288,6 +288,11 @@ impl Core {
         &self.config
     }
 
+    /// Which nodes this host may run, and at which epochs: what a fenced node's thaw asks.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
     /// The state of every node the core knows, for the service manager's one-line status.
     pub fn node_states(&self) -> Vec<NodeState> {
         self.nodes.values().map(|node| node.phase.state()).collect()

@@ -162,6 +162,13 @@ impl PairCore {
         }
     }
 
+    /// Whether the link to the partner is up; `None` on a standalone host.
+    pub(super) fn partner_link(&self) -> Option<bool> {
+        self.partner
+            .as_ref()
+            .map(|_| self.link_state.0 == LinkState::Up)
+    }
+
     pub(super) fn status(&self) -> PairStatus {
         let (state, since, error) = &self.link_state;
         let paired = self.partner.is_some();

@@ -69,7 +69,8 @@ impl NodeCgroup {
                 let asked = self.read_control(&control.path)?;
                 let events = control.path.with_file_name("cgroup.events");
                 let text = self.read_control(&events)?;
-                let frozen = parse_v2_frozen(&text).ok_or_else(|| self.unreadable(&events, &text))?;
+                let frozen =
+                    parse_v2_frozen(&text).ok_or_else(|| self.unreadable(&events, &text))?;
                 Ok(match (asked.trim() == "1", frozen) {
                     (_, true) => FreezeState::Frozen,
                     (true, false) => FreezeState::Freezing,
@@ -155,7 +156,10 @@ mod tests {
         assert_eq!(fs::read_to_string(&state).unwrap(), "THAWED");
         fs::write(&state, "SLEEPY\n").unwrap();
         let error = web1.freeze_state().unwrap_err().to_string();
-        assert!(error.contains("web1") && error.contains("SLEEPY"), "{error}");
+        assert!(
+            error.contains("web1") && error.contains("SLEEPY"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -183,11 +187,19 @@ mod tests {
             .filter(|line| !line.ends_with(",freezer"))
             .map(|line| format!("{line}\n"))
             .collect();
-        let node = Cgroups::from_mountinfo(&text).unwrap().node("magestack", "web1");
+        let node = Cgroups::from_mountinfo(&text)
+            .unwrap()
+            .node("magestack", "web1");
         assert_eq!(node.freeze_control(), None);
         let error = node.freeze().unwrap_err();
         assert!(
-            matches!(error, CgroupError::ControllerMissing { controller: "freezer", .. }),
+            matches!(
+                error,
+                CgroupError::ControllerMissing {
+                    controller: "freezer",
+                    ..
+                }
+            ),
             "{error}"
         );
     }

@@ -108,7 +108,11 @@ pub(super) fn limits_swap(hierarchies: &[Hierarchy]) -> bool {
 }
 
 /// The node's directory in the hierarchy carrying `controller`, if one is mounted.
-pub(super) fn dir_of(node: &NodeCgroup, hierarchies: &[Hierarchy], controller: Controller) -> Option<PathBuf> {
+pub(super) fn dir_of(
+    node: &NodeCgroup,
+    hierarchies: &[Hierarchy],
+    controller: Controller,
+) -> Option<PathBuf> {
     hierarchies
         .iter()
         .find(|h| h.has(controller))
