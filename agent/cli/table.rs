@@ -208,6 +208,7 @@ mod tests {
                 swap_limited: true,
             },
             pair: Default::default(),
+            fencing: Default::default(),
             nodes: vec![
                 node.clone(),
                 NodeStatus {
