@@ -409,9 +409,20 @@ impl Runtime {
         if process_start_ticks(record.pid) != Some(record.start_ticks) {
             return None;
         }
-        let processes = match init_request(&paths.control_socket(), &InitRequest::Status) {
-            Ok(InitReply::Status { processes, .. }) => processes,
-            _ => return None,
+        // A fenced node's init is frozen and answers nothing: it is adopted as it is (the agent
+        // alone may thaw it), its processes known once it runs again.
+        let frozen = matches!(
+            self.node_cgroup(node).freeze_state(),
+            Ok(cgroup::FreezeState::Frozen | cgroup::FreezeState::Freezing)
+        );
+        let processes = if frozen {
+            tracing::warn!(node, "adopted frozen: fenced while the agent was away");
+            Vec::new()
+        } else {
+            match init_request(&paths.control_socket(), &InitRequest::Status) {
+                Ok(InitReply::Status { processes, .. }) => processes,
+                _ => return None,
+            }
         };
         // Pins made in a previous daemon's own mount namespace went with it.
         let sandbox = Sandbox::of(&paths);

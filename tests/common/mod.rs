@@ -401,6 +401,12 @@ impl TestHost {
         let _ = child.wait();
     }
 
+    /// Sends `signal` to the daemon without reaping it (SIGSTOP, SIGCONT).
+    pub fn signal_daemon(&self, signal: i32) {
+        // SAFETY: kill on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(self.daemon_pid() as i32, signal) };
+    }
+
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
@@ -615,6 +621,8 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 fn kill_cgroup(dir: &Path) {
+    // A frozen (fenced) node's processes take their SIGKILL only once thawed.
+    thaw_cgroup(dir);
     for _ in 0..200 {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         if procs.trim().is_empty() {
@@ -631,6 +639,21 @@ fn kill_cgroup(dir: &Path) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Thaws a node's cgroup `dir` if it is frozen: through the v1 freezer hierarchy's mirror of
+/// `dir`, or v2's `cgroup.freeze`.
+fn thaw_cgroup(dir: &Path) {
+    if dir.join("cgroup.freeze").exists() {
+        let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+        return;
+    }
+    let freezer = Path::new("/sys/fs/cgroup/freezer");
+    for root in cgroup_roots() {
+        if let Ok(relative) = dir.strip_prefix(&root) {
+            let _ = std::fs::write(freezer.join(relative).join("freezer.state"), "THAWED");
+        }
     }
 }
 

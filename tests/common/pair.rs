@@ -32,13 +32,19 @@ impl PairHosts {
     /// Hosts `a` and `b` with no nodes, `[pair] listen` on the veth and metrics on loopback,
     /// both agents running.
     pub fn start(a: &str, b: &str) -> PairHosts {
+        PairHosts::start_with(a, b, "[nodes]\n", "")
+    }
+
+    /// As [`PairHosts::start`], with `a_nodes` (`[nodes]` and `[roles]` text) on host `a` and
+    /// `pair` (more `[pair]` settings) on both.
+    pub fn start_with(a: &str, b: &str, a_nodes: &str, pair: &str) -> PairHosts {
         let spaces = [Netns::new(&format!("{a}a")), Netns::new(&format!("{b}b"))];
         let mut a = TestHost::new(a, "");
         let k = a.net.k;
         let mut b = TestHost::new(b, "");
-        for (host, n) in [(&mut a, 1), (&mut b, 2)] {
+        for (host, n, nodes) in [(&mut a, 1, a_nodes), (&mut b, 2, "[nodes]\n")] {
             host.write_config(&format!(
-                "[nodes]\n\n[pair]\nlisten = \"10.231.{k}.{n}:{PAIR_PORT}\"\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n"
+                "{nodes}\n[pair]\nlisten = \"10.231.{k}.{n}:{PAIR_PORT}\"\n{pair}\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n"
             ));
         }
         let veth = [
