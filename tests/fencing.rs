@@ -307,7 +307,9 @@ fn an_agent_restarted_within_the_lease_never_fences_its_nodes() {
     }
     assert_answering(&hosts, &nodes);
     for (node, _) in NODES {
-        let log = std::fs::read_to_string(hosts.a.log_dir().join(node).join("init.log")).unwrap();
+        // The init writes its log only when it has something to say.
+        let log = std::fs::read_to_string(hosts.a.log_dir().join(node).join("init.log"))
+            .unwrap_or_default();
         assert!(!log.contains("lease lapsed"), "{log}");
     }
     assert_eq!(hosts.a.status()["fencing"]["fences"], 0);

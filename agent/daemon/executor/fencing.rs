@@ -157,11 +157,16 @@ impl Fencing {
             return;
         };
         match (job, outcome) {
-            // A plain renewal that unfenced: a snapshot's thaw came first (`lift_fence`).
-            (_, LeaseOutcome::Renewed { unfenced: true }) => {
-                self.freezer.fence_lifted(node);
-                self.unfences += 1;
-                tracing::info!(node, "unfenced: thawed, links up, gratuitous ARP sent");
+            // After the thaw any renewal means the links are back: a renewal queued while the
+            // init was frozen may have brought them back before this one. A plain renewal that
+            // unfenced: a snapshot's thaw came first (`lift_fence`).
+            (Job::Unfence, LeaseOutcome::Renewed { .. })
+            | (_, LeaseOutcome::Renewed { unfenced: true }) => {
+                if self.freezer.fence(node).is_some() {
+                    self.freezer.fence_lifted(node);
+                    self.unfences += 1;
+                    tracing::info!(node, "unfenced: thawed, links up, gratuitous ARP sent");
+                }
             }
             (Job::Unfence, outcome) => {
                 // Thawed or not, the init is still fenced: it stays recorded so, and the next
