@@ -8,9 +8,14 @@
 //!    CLI end to end).
 //! 3. Restart: `magestack-agent restart` of a running node end to end from the CLI, alternating
 //!    with crun's `run --detach` of the same rootfs.
+//! 4. Fence: a node's init renewed once with the default pair settings' init lease, then left
+//!    alone as by a dead agent: the time from that last renewal until the node is fenced (its
+//!    cgroup frozen and eth0 down), what the fence itself takes past the lease, and the unfence
+//!    (thaw, renewal, links up with a gratuitous ARP). Indicative: an agent killed just after a
+//!    renewal; killed up to a heartbeat later, its nodes fence that much sooner.
 //!
 //! Sections can be picked by name: `cargo bench --bench node_life -- network daemon` (names:
-//! life, confinement, network, daemon, restart, stack; none given runs them all).
+//! life, confinement, network, daemon, restart, stack, fence; none given runs them all).
 //!
 //! Runs as root. Everything it makes lives under /tmp/magestack-bench-<pid> and a cgroup parent of
 //! the same name, and is removed on every path.
@@ -123,6 +128,74 @@ fn main() {
     if section_wanted("stack") {
         default_set_start(&bench);
     }
+    if section_wanted("fence") {
+        fence(&runtime, &spec);
+    }
+}
+
+/// How many nodes the fence section fences and unfences.
+const FENCE_ROUNDS: usize = 10;
+
+/// A node's init armed by one renewal and left to fence, then thawed and renewed again.
+fn fence(runtime: &Runtime, spec: &NodeSpec) {
+    use magestack_agent::api::init::{InitReply, InitRequest};
+    use magestack_agent::runtime::cgroup::FreezeState;
+    let lease = config::PairSettings::default().init_lease();
+    let mut fenced = Vec::new();
+    let mut unfenced = Vec::new();
+    for _ in 0..FENCE_ROUNDS {
+        let handle = runtime.start(spec, 0, &[]).expect("node start");
+        let socket = handle.paths.control_socket();
+        let eth0_up = || {
+            let output = Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", handle.record.pid))
+                .args(["ip", "-o", "link", "show", "eth0"])
+                .output()
+                .expect("nsenter ip");
+            String::from_utf8_lossy(&output.stdout).contains(",UP")
+        };
+        let frozen = || handle.cgroup.freeze_state().expect("freezer") == FreezeState::Frozen;
+        let renewed = Instant::now();
+        let reply = magestack_agent::runtime::init_request(&socket, &InitRequest::Renew { lease });
+        assert!(
+            matches!(reply, Ok(InitReply::Renewed { unfenced: false })),
+            "{reply:?}"
+        );
+        let deadline = renewed + lease + Duration::from_secs(5);
+        while !(frozen() && !eth0_up()) {
+            assert!(Instant::now() < deadline, "the node did not fence");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fenced.push(renewed.elapsed());
+        let thawing = Instant::now();
+        handle.cgroup.thaw().expect("thaw");
+        let reply = magestack_agent::runtime::init_request(&socket, &InitRequest::Renew { lease });
+        assert!(
+            matches!(reply, Ok(InitReply::Renewed { unfenced: true })),
+            "{reply:?}"
+        );
+        unfenced.push(thawing.elapsed());
+        assert!(eth0_up(), "links back after the unfence");
+        runtime.stop(&handle);
+    }
+    let fenced = median(&mut fenced);
+    println!(
+        "fence, {FENCE_ROUNDS} rounds, default [pair] settings (init lease {}), cgroup {:?}",
+        ms(lease),
+        runtime.cgroups.version()
+    );
+    println!(
+        "  last renewal to fenced (frozen, eth0 down):   median {}",
+        ms(fenced)
+    );
+    println!(
+        "  the fence past the lease (links down, freeze): median {}",
+        signed_ms(fenced.as_secs_f64() - lease.as_secs_f64())
+    );
+    println!(
+        "  unfence (thaw, renewal, links up, ARP):       median {}",
+        ms(median(&mut unfenced))
+    );
 }
 
 /// Node life, the agent's with and without a user namespace and crun's, interleaved.
