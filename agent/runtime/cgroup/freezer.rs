@@ -180,6 +180,89 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "0");
     }
 
+    /// Needs root: a process that joins a real node cgroup and freezes it itself stops right
+    /// after its write (what a node's init does when it fences), stays stopped, and goes on
+    /// once thawed from outside.
+    fn a_process_freezing_its_own_cgroup_stops_after_its_write(cgroups: Cgroups, name: &str) {
+        use std::process::Command;
+        use std::time::{Duration, Instant};
+
+        let parent = format!("magestack-freezetest-{}", std::process::id());
+        let node = cgroups.node(&parent, name);
+        node.create(&crate::runtime::cgroup::Limits::default())
+            .unwrap();
+        let temp = tempfile::TempDir::new().unwrap();
+        let marker = temp.path().join("after");
+        let control = node.freeze_control().expect("a freezer");
+        let joins: String = node
+            .procs_files()
+            .iter()
+            .map(|file| format!("echo $$ > {} && ", file.display()))
+            .collect();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{joins}printf {} > {} && echo done > {}",
+                control.freeze,
+                control.path.display(),
+                marker.display()
+            ))
+            .spawn()
+            .unwrap();
+        let wait = |what: &str, check: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !check() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait("the cgroup froze", &|| {
+                node.freeze_state().unwrap() == FreezeState::Frozen
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!marker.exists(), "ran on after freezing itself");
+            node.thaw().unwrap();
+            wait("the process went on once thawed", &|| marker.exists());
+            assert!(child.wait().unwrap().success());
+            assert_eq!(node.freeze_state().unwrap(), FreezeState::Thawed);
+        }));
+        let _ = node.thaw();
+        let _ = child.kill();
+        let _ = child.wait();
+        node.remove().unwrap();
+        cgroups.remove_parent_if_empty(&parent);
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[test]
+    fn a_real_node_cgroup_freezes_with_its_writer_inside() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root");
+        a_process_freezing_its_own_cgroup_stops_after_its_write(Cgroups::detect().unwrap(), "fz1");
+    }
+
+    /// The same on whatever cgroup2 mount this host has (the controller-less `unified` one of
+    /// a hybrid host has `cgroup.freeze` too).
+    #[test]
+    fn a_real_v2_node_cgroup_freezes_with_its_writer_inside() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root");
+        let text = fs::read_to_string(crate::runtime::cgroup::MOUNTINFO).unwrap();
+        let root = crate::runtime::cgroup::mountinfo::parse(&text)
+            .unwrap()
+            .into_iter()
+            .rev()
+            .find(|mount| mount.fs_type == "cgroup2")
+            .expect("this test needs a cgroup2 mount")
+            .mount_point;
+        let cgroups = Cgroups {
+            layout: Layout::V2 { root },
+            agent_leaf: None,
+        };
+        a_process_freezing_its_own_cgroup_stops_after_its_write(cgroups, "fz2");
+    }
+
     #[test]
     fn a_v1_host_without_the_freezer_cannot_freeze() {
         let text: String = crate::runtime::cgroup::tests::HYBRID
