@@ -378,3 +378,25 @@ fn a_standalone_host_whose_agent_is_killed_never_fences() {
     let _ = host.cli(&["stop", "web1", "db1"]);
     host.assert_nothing_left();
 }
+
+#[test]
+fn a_host_that_loses_quorum_fences_its_nodes_and_thaws_them_when_it_is_back() {
+    let (mut hosts, alerts) = paired("fq", "");
+    let nodes = nodes(&hosts.a);
+    // The partner's agent dies: a's link goes down, a stops renewing.
+    let lost = Instant::now();
+    hosts.b.kill_daemon(libc::SIGKILL);
+    let took = wait_fenced(&hosts.a, &nodes, lost, Duration::from_secs(10));
+    eprintln!("partner killed to every node of a fenced: {took:?}");
+    assert_silent(&hosts, &nodes);
+    let status = hosts.a.status();
+    assert_eq!(status["fencing"]["quorum"], false, "{status}");
+    for (node, _) in NODES {
+        assert_eq!(node_of(&status, node)["fenced"], true, "{status}");
+    }
+    wait_for("a quorum-lost alert", Duration::from_secs(5), || {
+        alerts.text().contains("quorum lost")
+    });
+    hosts.b.start_daemon_in_netns(&hosts.spaces[1].0.clone());
+    wait_unfenced(&hosts, &nodes);
+}
