@@ -346,7 +346,7 @@ fn a_stopped_agent_s_nodes_are_fenced_and_thawed_with_their_links_when_it_resume
 
 #[test]
 fn a_standalone_host_whose_agent_is_killed_never_fences() {
-    let mut host = TestHost::new("fsa", &a_nodes());
+    let mut host = TestHost::new("alone", &a_nodes());
     host.start_daemon();
     for (node, _) in NODES {
         host.wait_node_state(node, "running");
