@@ -220,9 +220,9 @@ fn wait_unfenced(hosts: &PairHosts, nodes: &[Node]) {
     );
     wait_for("status shows no fence", Duration::from_secs(10), || {
         let status = hosts.a.status();
-        NODES
+        nodes
             .iter()
-            .all(|(name, _)| node_of(&status, name)["fenced"] == false)
+            .all(|node| node_of(&status, node.name)["fenced"] == false)
     });
     assert_answering(hosts, nodes);
 }
@@ -397,6 +397,17 @@ fn a_host_that_loses_quorum_fences_its_nodes_and_thaws_them_when_it_is_back() {
     wait_for("a quorum-lost alert", Duration::from_secs(5), || {
         alerts.text().contains("quorum lost")
     });
+    // A fenced node stops at once: killed frozen, never thawed to stop gracefully.
+    let stopping = Instant::now();
+    hosts.a.cli(&["stop", "db1"]);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(!hosts.a.node_cgroup_exists("db1"));
     hosts.b.start_daemon_in_netns(&hosts.spaces[1].0.clone());
-    wait_unfenced(&hosts, &nodes);
+    wait_unfenced(&hosts, &nodes[..1]);
+    hosts.a.cli(&["start", "db1"]);
+    hosts.a.wait_node_state("db1", "running");
 }

@@ -345,7 +345,11 @@ impl Executor {
                 templates,
             } => {
                 let previous = self.handles.remove(&spec.name);
+                // A fenced node's init is frozen: it cannot stop gracefully, and its successor
+                // starts afresh after the clean-up kills it (a start does that first).
+                let fenced = self.fencing.fence(&spec.name).is_some();
                 self.fencing.forget(&spec.name);
+                let previous = previous.filter(|_| !fenced);
                 if previous.is_none() {
                     tracing::error!(
                         node = spec.name,
@@ -357,10 +361,15 @@ impl Executor {
             }
             Action::Stop(node) => {
                 let handle = self.handles.remove(&node);
+                // A fenced node's init is frozen and cannot stop gracefully: it is killed
+                // without being thawed (the freezer lets a kill through; see `kill_all`).
+                let fenced = self.fencing.fence(&node).is_some();
                 self.fencing.forget(&node);
                 self.blocking(node, move |runtime, node| {
-                    if let Some(handle) = handle {
-                        runtime.stop(&handle);
+                    match handle {
+                        Some(_) if fenced => runtime.cleanup(&node),
+                        Some(handle) => runtime.stop(&handle),
+                        None => {}
                     }
                     Event::Stopped(node)
                 });
