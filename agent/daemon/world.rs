@@ -66,6 +66,7 @@ pub enum Command {
     PairInvite,
     PairJoin(String),
     PairStatus,
+    PairWitness(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +287,10 @@ impl World {
             }
             Command::PairStatus => {
                 let _ = reply.send(Response::PairStatus(self.pair.status()));
+                return;
+            }
+            Command::PairWitness(token) => {
+                self.pair.add_witness(&token, reply);
                 return;
             }
         };
