@@ -135,8 +135,9 @@ enum ConfigCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run | Command::Witness { .. }) {
         // A client piped into `head` should end quietly when the pipe closes, like any Unix tool.
+        // The servers keep Rust's SIGPIPE ignored: a peer that resets a socket must not kill them.
         // SAFETY: resetting a signal disposition to its default has no memory effects.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
