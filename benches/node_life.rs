@@ -9,8 +9,13 @@
 //! 3. Restart: `magestack-agent restart` of a running node end to end from the CLI, alternating
 //!    with crun's `run --detach` of the same rootfs.
 //!
+//! 4. The pair (`node_life/pair.rs`): heartbeat round trip, TLS handshake, RSS with the link up,
+//!    a killed agent's lease expired on its partner and at the witness; `pair_load`: spurious
+//!    lease expiries with both cores busy.
+//!
 //! Sections can be picked by name: `cargo bench --bench node_life -- network daemon` (names:
-//! life, confinement, network, daemon, restart, stack; none given runs them all).
+//! life, confinement, network, daemon, restart, stack, pair, pair_load; none given runs them
+//! all).
 //!
 //! Runs as root. Everything it makes lives under /tmp/magestack-bench-<pid> and a cgroup parent of
 //! the same name, and is removed on every path.
@@ -24,6 +29,9 @@ use magestack_agent::api::control::{Request, Response};
 use magestack_agent::api::{read_message, write_message};
 use magestack_agent::config::{self, NodeSpec, Source};
 use magestack_agent::runtime::Runtime;
+
+#[path = "node_life/pair.rs"]
+mod pair;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_magestack-agent");
 const ROUNDS: usize = 30;
@@ -122,6 +130,12 @@ fn main() {
     }
     if section_wanted("stack") {
         default_set_start(&bench);
+    }
+    if section_wanted("pair") {
+        pair::bench(&bench.path, &bench.cgroup);
+    }
+    if section_wanted("pair_load") {
+        pair::bench_load(&bench.path, &bench.cgroup);
     }
 }
 
