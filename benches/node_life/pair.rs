@@ -134,7 +134,7 @@ impl PairBench {
             std::fs::write(
                 agent.config(),
                 format!(
-                    "[host]\nname = \"{name}\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nlog_dir = \"{d}/log\"\ncgroup = \"{cg}\"\n\n[network]\nbridge = \"mbp{n}\"\nsubnet = \"172.2{s}.0.0/24\"\nhost_ip = \"172.2{s}.0.254\"\nlink_prefix = \"mp{n}\"\n\n[pair]\nlisten = \"127.0.0.{n}:17946\"\n\n[nodes]\n",
+                    "[host]\nname = \"{name}\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nlog_dir = \"{d}/log\"\ncgroup = \"{cg}\"\n\n[network]\nbridge = \"mbp{n}\"\nsubnet = \"172.2{s}.0.0/24\"\nhost_ip = \"172.2{s}.0.254\"\nlink_prefix = \"p{n}\"\n\n[pair]\nlisten = \"127.0.0.{n}:17946\"\n\n[nodes]\n",
                     d = agent.dir.display(),
                     cg = agent.cgroup,
                     s = n + 1,
