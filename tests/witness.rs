@@ -342,11 +342,18 @@ fn a_stopped_agent_is_declared_gone_by_partner_and_witness_within_lease_and_marg
         Duration::from_secs(2),
         || pair_status(&hosts.a)["leases"]["partner"]["witness_says_expired"] == true,
     );
-    assert!(hosts
-        .a
-        .daemon_log()
-        .contains("lease of sb (partner) ran out"));
-    assert!(witness.log().contains("sb's lease expired"));
+    // Each logs it at its next look at the leases (every heartbeat; every fifth of a lease).
+    wait_for("sa to log the expiry", Duration::from_secs(2), || {
+        hosts
+            .a
+            .daemon_log()
+            .contains("lease of sb (partner) ran out")
+    });
+    wait_for(
+        "the witness to log the expiry",
+        Duration::from_secs(2),
+        || witness.log().contains("sb's lease expired"),
+    );
 
     // Back: heard again on both, the expiry counted once.
     drop(stopped);
@@ -400,5 +407,99 @@ fn exchange_plain(hosts: &PairHosts, witness: &TestWitness, bytes: Vec<u8>) {
             .unwrap();
         stream.write_all(&bytes).unwrap();
         let _ = stream.read_to_end(&mut Vec::new());
+    });
+}
+
+#[test]
+fn strangers_on_the_heartbeat_channel_are_refused_and_counted() {
+    let hosts = PairHosts::start("ha", "hb");
+    hosts.pair();
+    wait_for("ha to hear hb", Duration::from_secs(10), || {
+        pair_status(&hosts.a)["leases"]["partner"]["last_heard_ms_ago"].is_u64()
+    });
+    let unchanged = (pair_files(&hosts.a), pair_files(&hosts.b));
+    // A certificate of the pair's own CA for a host that is not the partner.
+    let dir = hosts.a.state_dir().join("pair");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let pair_ca = PairCa::load(&read("ca.crt"), &read("ca.key")).unwrap();
+    let not_partner = stranger_identity(&pair_ca, "hz");
+    // One of another CA, and none at all.
+    let foreign = stranger_identity(&PairCa::generate("hz").unwrap(), "hz");
+    let heartbeat = wire::encode(&Message::Heartbeat { seq: 1, sent_us: 1 });
+    for (identity, reason) in [
+        (Some(&not_partner), "not_partner"),
+        (Some(&foreign), "unknown_ca"),
+        (None, "tls"),
+    ] {
+        let config = heartbeat_client(identity);
+        exchange_heartbeat(&hosts, config, heartbeat.clone());
+        wait_for(
+            &format!("ha to refuse a heartbeat for {reason}"),
+            Duration::from_secs(10),
+            || common::pair::refused(&hosts.a, reason) == 1,
+        );
+    }
+    let log = hosts.a.daemon_log();
+    for reason in ["not_partner", "unknown_ca", "tls"] {
+        assert!(
+            log.lines().any(|line| line.contains("pair: refused")
+                && line.contains(&format!(": {reason}:"))
+                && line.contains("heartbeat")),
+            "no heartbeat refusal for {reason} in\n{log}"
+        );
+    }
+    let status = pair_status(&hosts.a);
+    assert_eq!(status["link"], "up", "{status}");
+    assert_eq!(status["leases"]["partner"]["alive"], true, "{status}");
+    assert_eq!((pair_files(&hosts.a), pair_files(&hosts.b)), unchanged);
+}
+
+fn stranger_identity(ca: &PairCa, host: &str) -> Identity {
+    let key = rcgen::KeyPair::generate().unwrap();
+    Identity {
+        host: host.into(),
+        ca: ca.cert_pem().into(),
+        certificate: ca.issue(host, &key).unwrap(),
+        key: key.serialize_pem(),
+    }
+}
+
+/// A client offering the heartbeat ALPN, accepting any server, with `identity`'s certificate.
+fn heartbeat_client(identity: Option<&Identity>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(common::pair::AnyServer));
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(
+                vec![magestack_agent::pair::ca::der_of(&identity.certificate).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![magestack_agent::pair::channel::HEARTBEAT_ALPN.to_vec()];
+    Arc::new(config)
+}
+
+/// From hb's namespace: a heartbeat connection to ha with `config`, `bytes`, until ha closes.
+fn exchange_heartbeat(hosts: &PairHosts, config: Arc<rustls::ClientConfig>, bytes: Vec<u8>) {
+    let address = hosts.a_address();
+    hosts.spaces[1].run(move || {
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("ha").unwrap();
+        let connection = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        if tls.write_all(&bytes).and_then(|()| tls.flush()).is_ok() {
+            let _ = tls.read_to_end(&mut Vec::new());
+        }
     });
 }

@@ -79,10 +79,10 @@ pub fn run(listen: SocketAddr, state: &Path, lease: Duration) -> Result<(), Witn
             .map_err(|source| WitnessError::Listen { listen, source })?;
         match (&token, &enrollment.pair_ca) {
             (Some(token), _) => {
+                tracing::info!(%listen, certificate = %certificate, "witness: first start; its token is on stdout (give it to `pair witness` on a host of the pair)");
                 let mut stdout = std::io::stdout();
                 writeln!(stdout, "{}", token.encode())?;
                 stdout.flush()?;
-                tracing::info!(%listen, certificate = %certificate, "witness: first start; its token is on stdout (give it to `pair witness` on a host of the pair)");
             }
             (None, Some(_)) => {
                 tracing::info!(%listen, by = ?enrollment.enrolled_by, "witness: serving its pair; nobody is declared dead for the first {lease:?}")

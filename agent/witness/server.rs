@@ -299,7 +299,7 @@ async fn enrollment(witness: &Witness, tls: &mut TlsStream<TcpStream>, peer: Soc
 
 /// A host of the pair: heartbeats, lease queries and compare-and-sets until it goes.
 async fn host_connection(
-    witness: &Witness,
+    witness: &Arc<Witness>,
     tls: &mut TlsStream<TcpStream>,
     peer: SocketAddr,
     host: &str,
@@ -326,7 +326,18 @@ async fn host_connection(
                 Message::LeaseAnswer(witness.lease_answer(&asked))
             }
             Message::Cas(request) if valid_node_name(&request.node) => {
-                match witness.store.compare_and_set(&request) {
+                // Off this thread: the record's fsync must not hold the other hosts' heartbeats.
+                let store = witness.clone();
+                let asked = request.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    store
+                        .store
+                        .compare_and_set(&asked)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|error| Err(error.to_string()));
+                match outcome {
                     Ok(answer) => {
                         tracing::info!(
                             host,

@@ -65,10 +65,6 @@ impl WitnessStore {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The identity, and whether it was made now (the first start).
     pub fn identity(&self) -> Result<(WitnessIdentity, bool), StoreError> {
         if let (Some(certificate), Some(key)) = (self.read(CERT)?, self.read(KEY)?) {
