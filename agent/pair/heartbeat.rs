@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::backoff::{jitter, Backoff};
 use super::ca::{names_host, Fingerprint};
 use super::clock::BootInstant;
 use super::lease::{Lease, RoundTrips, Transition};
@@ -449,6 +450,9 @@ async fn keep_beating(
     connector: TlsConnector,
 ) {
     let lease = shared.timing.lease;
+    // After a refused handshake or a refusal, backoff: a peer that turns this host away is not
+    // asked ten times a second (nor its refusal logged as often).
+    let mut backoff = Backoff::default();
     loop {
         let outcome = async {
             let stream = tokio::time::timeout(lease, TcpStream::connect(address))
@@ -463,21 +467,28 @@ async fn keep_beating(
             beat(&shared, role, tls).await
         }
         .await;
-        let error = match outcome {
-            Ok(()) => "closed".to_string(),
+        let (error, refused) = match outcome {
+            Ok(()) => ("closed".to_string(), false),
             Err(BeatError::Tls(error)) => {
                 if let Some(reason) = refusal_of(&error, false) {
                     shared.refuse(address, reason, format!("heartbeat TLS handshake: {error}"));
                 }
-                format!("TLS handshake: {error}")
+                (format!("TLS handshake: {error}"), true)
             }
-            Err(error) => error.to_string(),
+            Err(error @ BeatError::Refused(_)) => (error.to_string(), true),
+            Err(error) => (error.to_string(), false),
         };
         tracing::debug!(%address, role = role.as_str(), "pair heartbeats: {error}");
         shared.with_peer(role, |peer| {
             peer.last_error = Some(format!("{address}: {error}"))
         });
-        tokio::time::sleep(shared.timing.heartbeat).await;
+        let delay = if refused {
+            backoff.next_delay(jitter())
+        } else {
+            backoff.reset();
+            shared.timing.heartbeat
+        };
+        tokio::time::sleep(delay).await;
     }
 }
 
