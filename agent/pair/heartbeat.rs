@@ -29,9 +29,10 @@ use super::lease::{Lease, RoundTrips, Transition};
 use super::link::{PairEvent, PartnerAddress};
 use super::refusal::Refusal;
 use super::tls::{refusal_of, witness_client_config, Identity, TlsError};
-use super::wire::{self, FrameError, Message, WitnessEnroll};
+use super::wire::{self, FrameError, Message, WitnessEnroll, WitnessRecord};
 use super::witness_client::{self, WITNESS_NAME};
 use super::witness_token::WitnessToken;
+use crate::api::control::PeerLease;
 
 /// How long an accepted heartbeat connection may take to finish its handshake, and stay silent.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
@@ -49,6 +50,17 @@ pub struct Timing {
 pub struct WitnessAddress {
     pub address: SocketAddr,
     pub certificate: Fingerprint,
+}
+
+impl WitnessAddress {
+    /// A recorded witness as the heartbeats dial it; `None` when its fingerprint is not one.
+    pub fn of(record: &WitnessRecord) -> Option<WitnessAddress> {
+        let fingerprint = super::invite::unhex(&record.fingerprint)?;
+        Some(WitnessAddress {
+            address: record.address,
+            certificate: Fingerprint(fingerprint.try_into().ok()?),
+        })
+    }
 }
 
 /// Whom to beat for: this host's certificate, the partner, the witness.
@@ -109,6 +121,26 @@ pub struct PeerView {
     /// For the partner while its lease here has run out: whether the witness says it has there.
     pub witness_says_expired: Option<bool>,
     pub last_error: Option<String>,
+}
+
+impl PeerView {
+    /// As `pair status --json` shows it.
+    pub fn status(&self) -> PeerLease {
+        let micros = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+        PeerLease {
+            peer: self.name.clone(),
+            alive: self.alive,
+            last_heard_ms_ago: self.last_heard_ago.map(|d| d.as_millis() as u64),
+            expires_in_ms: self.expires_in_ms,
+            expiries: self.expiries,
+            rtt_us: micros(self.round_trip),
+            rtt_p50_us: micros(self.round_trip_p50),
+            rtt_p99_us: micros(self.round_trip_p99),
+            held_ms: self.held_for.map(|d| d.as_millis() as u64),
+            witness_says_expired: self.witness_says_expired,
+            last_error: self.last_error.clone(),
+        }
+    }
 }
 
 struct PeerState {

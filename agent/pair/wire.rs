@@ -88,6 +88,16 @@ pub struct WitnessRecord {
     pub added_unix: u64,
 }
 
+impl WitnessRecord {
+    /// Whether this record, told by the partner, replaces `ours`: when this host has none, or
+    /// this one was added later (the fingerprint breaks a tie, so both hosts settle on one).
+    pub fn replaces(&self, ours: Option<&WitnessRecord>) -> bool {
+        ours.is_none_or(|ours| {
+            (self.added_unix, &self.fingerprint) > (ours.added_unix, &ours.fingerprint)
+        })
+    }
+}
+
 /// A host adding a witness: the token's secret, and the pair CA the witness is to trust.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WitnessEnroll {
@@ -281,6 +291,20 @@ mod tests {
         }
         assert_eq!(decoded, messages());
         assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn the_witness_added_last_replaces_the_other_on_both_hosts() {
+        let record = |added_unix, fingerprint: &str| WitnessRecord {
+            address: "10.0.0.3:7947".parse().unwrap(),
+            fingerprint: fingerprint.into(),
+            added_unix,
+        };
+        let (old, new, tie) = (record(5, "aa"), record(9, "aa"), record(5, "bb"));
+        assert!(old.replaces(None));
+        assert!(new.replaces(Some(&old)) && !old.replaces(Some(&new)));
+        assert!(tie.replaces(Some(&old)) && !old.replaces(Some(&tie)));
+        assert!(!old.replaces(Some(&old)), "the same record changes nothing");
     }
 
     #[test]

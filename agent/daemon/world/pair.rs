@@ -12,11 +12,11 @@ use base64::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
-use crate::api::control::{PairStatus, PeerLease, Response, WitnessStatus};
+use crate::api::control::{PairStatus, Response, WitnessStatus};
 use crate::config::Config;
 use crate::pair::ca::{self, Fingerprint, PairCa};
 use crate::pair::heartbeat::{
-    HeartbeatCommand, HeartbeatPlan, Heartbeats, PeerRole, PeerView, Timing, WitnessAddress,
+    HeartbeatCommand, HeartbeatPlan, Heartbeats, PeerRole, Timing, WitnessAddress,
 };
 use crate::pair::invite::{hex, Invites};
 use crate::pair::link::JoinError;
@@ -193,7 +193,7 @@ impl PairCore {
             heartbeats.send(HeartbeatCommand::Configure(HeartbeatPlan {
                 identity: self.identity.clone(),
                 partner: self.partner_address(),
-                witness: self.witness.as_ref().and_then(witness_address),
+                witness: self.witness.as_ref().and_then(WitnessAddress::of),
             }));
         }
         if let Some(link) = &self.link {
@@ -244,7 +244,7 @@ impl PairCore {
                 .collect(),
             leases: peers
                 .iter()
-                .map(|view| (view.role.as_str().to_string(), peer_lease(view)))
+                .map(|view| (view.role.as_str().to_string(), view.status()))
                 .collect(),
         }
     }
@@ -320,10 +320,7 @@ impl PairCore {
 
     /// The partner's witness: taken when this host has none or the partner's was added later.
     fn partner_witness(&mut self, record: WitnessRecord) {
-        let newer = self.witness.as_ref().is_none_or(|ours| {
-            (record.added_unix, &record.fingerprint) > (ours.added_unix, &ours.fingerprint)
-        });
-        if !newer || witness_address(&record).is_none() {
+        if !record.replaces(self.witness.as_ref()) || WitnessAddress::of(&record).is_none() {
             return;
         }
         match self.store.save_witness(&record) {
@@ -645,30 +642,4 @@ fn spawn_threads(
     let heartbeats = Heartbeats::spawn(timing, report(events.clone()))?;
     let link = Link::spawn(host, listen, heartbeats.inbound(), report(events.clone()))?;
     Ok((link, heartbeats))
-}
-
-/// A witness record as the heartbeats dial it; `None` when its fingerprint is not one.
-fn witness_address(record: &WitnessRecord) -> Option<WitnessAddress> {
-    let fingerprint = crate::pair::invite::unhex(&record.fingerprint)?;
-    Some(WitnessAddress {
-        address: record.address,
-        certificate: Fingerprint(fingerprint.try_into().ok()?),
-    })
-}
-
-fn peer_lease(view: &PeerView) -> PeerLease {
-    let micros = |d: Option<std::time::Duration>| d.map(|d| d.as_micros() as u64);
-    PeerLease {
-        peer: view.name.clone(),
-        alive: view.alive,
-        last_heard_ms_ago: view.last_heard_ago.map(|d| d.as_millis() as u64),
-        expires_in_ms: view.expires_in_ms,
-        expiries: view.expiries,
-        rtt_us: micros(view.round_trip),
-        rtt_p50_us: micros(view.round_trip_p50),
-        rtt_p99_us: micros(view.round_trip_p99),
-        held_ms: view.held_for.map(|d| d.as_millis() as u64),
-        witness_says_expired: view.witness_says_expired,
-        last_error: view.last_error.clone(),
-    }
 }
