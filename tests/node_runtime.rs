@@ -6,8 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{host_namespace, process_namespace, TestHost, AGENT, SLEEPER_ROLE};
+use common::{host_namespace, process_namespace, wait_for, TestHost, AGENT, SLEEPER_ROLE};
 
 fn sleeper_host(name: &str, extra: &str) -> TestHost {
     let mut host = TestHost::new(
@@ -358,6 +359,57 @@ fn volumes_are_created_kept_across_restarts_and_visible_on_the_host() {
         !host.exec("s1", &["cat", "/tmp/file"]).status.success(),
         "/tmp survived a restart"
     );
+}
+
+/// A restart makes the next init while the previous one stops, but the next life's processes
+/// start only once the previous life's have stopped, however long their SIGTERM handling
+/// takes: each life logs its start and, 300 ms into its SIGTERM handler, its stop, into a
+/// volume both see.
+#[test]
+fn a_restart_starts_the_next_life_only_after_the_previous_one_stopped() {
+    let mut host = TestHost::new(
+        "overlap",
+        r#"
+[nodes.s1]
+role = "slowstop"
+[roles.slowstop]
+image = "busybox"
+[[roles.slowstop.volume]]
+name = "data"
+path = "/srv/data"
+[[roles.slowstop.process]]
+name = "main"
+command = ["sh", "-c", "echo started >> /srv/data/lives; trap 'sleep 0.3; echo stopped >> /srv/data/lives; exit 0' TERM; while true; do sleep 0.05; done"]
+"#,
+    );
+    host.start_daemon();
+    host.wait_node_state("s1", "running");
+    let lives = host.state_dir().join("volumes/s1/data/lives");
+    let logged = |count: usize| {
+        wait_for("the lives to log", Duration::from_secs(5), || {
+            std::fs::read_to_string(&lives)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= count
+        })
+    };
+    // The first life's shell may still be on its way to its `echo`.
+    logged(1);
+    const RESTARTS: usize = 4;
+    for restart in 1..=RESTARTS {
+        let before = host.node_pid("s1");
+        host.cli(&["restart", "s1"]);
+        assert_ne!(host.node_pid("s1"), before);
+        // Each restart logs a stop and a start, the start once the next life's shell runs.
+        logged(1 + 2 * restart);
+    }
+    let log = std::fs::read_to_string(&lives).unwrap();
+    let mut expected = vec!["started"];
+    for _ in 0..RESTARTS {
+        expected.extend(["stopped", "started"]);
+    }
+    assert_eq!(log.lines().collect::<Vec<_>>(), expected, "{log}");
 }
 
 #[test]

@@ -58,22 +58,10 @@ impl DesiredState {
         serde_json::from_slice(data)
     }
 
-    pub fn wants_running(&self, node: &str) -> bool {
-        !self.stopped.contains(node)
-    }
-
-    /// Records the wish for every named node and persists it, in one atomic write, before
+    /// Persists `stopped` as the nodes an operator stopped, in one atomic write, before
     /// anything acts on it. When the write fails (a full disk) nothing changes, in memory
     /// either, so the daemon never acts on a wish it could not keep.
-    pub fn set_running(&mut self, nodes: &[String], running: bool) -> std::io::Result<()> {
-        let mut stopped = self.stopped.clone();
-        for node in nodes {
-            if running {
-                stopped.remove(node);
-            } else {
-                stopped.insert(node.clone());
-            }
-        }
+    pub fn record(&mut self, stopped: BTreeSet<String>) -> std::io::Result<()> {
         if stopped == self.stopped {
             return Ok(());
         }
@@ -93,27 +81,29 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn stopped(nodes: &[&str]) -> BTreeSet<String> {
+        nodes.iter().map(|node| node.to_string()).collect()
+    }
+
     #[test]
     fn stopped_nodes_persist() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = DesiredState::load(dir.path()).unwrap();
-        assert!(state.wants_running("web1"));
-        state.set_running(&["web1".into()], false).unwrap();
+        assert!(state.stopped.is_empty());
+        state.record(stopped(&["web1"])).unwrap();
         let reloaded = DesiredState::load(dir.path()).unwrap();
-        assert!(!reloaded.wants_running("web1"));
-        state.set_running(&["web1".into()], true).unwrap();
-        assert!(DesiredState::load(dir.path())
-            .unwrap()
-            .wants_running("web1"));
+        assert_eq!(reloaded.stopped, stopped(&["web1"]));
+        state.record(stopped(&[])).unwrap();
+        assert!(DesiredState::load(dir.path()).unwrap().stopped.is_empty());
     }
 
     #[test]
     fn a_wish_that_cannot_be_written_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = DesiredState::load(&dir.path().join("gone")).unwrap();
-        let error = state.set_running(&["web1".into()], false).unwrap_err();
+        let error = state.record(stopped(&["web1"])).unwrap_err();
         assert!(error.to_string().contains("desired.json"), "{error}");
-        assert!(state.wants_running("web1"));
+        assert!(state.stopped.is_empty());
     }
 
     #[test]
@@ -123,11 +113,14 @@ mod tests {
         std::fs::write(&path, b"{\"stopped\": [\"web").unwrap();
         std::fs::write(dir.path().join("desired.tmp-4000000"), b"{").unwrap();
         let mut state = DesiredState::load(dir.path()).unwrap();
-        assert!(state.wants_running("web"));
+        assert!(state.stopped.is_empty());
         assert!(dir.path().join("desired.json.corrupt").exists());
         assert!(!dir.path().join("desired.tmp-4000000").exists());
-        state.set_running(&["db1".into()], false).unwrap();
-        assert!(!DesiredState::load(dir.path()).unwrap().wants_running("db1"));
+        state.record(stopped(&["db1"])).unwrap();
+        assert_eq!(
+            DesiredState::load(dir.path()).unwrap().stopped,
+            stopped(&["db1"])
+        );
     }
 
     proptest! {

@@ -2,14 +2,15 @@
 //! control socket and drives every node towards its desired state. Nodes outlive it.
 
 mod claim;
+mod core;
 mod desired;
+mod executor;
 mod init_client;
 mod metrics;
 mod notify;
 mod reload;
 mod server;
 mod status;
-mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -26,10 +27,10 @@ use crate::config::{self, Config, ConfigError};
 use crate::image::ImageStore;
 use crate::runtime::{NodeRecord, Runtime};
 use desired::DesiredState;
+use executor::{Event, Executor, NetworkEvent};
 use metrics::Metrics;
 use notify::ServiceManager;
 use server::Server;
-use world::{Event, NetworkEvent, World};
 
 /// The control socket's path under the run dir.
 pub fn socket_path(run_dir: &Path) -> PathBuf {
@@ -209,7 +210,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             runtime: runtime.clone(),
             started: Instant::now(),
         });
-        let mut world = World::new(
+        let mut executor = Executor::new(
             config,
             runtime.clone(),
             desired,
@@ -218,7 +219,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             events,
         );
         let began = Instant::now();
-        world.tick();
+        executor.tick();
         metrics.observe_reconcile(began.elapsed());
         tokio::spawn(server.clone().serve(listener));
         if let Some(listener) = metrics_listener {
@@ -237,18 +238,18 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             interval
         });
         tracing::info!(socket = %socket.display(), "ready");
-        service.ready(crate::api::control::summary(&world.node_states()));
+        service.ready(crate::api::control::summary(&executor.node_states()));
         loop {
-            let wakeup = world.next_wakeup();
+            let wakeup = executor.next_wakeup();
             tokio::select! {
                 Some(event) = inbox.recv() => {
                     let began = Instant::now();
-                    world.handle(event);
+                    executor.handle(event);
                     metrics.observe_reconcile(began.elapsed());
                 }
                 _ = sleep_until(wakeup) => {
                     let began = Instant::now();
-                    world.tick();
+                    executor.tick();
                     metrics.observe_reconcile(began.elapsed());
                 }
                 _ = next_tick(&mut watchdog) => service.watchdog(),
@@ -259,7 +260,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
-            service.status(crate::api::control::summary(&world.node_states()));
+            service.status(crate::api::control::summary(&executor.node_states()));
         }
         service.stopping();
         tracing::info!("stopping the agent; nodes keep running");

@@ -9,8 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::executor::{Command, Event};
 use super::status;
-use super::world::{Command, Event};
 use crate::api::control::{HostStatus, Request, Response, StatusReport};
 use crate::api::{decode_line, MAX_MESSAGE};
 use crate::runtime::Runtime;
@@ -116,7 +116,10 @@ impl Server {
         self.events
             .send(Event::Snapshot(nodes, reply))
             .map_err(|_| gone())?;
-        let snapshot = answer.await.map_err(|_| gone())??;
+        let snapshot = answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(|e| e.to_string())?;
         let host = HostStatus {
             name: snapshot.host,
             version: env!("CARGO_PKG_VERSION").into(),

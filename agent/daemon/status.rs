@@ -1,8 +1,8 @@
 //! `status`: the core's snapshot completed with each running init's own report and the node's
 //! cgroup figures, gathered concurrently outside the core.
 
+use super::executor::NodeSnapshot;
 use super::init_client::{ask_init, InitAnswer};
-use super::world::NodeSnapshot;
 use crate::api::control::{HostStatus, NodeState, NodeStatus, PairStatus, StatusReport};
 use crate::api::init::HealthStatus;
 use crate::runtime::{quota, unix_now, NodeRecord};
@@ -24,15 +24,16 @@ pub async fn report(
 }
 
 fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus {
-    let stats = snapshot.handle.as_ref().map(|h| h.cgroup.stats());
-    let disk = snapshot.handle.as_ref().map(|h| disk_status(&h.record));
+    let NodeSnapshot { view, handle } = snapshot;
+    let stats = handle.as_ref().map(|h| h.cgroup.stats());
+    let disk = handle.as_ref().map(|h| disk_status(&h.record));
     let (processes, health) = match answer {
         Some(InitAnswer { processes, health }) => (processes, Some(health)),
         None => (Vec::new(), None),
     };
-    let (health, health_error) = node_health(snapshot.state, health);
+    let (health, health_error) = node_health(view.state, health);
     let process_failure = processes.iter().find(|p| p.state.is_failure());
-    let state = match (snapshot.state, process_failure) {
+    let state = match (view.state, process_failure) {
         (NodeState::Running, Some(_)) => NodeState::Failed,
         (state, _) => state,
     };
@@ -44,19 +45,18 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
                 p.last_error.as_deref().unwrap_or("failed")
             )
         })
-        .or(snapshot.error)
+        .or(view.error)
         .or(health_error);
     NodeStatus {
-        name: snapshot.name,
-        role: snapshot.role,
+        name: view.name,
+        role: view.role,
         state,
-        pid: snapshot.pid,
-        ip: snapshot.ip,
-        uptime_s: snapshot.started_at.map(|at| unix_now().saturating_sub(at)),
-        restarts: snapshot.restarts,
+        pid: view.pid,
+        ip: view.ip,
+        uptime_s: view.started_at.map(|at| unix_now().saturating_sub(at)),
+        restarts: view.restarts,
         memory_bytes: stats.as_ref().map(|s| s.memory_bytes),
-        memory_limit_bytes: snapshot
-            .handle
+        memory_limit_bytes: handle
             .as_ref()
             .and_then(|h| h.record.spec.definition.resources.memory_bytes),
         cpu_usec: stats.as_ref().map(|s| s.cpu_usec),
@@ -66,8 +66,8 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         health: health.into(),
         processes,
         error,
-        degraded: snapshot.degraded,
-        desired: if snapshot.desired_running {
+        degraded: view.degraded,
+        desired: if view.desired_running {
             "running".into()
         } else {
             "stopped".into()

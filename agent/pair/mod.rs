@@ -12,6 +12,9 @@
 //! to the pair's witness (added with its token, [`witness_token`], [`witness_client`]); each
 //! peer heard holds a lease ([`lease`]) on CLOCK_BOOTTIME ([`clock`]). The link's listener
 //! hands heartbeat connections over by their ALPN ([`channel`]).
+//!
+//! Who may run which node, and the witness's compare-and-set that hands a node over, are the
+//! rules of [`ownership`].
 
 pub mod backoff;
 pub mod ca;
@@ -21,6 +24,7 @@ pub mod heartbeat;
 pub mod invite;
 pub mod lease;
 pub mod link;
+pub mod ownership;
 pub mod refusal;
 pub mod store;
 pub mod tls;

@@ -7,9 +7,11 @@ mod clone;
 pub mod enter;
 mod exec_streams;
 mod idmap;
+mod launch;
 mod paths;
 pub mod quota;
 mod record;
+mod restart;
 mod sandbox;
 mod undo;
 pub mod volume;
@@ -18,13 +20,10 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::api::init::{Handshake, InitPlan, InitReply, InitRequest, ProcessStatus, VolumeMount};
 use crate::api::{read_message, write_message};
@@ -39,7 +38,7 @@ pub use record::{
     live_records, process_start_ticks, remove_stale_temps, write_atomic, write_atomic_mode,
     NodeRecord,
 };
-use sandbox::{Kept, Sandbox};
+use sandbox::Sandbox;
 use undo::Undo;
 
 /// How long a node may take from clone to "ready".
@@ -184,317 +183,6 @@ impl Runtime {
         templates: &[crate::template::Rendered],
     ) -> Result<NodeHandle, RuntimeError> {
         self.launch(spec, restarts, templates, None)
-    }
-
-    /// Stops a running node's init and starts `spec` again. The sandbox (user and network
-    /// namespaces, the links in them, fw1's rules) is kept when the node's network and id
-    /// range stay the same: the new init is started in it. Otherwise, or when the pins were
-    /// lost, this is a stop and a start.
-    pub fn restart(
-        &self,
-        handle: &NodeHandle,
-        spec: &NodeSpec,
-        restarts: u32,
-        templates: &[crate::template::Rendered],
-    ) -> Result<NodeHandle, RuntimeError> {
-        let node = spec.name.as_str();
-        self.halt(handle);
-        let same = &handle.record.spec;
-        let kept = if same.network == spec.network
-            && same.definition.privileged == spec.definition.privileged
-        {
-            self.release_init(node);
-            Sandbox::of(&handle.paths).open(!spec.definition.privileged)
-        } else {
-            None
-        };
-        if kept.is_none() {
-            self.release(node);
-        }
-        let started = self.launch(spec, restarts, templates, kept);
-        if started.is_err() {
-            // The start's own undo begins with the run dir; a failure before (the image, the
-            // id range) would leave the kept sandbox pinned.
-            self.release(node);
-        }
-        started
-    }
-
-    /// A node start, in the sandbox `kept` from its previous init or in a new one.
-    fn launch(
-        &self,
-        spec: &NodeSpec,
-        restarts: u32,
-        templates: &[crate::template::Rendered],
-        kept: Option<Kept>,
-    ) -> Result<NodeHandle, RuntimeError> {
-        let node = spec.name.as_str();
-        let paths = self.dirs.node(node);
-        let image_rootfs = self
-            .images
-            .rootfs(&spec.definition.image)
-            .map_err(|source| RuntimeError::Image {
-                node: node.into(),
-                source,
-            })?;
-        let id_base = if spec.definition.privileged {
-            None
-        } else {
-            Some(
-                self.idmaps
-                    .base_of(node)
-                    .map_err(io_error(node, "allocate the node's id range"))?,
-            )
-        };
-        if id_base.is_some() {
-            for dir in [&paths.run, &paths.layer, &paths.volumes] {
-                if let Some((closed, mode)) = paths::first_unsearchable(dir) {
-                    return Err(RuntimeError::Host {
-                        what: format!(
-                            "node {node}: {} has mode {mode:04o}: the node's user namespace needs search permission (o+x) on every directory down to {}",
-                            closed.display(),
-                            dir.display()
-                        ),
-                        source: std::io::ErrorKind::PermissionDenied.into(),
-                    });
-                }
-            }
-        }
-        let mut undo = Undo::new();
-
-        if kept.is_none() && paths.run.exists() {
-            self.cleanup(node);
-        }
-        // 0711 down to here: the init, an unprivileged user on the host once in its user
-        // namespace, must be able to reach its mount point and files by path.
-        paths::create_dir(&paths.run, 0o711).map_err(io_error(node, "create run dir"))?;
-        let run_dir = paths.run.clone();
-        undo.push("remove run dir", move || {
-            let _ = std::fs::remove_dir_all(&run_dir);
-        });
-        let sandbox = Sandbox::of(&paths);
-        let release_sandbox = || {
-            let (sandbox, node) = (Sandbox::of(&paths), node.to_string());
-            move || sandbox.release(&node)
-        };
-        if kept.is_some() {
-            undo.push("release the sandbox", release_sandbox());
-        }
-        let (volumes, shared) = self.prepare_dirs(spec, &paths, id_base, &image_rootfs)?;
-        let disk_quota = self.limit_disk(spec, &paths, &mut undo)?;
-        std::fs::write(paths.hosts_file(), self.hosts_text())
-            .map_err(io_error(node, "write hosts file"))?;
-        std::fs::write(paths.resolv_file(), &self.resolv)
-            .map_err(io_error(node, "write resolv.conf"))?;
-        let templates_dir = if spec.definition.templates.is_empty() {
-            None
-        } else {
-            let dir = self.templates_dir(node);
-            crate::template::install(&dir, templates, id_base)
-                .map_err(io_error(node, "write rendered templates"))?;
-            Some(dir)
-        };
-
-        let cgroup = self.node_cgroup(node);
-        cgroup
-            .create(&Limits {
-                memory_bytes: spec.definition.resources.memory_bytes,
-                cpus: spec.definition.resources.cpus,
-                pids: spec.definition.resources.pids,
-            })
-            .map_err(|source| RuntimeError::Cgroup {
-                node: node.into(),
-                source,
-            })?;
-        let cgroup_for_undo = cgroup.clone();
-        undo.push("remove cgroup", move || {
-            let _ = cgroup_for_undo.remove();
-        });
-
-        let control = UnixListener::bind(paths.control_socket())
-            .map_err(io_error(node, "bind init control socket"))?;
-        std::fs::set_permissions(
-            paths.control_socket(),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .map_err(io_error(node, "chmod init control socket"))?;
-        let (handshake, child_handshake) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| io_error(node, "socketpair")(e.into()))?;
-        let log_dir = File::open(&paths.logs).map_err(io_error(node, "open log dir"))?;
-        let null = File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(io_error(node, "open /dev/null"))?;
-        let cgroup_fd = cgroup
-            .clone_into_fd()
-            .map_err(|source| RuntimeError::Cgroup {
-                node: node.into(),
-                source,
-            })?;
-
-        // On v2 the init is born in its cgroup and its own cgroup namespace. On v1 it joins the
-        // cgroup itself (the cheap way, see `join_files`) and then unshares the namespace.
-        let born_in_cgroup = cgroup_fd.is_some();
-        if let Some(base) = id_base {
-            for file in cgroup.join_files() {
-                idmap::give_to_node(&file, base)
-                    .map_err(io_error(node, format!("delegate {}", file.display())))?;
-            }
-        }
-        let (maps_read, maps_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| io_error(node, "pipe")(e.into()))?;
-        let spawning = clone::spawn(&clone::ChildSetup {
-            program: path_cstring(&self.init_binary),
-            argv: vec![
-                CString::new("magestack-agent").expect("static"),
-                CString::new("init").expect("static"),
-                CString::new(node)
-                    .map_err(|e| io_error(node, "node name")(std::io::Error::other(e)))?,
-            ],
-            env: vec![CString::new("MAGESTACK_NODE_INIT=1").expect("static")],
-            null: null.as_fd(),
-            fds: vec![child_handshake.as_fd(), control.as_fd(), log_dir.as_fd()],
-            cgroup: cgroup_fd.as_ref().map(AsFd::as_fd),
-            sandbox: match &kept {
-                Some(kept) => clone::Sandbox::Join {
-                    user: kept.user.as_ref().map(AsFd::as_fd),
-                    net: kept.net.as_fd(),
-                },
-                None => clone::Sandbox::New {
-                    maps_written: id_base.map(|_| maps_read.as_fd()),
-                },
-            },
-        })
-        .map_err(io_error(node, "clone init into its namespaces"))?;
-        drop((
-            child_handshake,
-            control,
-            log_dir,
-            null,
-            cgroup_fd,
-            maps_read,
-        ));
-        if let (Some(base), None) = (id_base, &kept) {
-            idmap::write_maps(spawning.pid(), base)
-                .map_err(io_error(node, "write uid and gid maps"))?;
-            nix::unistd::write(&maps_write, &[1])
-                .map_err(|e| io_error(node, "release the init")(e.into()))?;
-        }
-        drop(maps_write);
-        let child = spawning
-            .finish()
-            .map_err(io_error(node, "clone init into its namespaces"))?;
-        let pidfd = child
-            .pidfd
-            .try_clone()
-            .map_err(io_error(node, "dup pidfd"))?;
-        undo.push("kill init", move || {
-            let _ = pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
-            wait_exit(pidfd.as_fd(), Duration::from_secs(5));
-        });
-        if kept.is_none() {
-            undo.push("release the sandbox", release_sandbox());
-            sandbox
-                .pin(node, child.pid, id_base.is_some())
-                .map_err(RuntimeError::Sandbox)?;
-        }
-
-        let lower = self.mount_idmapped(spec, child.pid, id_base, &image_rootfs, &shared)?;
-        let attached = match kept {
-            Some(_) => self.network.reattach(spec, child.pid),
-            None => self.network.attach(spec, child.pid).map(|()| false),
-        };
-        let links_kept = attached.map_err(|source| RuntimeError::Network {
-            node: node.into(),
-            source,
-        })?;
-        // A failed start needs no link removal: the links go with the init's namespace once
-        // the sandbox is released.
-        let plan = InitPlan {
-            spec: spec.clone(),
-            image_rootfs: lower,
-            user_namespace: id_base.is_some(),
-            upper_dir: paths.upper(),
-            work_dir: paths.work(),
-            root_mount: paths.root_mount(),
-            volumes,
-            hosts_file: paths.hosts_file(),
-            resolv_file: paths.resolv_file(),
-            templates_dir,
-            stop_timeout: self.stop_timeout,
-            log_rotation: self.log_rotation,
-            join_cgroup: if born_in_cgroup {
-                Vec::new()
-            } else {
-                cgroup.join_files()
-            },
-            // fw1 may change its own network: its init sets it up again.
-            network_configured: links_kept && spec.network.public.is_none(),
-        };
-        let handshake = UnixStream::from(handshake);
-        handshake_with_init(node, &handshake, plan)?;
-        let processes = match read_message::<Handshake>(&handshake) {
-            Ok(Handshake::Ready { processes }) => processes,
-            Ok(Handshake::Failed { step, error }) => {
-                return Err(RuntimeError::Init {
-                    node: node.into(),
-                    step,
-                    error,
-                })
-            }
-            Ok(other) => {
-                return Err(RuntimeError::Init {
-                    node: node.into(),
-                    step: "handshake".into(),
-                    error: format!("unexpected message {other:?}"),
-                })
-            }
-            Err(error) => {
-                return Err(RuntimeError::Init {
-                    node: node.into(),
-                    step: "handshake".into(),
-                    error: format!(
-                        "no ready message: {error} (see {}/init.log)",
-                        paths.logs.display()
-                    ),
-                })
-            }
-        };
-        if let Some(failed) = processes.iter().find(|p| p.state.is_failure()) {
-            return Err(RuntimeError::Process {
-                node: node.into(),
-                process: failed.name.clone(),
-                error: failed.last_error.clone().unwrap_or_default(),
-            });
-        }
-
-        let record = NodeRecord {
-            name: node.into(),
-            pid: child.pid,
-            start_ticks: process_start_ticks(child.pid).unwrap_or(0),
-            started_at: unix_now(),
-            spec: spec.clone(),
-            restarts,
-            id_base,
-            disk_quota,
-        };
-        record
-            .save(&paths.record())
-            .map_err(io_error(node, "write state.json"))?;
-        undo.commit();
-        Ok(NodeHandle {
-            record,
-            pidfd: child.pidfd,
-            paths,
-            cgroup,
-            processes,
-        })
     }
 
     /// Directories a node needs: writable layer, volumes (created on first use, then kept),
@@ -753,16 +441,8 @@ impl Runtime {
 
     /// Stops a node's init: asked, then SIGTERM, then SIGKILL.
     fn halt(&self, handle: &NodeHandle) {
-        let asked = init_request(&handle.paths.control_socket(), &InitRequest::Stop).is_ok();
-        if !asked {
-            let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGTERM);
-        }
-        let grace = self.stop_timeout + Duration::from_secs(5);
-        if !wait_exit(handle.pidfd.as_fd(), grace) {
-            tracing::warn!(node = %handle.record.name, "init did not stop in {grace:?}; killing it");
-            let _ = pidfd_signal(handle.pidfd.as_fd(), libc::SIGKILL);
-            wait_exit(handle.pidfd.as_fd(), Duration::from_secs(5));
-        }
+        self.ask_to_stop(handle);
+        self.wait_stopped(handle);
     }
 
     fn hosts_text(&self) -> String {
@@ -803,18 +483,21 @@ impl Runtime {
     /// Removes a node's cgroup (killing anything left in it), sandbox and run files.
     /// Idempotent.
     fn release(&self, node: &str) {
-        self.release_init(node);
+        self.remove_cgroup(node);
         let paths = self.dirs.node(node);
         Sandbox::of(&paths).release(node);
         remove_path(node, &paths.run);
     }
 
-    /// Removes what one init of a node had: its cgroup (killing anything left in it) and the
-    /// run files but the sandbox.
-    fn release_init(&self, node: &str) {
+    /// Removes a node's cgroup, killing anything left in it.
+    fn remove_cgroup(&self, node: &str) {
         if let Err(error) = self.node_cgroup(node).remove() {
             tracing::warn!(node, "removing cgroup: {error}");
         }
+    }
+
+    /// Removes what one init of a node had in its run dir: all but the sandbox.
+    fn remove_run_files(&self, node: &str) {
         let entries = std::fs::read_dir(self.dirs.node(node).run).into_iter();
         for entry in entries.flatten().flatten() {
             if entry.file_name() != Sandbox::DIR {
@@ -934,6 +617,16 @@ fn remove_path(node: &str, path: &Path) {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(node, "removing {}: {error}", path.display());
         }
+    }
+}
+
+/// The cgroup limits a node's definition sets.
+fn limits_of(spec: &NodeSpec) -> Limits {
+    let resources = &spec.definition.resources;
+    Limits {
+        memory_bytes: resources.memory_bytes,
+        cpus: resources.cpus,
+        pids: resources.pids,
     }
 }
 

@@ -1,7 +1,12 @@
-//! The compare-and-set rule for a node's record at the witness: a request applies only when
-//! the record is still what the sender expected, and its epoch never goes back; at one epoch a
-//! node has one owner. Pure: [`super::store`] persists what it decides.
+//! The compare-and-set rule for a node's record at the witness. Who owns a node at which epoch
+//! changes by [`crate::pair::ownership::Witness::compare_and_set`], the pair's one rule (from
+//! the record the sender expected to its owner at the next epoch); at its own epoch the owner
+//! may change only whether the partner's replica is current. Pure: [`super::store`] persists
+//! what it decides.
 
+use std::collections::BTreeMap;
+
+use crate::pair::ownership::{self, CasOutcome, Claim, Epoch};
 use crate::pair::wire::{CasAnswer, CasRequest, NodeClaim};
 
 /// The record after `request` given the `current` one: the new one, or why not.
@@ -16,20 +21,36 @@ pub fn decide(current: Option<&NodeClaim>, request: &CasRequest) -> Result<NodeC
         });
     }
     if let Some(current) = current {
-        if request.new.epoch < current.epoch {
-            return Err(format!(
-                "epoch {} is older than the recorded {}",
-                request.new.epoch, current.epoch
-            ));
-        }
-        if request.new.epoch == current.epoch && request.new.owner != current.owner {
-            return Err(format!(
-                "{} already owns it at epoch {}: a new owner needs a new epoch",
-                current.owner, current.epoch
-            ));
+        if claim(current) == claim(&request.new) {
+            return Ok(request.new.clone());
         }
     }
-    Ok(request.new.clone())
+    let mut witness = ownership::Witness::new(
+        current
+            .map(|current| (request.node.clone(), claim(current)))
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+    );
+    match witness.compare_and_set(&ownership::Cas {
+        node: request.node.clone(),
+        expected: current.map(claim),
+        proposed: claim(&request.new),
+    }) {
+        CasOutcome::Accepted { .. } => Ok(request.new.clone()),
+        CasOutcome::Refused { .. } => Err(format!(
+            "{} at epoch {} is not the next owner: a new owner takes epoch {}",
+            request.new.owner,
+            request.new.epoch,
+            current.map_or(1, |current| current.epoch + 1)
+        )),
+    }
+}
+
+fn claim(record: &NodeClaim) -> Claim {
+    Claim {
+        owner: record.owner.clone(),
+        epoch: Epoch(record.epoch),
+    }
 }
 
 /// The answer to `request`, given what `decide` said and the record it left.
@@ -102,18 +123,17 @@ mod tests {
     }
 
     #[test]
-    fn epochs_never_go_back_and_one_epoch_has_one_owner() {
+    fn epochs_only_step_to_the_next_and_one_epoch_has_one_owner() {
         let current = claim("dh1", 5);
-        let error = decide(
-            Some(&current),
-            &request(Some(current.clone()), claim("dh1", 4)),
-        );
-        assert!(error.unwrap_err().contains("older"));
-        let error = decide(
-            Some(&current),
-            &request(Some(current.clone()), claim("dh2", 5)),
-        );
-        assert!(error.unwrap_err().contains("new epoch"));
+        for (owner, epoch) in [("dh1", 4), ("dh2", 5), ("dh2", 7)] {
+            let asked = request(Some(current.clone()), claim(owner, epoch));
+            let error = decide(Some(&current), &asked).unwrap_err();
+            assert!(error.contains("takes epoch 6"), "{owner} {epoch}: {error}");
+        }
+        let next = request(Some(current.clone()), claim("dh2", 6));
+        assert_eq!(decide(Some(&current), &next), Ok(claim("dh2", 6)));
+        let first = request(None, claim("dh1", 2));
+        assert!(decide(None, &first).is_err(), "a first record is epoch 1");
         // The owner may update its replica flag at its own epoch.
         let mut flag = claim("dh1", 5);
         flag.partner_replica_current = false;

@@ -1,13 +1,12 @@
 //! The core's side of the network audit: when to look (at start-up, on a link notification,
-//! and every [`AUDIT_INTERVAL`]), one audit at a time on a blocking thread, the nodes shown
-//! degraded while theirs is repaired, and the restart of a node whose network cannot be put
-//! back from outside.
+//! and every [`AUDIT_INTERVAL`]), one audit at a time, the nodes shown degraded while theirs is
+//! repaired, and the restart of a node whose network cannot be put back from outside.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Event, Phase, World};
-use crate::net::{plan_repairs, Repair, RunningNode};
+use super::{Action, AuditedNode, Core, Now, Phase};
+use crate::net::{NetError, Repair};
 
 /// The periodic audit, for what no notification told of (or one lost).
 const AUDIT_INTERVAL: Duration = Duration::from_secs(10);
@@ -27,9 +26,9 @@ pub(super) struct NetworkAudit {
 impl NetworkAudit {
     /// The first audit runs at once: nodes re-adopted by a new daemon may have lost the bridge
     /// while it was away.
-    pub(super) fn new() -> NetworkAudit {
+    pub(super) fn new(now: Instant) -> NetworkAudit {
         NetworkAudit {
-            due: Some(Instant::now()),
+            due: Some(now),
             in_flight: false,
             again: false,
             degraded: BTreeMap::new(),
@@ -42,26 +41,27 @@ impl NetworkAudit {
 }
 
 /// Each repair an audit made and how it went.
-pub type RepairOutcomes = Vec<(Repair, Result<(), String>)>;
+pub type RepairOutcomes = Vec<(Repair, Result<(), NetError>)>;
 
-/// What an audit reports to the core.
+/// What the link monitor and an audit report to the core.
+#[derive(Debug)]
 pub enum NetworkEvent {
     /// A link of ours changed: look now.
     Changed,
     /// The repairs an audit is about to make.
     Repairing(Vec<Repair>),
     /// Each repair and how it went; an error when the audit itself failed.
-    Audited(Result<RepairOutcomes, String>),
+    Audited(Result<RepairOutcomes, NetError>),
 }
 
-impl World {
-    pub(super) fn network_event(&mut self, event: NetworkEvent) {
+impl Core {
+    pub(super) fn network_event(&mut self, now: &Now, event: NetworkEvent) {
         match event {
             NetworkEvent::Changed => {
                 if self.network.in_flight {
                     self.network.again = true;
                 } else {
-                    self.network.due = Some(Instant::now());
+                    self.network.due = Some(now.instant);
                 }
             }
             NetworkEvent::Repairing(repairs) => {
@@ -72,67 +72,34 @@ impl World {
                     }
                 }
             }
-            NetworkEvent::Audited(outcome) => self.network_audited(outcome),
+            NetworkEvent::Audited(outcome) => self.network_audited(now, outcome),
         }
     }
 
     /// Starts an audit when one is due and none runs.
-    pub(super) fn audit_network_when_due(&mut self) {
-        if self.network.due().is_none_or(|due| due > Instant::now()) {
+    pub(super) fn audit_network_when_due(&mut self, now: &Now) {
+        if self.network.due().is_none_or(|due| due > now.instant) {
             return;
         }
         self.network.in_flight = true;
         self.network.due = None;
-        let nodes: Vec<(String, i32, crate::config::NodeNetwork)> = self
+        let nodes = self
             .nodes
             .iter()
-            .filter(|(_, entry)| entry.phase == Phase::Running && !entry.restart_pending)
-            .filter_map(|(name, entry)| {
-                let handle = entry.handle.as_ref()?;
-                Some((
-                    name.clone(),
-                    handle.record.pid,
-                    handle.record.spec.network.clone(),
-                ))
+            .filter(|(_, node)| node.phase == Phase::Running && !node.restart_pending)
+            .filter_map(|(name, node)| {
+                let init = node.init.as_ref()?;
+                Some(AuditedNode {
+                    name: name.clone(),
+                    init_pid: init.pid,
+                    network: init.spec.network.clone(),
+                })
             })
             .collect();
-        let runtime = self.runtime.clone();
-        let events = self.events.clone();
-        let report = move |event| {
-            let _ = events.send(Event::Network(event));
-        };
-        tokio::task::spawn_blocking(move || {
-            let running: Vec<RunningNode<'_>> = nodes
-                .iter()
-                .map(|(name, init_pid, network)| RunningNode {
-                    name,
-                    init_pid: *init_pid,
-                    network,
-                })
-                .collect();
-            let network = &runtime.network;
-            let repairs = match network.observe(&running) {
-                Ok(observed) => plan_repairs(&observed, network, &running),
-                Err(error) => return report(NetworkEvent::Audited(Err(error.to_string()))),
-            };
-            if !repairs.is_empty() {
-                report(NetworkEvent::Repairing(repairs.clone()));
-            }
-            let outcomes = repairs
-                .into_iter()
-                .map(|repair| {
-                    let outcome = match repair {
-                        Repair::Restart { .. } => Ok(()),
-                        _ => network.repair(&repair, &running).map_err(|e| e.to_string()),
-                    };
-                    (repair, outcome)
-                })
-                .collect();
-            report(NetworkEvent::Audited(Ok(outcomes)));
-        });
+        self.actions.push(Action::AuditNetwork(nodes));
     }
 
-    fn network_audited(&mut self, outcome: Result<RepairOutcomes, String>) {
+    fn network_audited(&mut self, now: &Now, outcome: Result<RepairOutcomes, NetError>) {
         self.network.in_flight = false;
         let mut failed = false;
         match outcome {
@@ -154,11 +121,11 @@ impl World {
             AUDIT_INTERVAL
         };
         self.network.again = false;
-        self.network.due = Some(Instant::now() + next);
+        self.network.due = Some(now.instant + next);
     }
 
     /// Records one repair's outcome; true when it failed.
-    fn repaired(&mut self, repair: &Repair, result: Result<(), String>) -> bool {
+    fn repaired(&mut self, repair: &Repair, result: Result<(), NetError>) -> bool {
         let node = repair.node().map(str::to_string);
         let role = node
             .as_deref()
@@ -170,7 +137,10 @@ impl World {
         match (repair, result) {
             (Repair::Restart { reason, .. }, _) => {
                 tracing::warn!(node = node_label, role, "network: {reason}");
-                if let Some(entry) = node.as_deref().and_then(|n| self.nodes.get_mut(n)) {
+                // Only a node still running: one that stopped or restarted since the audit
+                // looked has a new network already.
+                let running = node.as_deref().and_then(|n| self.nodes.get_mut(n));
+                if let Some(entry) = running.filter(|entry| entry.init.is_some()) {
                     entry.error = Some(format!("network: {reason}"));
                     entry.restart_pending = true;
                     entry.restarts += 1;
