@@ -13,3 +13,4 @@ pub mod net;
 pub mod pair;
 pub mod runtime;
 pub mod template;
+pub mod witness;

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 use common::pair::{
-    invite, pair_file_mode, pair_files, pair_status, refused, wait_link, PairHosts, PAIR_PORT,
+    invite, pair_file_mode, pair_files, pair_status, refused, wait_link, AnyServer, PairHosts,
+    PAIR_PORT,
 };
 use magestack_agent::pair::ca::{self, PairCa};
 use magestack_agent::pair::invite::hex;
@@ -330,46 +330,4 @@ fn assert_logged(log: &str, peer: &str, reason: &str) {
             && line.contains(&needle)),
         "no refusal of {peer} for {reason} in the log:\n{log}"
     );
-}
-
-/// The test client's verifier when it plays a peer with a foreign certificate: it accepts any
-/// server, so the inviting host sees the foreign certificate.
-#[derive(Debug)]
-struct AnyServer;
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

@@ -126,6 +126,18 @@ fn web_serves_its_name_and_reports_a_missing_database_as_503() {
         "the media volume is not mounted: {mounts}"
     );
 
+    // A real tool that reopens /dev/stderr and /dev/stdout works through `exec` without a
+    // terminal: `nginx -T` tests the configuration, then dumps it.
+    let dump = host.exec("web1", &["nginx", "-T"]);
+    let stderr = String::from_utf8_lossy(&dump.stderr);
+    assert!(dump.status.success(), "nginx -T: {stderr}");
+    assert!(stderr.contains("test is successful"), "{stderr}");
+    let config = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        config.contains("# configuration file /etc/nginx/nginx.conf:"),
+        "{config}"
+    );
+
     // nginx logs its requests to its output, which the agent keeps.
     let log = host.cli(&["logs", "web1", "nginx"]);
     assert!(log.contains("\"GET /answer.php HTTP/1.0\" 200"), "{log}");

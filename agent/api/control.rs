@@ -32,6 +32,10 @@ pub enum Request {
         token: String,
     },
     PairStatus,
+    /// Add the witness whose token this is to this host's pair.
+    PairWitness {
+        token: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +57,10 @@ pub enum Response {
         partner: String,
     },
     PairStatus(PairStatus),
+    /// The witness at `address` serves this host's pair now.
+    PairWitnessAdded {
+        address: String,
+    },
     Error {
         message: String,
     },
@@ -112,11 +120,51 @@ pub struct PairStatus {
     /// When the open invite expires (on the inviting host, until it is used).
     #[serde(default)]
     pub invite_expires_unix: Option<u64>,
-    /// The witness (none yet).
-    pub witness: Option<String>,
+    /// The pair's witness, once one was added.
+    pub witness: Option<WitnessStatus>,
     /// Peers refused since the agent started, by reason.
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
+    /// The lease this host holds for each peer it beats with, by role (`partner`, `witness`).
+    #[serde(default)]
+    pub leases: BTreeMap<String, PeerLease>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    /// Its `--listen`, as its token named it.
+    pub address: String,
+    /// SHA-256 of its certificate, hex.
+    pub certificate: String,
+    /// Heard within a lease.
+    pub reachable: bool,
+    pub added_unix: u64,
+    /// Why the last heartbeat connection to it ended, while it is not reachable.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// One peer's lease here and its heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLease {
+    /// The partner's name, or the witness's address.
+    pub peer: String,
+    /// The lease has not run out (a lease runs a full length from the agent's start).
+    pub alive: bool,
+    pub last_heard_ms_ago: Option<u64>,
+    /// Until the lease runs out; negative: since it ran out.
+    pub expires_in_ms: i64,
+    /// Times it ran out since the agent started.
+    pub expiries: u64,
+    /// The last heartbeat's round trip, and the median and 99th percentile of the last 1000.
+    pub rtt_us: Option<u64>,
+    pub rtt_p50_us: Option<u64>,
+    pub rtt_p99_us: Option<u64>,
+    /// How long the peer's lease for this host runs at least.
+    pub held_ms: Option<u64>,
+    /// For the partner, while its lease here ran out: whether the witness says it did there.
+    pub witness_says_expired: Option<bool>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -99,6 +99,19 @@ enum Command {
         #[command(subcommand)]
         command: pair::PairCommand,
     },
+    /// Run a pair's witness (on a third machine): prints its token, alone on one line, at its
+    /// first start; `pair witness TOKEN` on a host of the pair adds it.
+    Witness {
+        /// The address the pair's hosts reach it at, like 10.0.0.3:7947 (it goes into the token).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Its state dir: identity, enrollment, node records.
+        #[arg(long)]
+        state: PathBuf,
+        /// How long a host's silence is tolerated: the hosts' `[pair] lease`.
+        #[arg(long, default_value = "500ms", value_parser = parse_lease)]
+        lease: std::time::Duration,
+    },
     /// The nodes' persistent volumes: list them, remove one (never done otherwise).
     Volume {
         #[command(subcommand)]
@@ -122,12 +135,16 @@ enum ConfigCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run | Command::Witness { .. }) {
         // A client piped into `head` should end quietly when the pipe closes, like any Unix tool.
+        // The servers keep Rust's SIGPIPE ignored: a peer that resets a socket must not kill them.
         // SAFETY: resetting a signal disposition to its default has no memory effects.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    init_tracing(matches!(cli.command, Command::Run));
+    init_tracing(matches!(
+        cli.command,
+        Command::Run | Command::Witness { .. }
+    ));
     match dispatch(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -235,6 +252,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Image { command } => image::run(config_path.as_deref(), command),
         Command::Volume { command } => volume::run(config_path.as_deref(), command),
         Command::Pair { command } => pair::run(&config_path, command),
+        Command::Witness {
+            listen,
+            state,
+            lease,
+        } => {
+            magestack_agent::witness::run(listen, &state, lease)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -274,6 +299,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+    }
+}
+
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    match config::parse_duration(text)? {
+        lease if lease.is_zero() => Err("more than 0".into()),
+        lease => Ok(lease),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `pair invite`, `pair join TOKEN`, `pair status [--json]`: thin clients of the daemon, which
-//! owns the pairing.
+//! `pair invite`, `pair join TOKEN`, `pair witness TOKEN`, `pair status [--json]`: thin clients
+//! of the daemon, which owns the pairing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use magestack_agent::api::control::{PairStatus, Request, Response};
+use magestack_agent::api::control::{PairStatus, PeerLease, Request, Response};
 use magestack_agent::runtime::unix_now;
 
 #[derive(Subcommand)]
@@ -16,7 +16,9 @@ pub enum PairCommand {
     Invite,
     /// Pair this host (with no nodes running) with the host whose token this is.
     Join { token: String },
-    /// The partner, the link's state and this host's pair certificate.
+    /// Add the witness whose token this is (printed by `magestack-agent witness`) to the pair.
+    Witness { token: String },
+    /// The partner, the link's state, the witness, the leases and this host's pair certificate.
     Status {
         #[arg(long)]
         json: bool,
@@ -36,6 +38,15 @@ pub fn run(config_path: &Option<PathBuf>, command: PairCommand) -> Result<ExitCo
             match super::request(config_path, &Request::PairJoin { token })? {
                 Response::PairJoined { partner } => {
                     println!("paired with {partner}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => super::unexpected(other),
+            }
+        }
+        PairCommand::Witness { token } => {
+            match super::request(config_path, &Request::PairWitness { token })? {
+                Response::PairWitnessAdded { address } => {
+                    println!("witness at {address} added");
                     Ok(ExitCode::SUCCESS)
                 }
                 other => super::unexpected(other),
@@ -75,6 +86,20 @@ fn render(status: &PairStatus, now: u64) -> String {
     if let Some(error) = &status.last_error {
         lines.push(("last error", error.clone()));
     }
+    if let Some(witness) = &status.witness {
+        let state = if witness.reachable {
+            "reachable".to_string()
+        } else {
+            match &witness.last_error {
+                Some(error) => format!("unreachable ({error})"),
+                None => "unreachable".into(),
+            }
+        };
+        lines.push(("witness", format!("{}, {state}", witness.address)));
+    }
+    for (role, lease) in &status.leases {
+        lines.push(("lease", format!("{role} {}", lease_line(lease))));
+    }
     lines.push((
         "listen",
         status
@@ -107,6 +132,27 @@ fn render(status: &PairStatus, now: u64) -> String {
         .collect()
 }
 
+/// One peer's lease: alive or expired, when last heard, the heartbeat round trip.
+fn lease_line(lease: &PeerLease) -> String {
+    let mut line = if lease.alive {
+        format!("{} alive, {} ms left", lease.peer, lease.expires_in_ms)
+    } else {
+        format!("{} EXPIRED {} ms ago", lease.peer, -lease.expires_in_ms)
+    };
+    if let Some(heard) = lease.last_heard_ms_ago {
+        line.push_str(&format!(", heard {heard} ms ago"));
+    }
+    if let (Some(p50), Some(p99)) = (lease.rtt_p50_us, lease.rtt_p99_us) {
+        line.push_str(&format!(", round trip p50 {p50} us p99 {p99} us"));
+    }
+    match lease.witness_says_expired {
+        Some(true) => line.push_str(", the witness agrees"),
+        Some(false) => line.push_str(", the witness still hears it"),
+        None => {}
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,11 +177,31 @@ mod tests {
             last_error: Some("connection refused".into()),
             certificate_expires_unix: Some(100 + 3 * 86_400),
             refused: [("wrong_secret".to_string(), 2)].into(),
+            witness: Some(magestack_agent::api::control::WitnessStatus {
+                address: "10.0.0.3:7947".into(),
+                reachable: false,
+                last_error: Some("connection refused".into()),
+                ..Default::default()
+            }),
+            leases: [(
+                "partner".to_string(),
+                PeerLease {
+                    peer: "dh2".into(),
+                    alive: false,
+                    expires_in_ms: -200,
+                    last_heard_ms_ago: Some(700),
+                    witness_says_expired: Some(true),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             ..PairStatus::default()
         };
         let text = render(&status, 100);
         for line in [
             "partner     dh2 at 10.0.0.2:7946",
+            "witness     10.0.0.3:7947, unreachable (connection refused)",
+            "lease       partner dh2 EXPIRED 200 ms ago, heard 700 ms ago, the witness agrees",
             "link        down for 1m0s",
             "last error  connection refused",
             "certificate expires in 3 days",

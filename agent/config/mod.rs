@@ -21,6 +21,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use duration::parse_duration;
 pub use host_view::{check_against_host, HostLink, HostRoute, HostView};
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,

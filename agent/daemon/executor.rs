@@ -56,6 +56,7 @@ pub enum Command {
     PairInvite,
     PairJoin(String),
     PairStatus,
+    PairWitness(String),
 }
 
 /// What `status` shows, taken in the core and completed outside it.
@@ -237,6 +238,10 @@ impl Executor {
             }
             Command::PairStatus => {
                 let _ = reply.send(Response::PairStatus(self.pair.status()));
+                return None;
+            }
+            Command::PairWitness(token) => {
+                self.pair.add_witness(&token, reply);
                 return None;
             }
         };

@@ -227,8 +227,9 @@ fn register_nodes(registry: &mut Registry, report: &StatusReport) {
     );
 }
 
-/// Refused peers by reason (every reason, so a query finds a 0 rather than nothing), and, once
-/// paired, whether the link is up.
+/// Refused peers by reason (every reason, so a query finds a 0 rather than nothing); once
+/// paired, whether the link is up, each peer's lease and heartbeat round trip, and whether the
+/// witness is reachable.
 fn register_pair(registry: &mut Registry, report: &StatusReport) {
     let refused = Family::<Labels, Counter>::default();
     for reason in crate::pair::Refusal::ALL {
@@ -250,6 +251,52 @@ fn register_pair(registry: &mut Registry, report: &StatusReport) {
             "pair_link_up",
             "1 while the link to the partner is up, else 0",
             up,
+        );
+    }
+    register_leases(registry, report);
+}
+
+fn register_leases(registry: &mut Registry, report: &StatusReport) {
+    let alive = Family::<Labels, Gauge>::default();
+    let expiries = Family::<Labels, Counter>::default();
+    let rtt = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (role, lease) in &report.pair.leases {
+        let labels = || vec![("peer", lease.peer.clone()), ("role", role.clone())];
+        alive.get_or_create(&labels()).set(i64::from(lease.alive));
+        expiries.get_or_create(&labels()).inc_by(lease.expiries);
+        for (quantile, value) in [("0.5", lease.rtt_p50_us), ("0.99", lease.rtt_p99_us)] {
+            if let Some(micros) = value {
+                let mut labels = labels();
+                labels.push(("quantile", quantile.to_string()));
+                rtt.get_or_create(&labels).set(micros as f64 / 1e6);
+            }
+        }
+    }
+    if report.pair.leases.is_empty() {
+        return;
+    }
+    registry.register(
+        "pair_lease_alive",
+        "1 while the lease this host holds for the peer runs, else 0",
+        alive,
+    );
+    registry.register(
+        "pair_lease_expiries",
+        "Times the lease this host holds for the peer ran out since the agent started",
+        expiries,
+    );
+    registry.register(
+        "pair_heartbeat_rtt_seconds",
+        "Heartbeat round trip to the peer: median and 99th percentile of the last 1000",
+        rtt,
+    );
+    if let Some(witness) = &report.pair.witness {
+        let reachable = Gauge::<i64>::default();
+        reachable.set(i64::from(witness.reachable));
+        registry.register(
+            "pair_witness_reachable",
+            "1 while the pair's witness was heard within a lease, else 0",
+            reachable,
         );
     }
 }

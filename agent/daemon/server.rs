@@ -94,6 +94,7 @@ impl Server {
             Request::PairInvite => Command::PairInvite,
             Request::PairJoin { token } => Command::PairJoin(token),
             Request::PairStatus => Command::PairStatus,
+            Request::PairWitness { token } => Command::PairWitness(token),
         };
         self.command(command).await
     }

@@ -159,6 +159,25 @@ pub fn names_host(der: &[u8], host: &str) -> Result<bool, CaError> {
     }))
 }
 
+/// The first DNS name a certificate names: the host a pair certificate is for.
+pub fn host_of(der: &[u8]) -> Result<Option<String>, CaError> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .map_err(|error| CaError::Certificate(error.to_string()))?;
+    let names = certificate
+        .subject_alternative_name()
+        .map_err(|error| CaError::Certificate(error.to_string()))?;
+    Ok(names.and_then(|names| {
+        names
+            .value
+            .general_names
+            .iter()
+            .find_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                _ => None,
+            })
+    }))
+}
+
 /// Checks, as rustls (webpki) does in a handshake, that `cert_pem` was issued by the CA of
 /// `ca_pem`, is valid now, and names `host`.
 pub fn chains_to(ca_pem: &str, cert_pem: &str, host: &str) -> Result<(), CaError> {
@@ -240,6 +259,10 @@ mod tests {
         assert!(!verifies(&ca, &cert, "dh2"), "valid for another host");
         assert!(names_host(&der_of(&cert).unwrap(), "dh1").unwrap());
         assert!(!names_host(&der_of(&cert).unwrap(), "dh2").unwrap());
+        assert_eq!(
+            host_of(&der_of(&cert).unwrap()).unwrap().as_deref(),
+            Some("dh1")
+        );
         assert_ne!(ca.fingerprint().unwrap(), other.fingerprint().unwrap());
     }
 

@@ -21,10 +21,14 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::backoff::{jitter, Backoff};
 use super::ca::{names_host, Fingerprint};
+use super::channel::{peek_channel, Channel};
+use super::heartbeat::Inbound;
 use super::refusal::Refusal;
 use super::tls::{join_client_config, refusal_of, Identity, TlsError};
 use super::token::Token;
-use super::wire::{self, FrameError, JoinAccepted, JoinRequest, Message};
+use super::wire::{self, FrameError, JoinAccepted, JoinRequest, Message, WitnessRecord};
+use super::witness_client::WitnessClientError;
+use super::witness_token::WitnessToken;
 
 /// A link message is due at least this often: the keepalive period.
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -56,6 +60,8 @@ pub enum LinkCommand {
     /// Join the host a token names with this request; the answer comes back as
     /// [`PairEvent::Joined`].
     Join(Token, JoinRequest),
+    /// The pair's witness as this host knows it: told to the partner on every link.
+    Witness(Option<WitnessRecord>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +102,13 @@ pub enum PairEvent {
     },
     /// The answer to this host's own join.
     Joined(Result<JoinAccepted, JoinError>),
+    /// The answer of the witness this host enrolled at (from the heartbeat thread).
+    WitnessEnrolled {
+        token: WitnessToken,
+        outcome: Result<(), WitnessClientError>,
+    },
+    /// The witness the partner knows, as it told this host on the link.
+    PartnerWitness(WitnessRecord),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,20 +155,25 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts the link thread for `host`, listening on `listen`; events go to `report`.
+    /// Starts the link thread for `host`, listening on `listen`; events go to `report`, and
+    /// heartbeat connections to `heartbeats`.
     pub fn spawn(
         host: String,
         listen: SocketAddr,
+        heartbeats: mpsc::UnboundedSender<Inbound>,
         report: impl Fn(PairEvent) + Send + Sync + 'static,
     ) -> std::io::Result<Link> {
         let (commands, inbox) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let (witness, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             host,
             report: Box::new(report),
             current: Mutex::new(Current::default()),
+            heartbeats,
+            witness,
         });
         std::thread::Builder::new()
             .name("pair-link".into())
@@ -174,6 +192,10 @@ struct Shared {
     host: String,
     report: Box<dyn Fn(PairEvent) + Send + Sync>,
     current: Mutex<Current>,
+    /// Where heartbeat connections go, untouched.
+    heartbeats: mpsc::UnboundedSender<Inbound>,
+    /// The pair's witness as this host knows it, sent on each link and whenever it changes.
+    witness: watch::Sender<Option<WitnessRecord>>,
 }
 
 /// The one connection to the partner: a generation number that grows with each, so a
@@ -262,6 +284,9 @@ async fn run(
                 }
                 plan_sender.send_replace(active);
             }
+            LinkCommand::Witness(record) => {
+                shared.witness.send_replace(record);
+            }
             LinkCommand::Join(token, request) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -336,6 +361,16 @@ async fn inbound(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, activ
         }
         _ => return tracing::debug!(%peer, "pair link: closed before sending anything"),
     }
+    if peek_channel(&stream, HANDSHAKE_LIMIT).await == Channel::Heartbeat {
+        return match stream.into_std() {
+            Ok(stream) => {
+                let _ = shared.heartbeats.send(Inbound { stream, peer });
+            }
+            Err(error) => {
+                tracing::warn!(%peer, "pair link: handing over a heartbeat connection: {error}")
+            }
+        };
+    }
     let Some(acceptor) = active.server else {
         return tracing::info!(%peer, "pair link: connection closed: this host has no pair certificate yet (no invite, not paired)");
     };
@@ -405,7 +440,7 @@ async fn join_request(
             return shared.refuse(
                 peer,
                 Refusal::Unauthenticated,
-                format!("{} without a pair certificate", kind(&other)),
+                format!("{} without a pair certificate", other.kind()),
             )
         }
         Ok(Err(FrameError::Closed)) => {
@@ -531,7 +566,7 @@ where
             tracing::info!(partner, version, "pair link up");
         }
         Ok(Ok(Message::Hello { host, .. })) => return Err(LinkError::NotPartner(host)),
-        Ok(Ok(other)) => return Err(LinkError::Unexpected(kind(&other))),
+        Ok(Ok(other)) => return Err(LinkError::Unexpected(other.kind())),
         Ok(Err(error)) => return Err(error.into()),
         Err(_) => return Err(LinkError::NoHello),
     }
@@ -541,7 +576,10 @@ where
         loop {
             match tokio::time::timeout(IDLE_LIMIT, wire::read(&mut reader)).await {
                 Ok(Ok(Message::Keepalive | Message::Hello { .. })) => {}
-                Ok(Ok(other)) => return Err(LinkError::Unexpected(kind(&other))),
+                Ok(Ok(Message::Witness(record))) => {
+                    (shared.report)(PairEvent::PartnerWitness(record))
+                }
+                Ok(Ok(other)) => return Err(LinkError::Unexpected(other.kind())),
                 Ok(Err(FrameError::Closed)) => return Ok(()),
                 Ok(Err(error)) => return Err(error.into()),
                 Err(_) => return Err(LinkError::Silent),
@@ -549,9 +587,23 @@ where
         }
     };
     let send = async {
+        let mut witness = shared.witness.subscribe();
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
         loop {
-            tokio::time::sleep(KEEPALIVE).await;
-            wire::write(&mut writer, &Message::Keepalive).await?;
+            let record = witness.borrow_and_update().clone();
+            if let Some(record) = record {
+                wire::write(&mut writer, &Message::Witness(record)).await?;
+            }
+            loop {
+                tokio::select! {
+                    _ = keepalive.tick() => wire::write(&mut writer, &Message::Keepalive).await?,
+                    changed = witness.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => std::future::pending().await,
+                    },
+                }
+            }
         }
     };
     tokio::select! {
@@ -592,21 +644,11 @@ async fn join(token: &Token, request: &JoinRequest) -> Result<JoinAccepted, Join
         match wire::read(&mut tls).await {
             Ok(Message::Accepted(accepted)) => Ok(accepted),
             Ok(Message::Refused { reason }) => Err(JoinError::Refused { address, reason }),
-            Ok(other) => Err(protocol(kind(&other).to_string())),
+            Ok(other) => Err(protocol(other.kind().to_string())),
             Err(error) => Err(protocol(error.to_string())),
         }
     };
     tokio::time::timeout(JOIN_LIMIT, exchange)
         .await
         .map_err(|_| JoinError::Timeout { address })?
-}
-
-fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Join(_) => "a join",
-        Message::Accepted(_) => "an acceptance",
-        Message::Refused { .. } => "a refusal",
-        Message::Hello { .. } => "a Hello",
-        Message::Keepalive => "a keepalive",
-    }
 }

@@ -7,12 +7,22 @@
 //! a signing request, and stores the certificate it gets back ([`store`]). From then on [`link`]
 //! keeps one connection between them ([`tls`], [`wire`], [`backoff`]). What is refused, and why,
 //! is a [`refusal::Refusal`]. The daemon's core owns the pairing; the link only reports to it.
+//!
+//! Heartbeats ([`heartbeat`]) run on a thread and connections of their own, to the partner and
+//! to the pair's witness (added with its token, [`witness_token`], [`witness_client`]); each
+//! peer heard holds a lease ([`lease`]) on CLOCK_BOOTTIME ([`clock`]). The link's listener
+//! hands heartbeat connections over by their ALPN ([`channel`]).
+//!
 //! Who may run which node, and the witness's compare-and-set that hands a node over, are the
 //! rules of [`ownership`].
 
 pub mod backoff;
 pub mod ca;
+pub mod channel;
+pub mod clock;
+pub mod heartbeat;
 pub mod invite;
+pub mod lease;
 pub mod link;
 pub mod ownership;
 pub mod refusal;
@@ -20,6 +30,8 @@ pub mod store;
 pub mod tls;
 pub mod token;
 pub mod wire;
+pub mod witness_client;
+pub mod witness_token;
 
 pub use link::{Link, LinkCommand, LinkState, PairEvent, PartnerAddress, Plan};
 pub use refusal::Refusal;

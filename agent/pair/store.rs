@@ -7,6 +7,7 @@
 //! | `host.crt`, `host.key` (0600) | both | this host's certificate (from the pair CA) and key |
 //! | `invites.json` (0600) | the inviting host | the open invite's secret hash and expiry, the used ones |
 //! | `partner.json` | both | the partner's name and address: written last, it is the pairing |
+//! | `witness.json` | both | the pair's witness: address, certificate fingerprint, when added |
 //!
 //! Every file is written whole (temp, fsync, rename, fsync dir). A host is paired exactly when
 //! `partner.json` exists, so a crash in the middle of a join leaves the host unpaired, never
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::invite::Invites;
 use super::tls::Identity;
+use super::wire::WitnessRecord;
 use crate::runtime::write_atomic_mode;
 
 const CA_CERT: &str = "ca.crt";
@@ -27,6 +29,7 @@ const HOST_CERT: &str = "host.crt";
 const HOST_KEY: &str = "host.key";
 const INVITES: &str = "invites.json";
 const PARTNER: &str = "partner.json";
+const WITNESS: &str = "witness.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partner {
@@ -63,6 +66,14 @@ impl PairStore {
 
     pub fn partner(&self) -> Result<Option<Partner>, StoreError> {
         self.read_json(PARTNER)
+    }
+
+    pub fn witness(&self) -> Result<Option<WitnessRecord>, StoreError> {
+        self.read_json(WITNESS)
+    }
+
+    pub fn save_witness(&self, witness: &WitnessRecord) -> Result<(), StoreError> {
+        self.write_json(WITNESS, witness, 0o644)
     }
 
     pub fn invites(&self) -> Result<Invites, StoreError> {
@@ -220,6 +231,30 @@ mod tests {
         assert_eq!(mode(&dir.join("ca.key")), 0o600);
         assert_eq!(mode(&dir.join("invites.json")), 0o600);
         assert_eq!(store.partner().unwrap(), None, "an invite is not a pairing");
+    }
+
+    #[test]
+    fn the_witness_is_kept_beside_the_pairing() {
+        let state = tempfile::tempdir().unwrap();
+        let store = PairStore::new(state.path());
+        store
+            .save_joined(
+                &identity(),
+                &Partner {
+                    name: "dh1".into(),
+                    address: "10.0.0.1:7946".parse().unwrap(),
+                    paired_unix: 5,
+                },
+            )
+            .unwrap();
+        assert_eq!(store.witness().unwrap(), None);
+        let witness = WitnessRecord {
+            address: "10.0.0.3:7947".parse().unwrap(),
+            fingerprint: "ab".repeat(32),
+            added_unix: 9,
+        };
+        store.save_witness(&witness).unwrap();
+        assert_eq!(store.witness().unwrap(), Some(witness));
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //!   for the partner's name;
 //! - the join client: no certificate; the server's chain must contain a CA certificate with the
 //!   token's fingerprint, which must have issued the server's certificate for the inviting
-//!   host's name.
+//!   host's name;
+//! - heartbeats: the link's configurations with the heartbeat ALPN, the server requiring a
+//!   client certificate;
+//! - a witness: its certificate pinned by the fingerprint its token carries (it has no CA),
+//!   with this host's pair certificate as client certificate once enrolled.
 
 use std::sync::Arc;
 
@@ -23,6 +27,7 @@ use rustls::{
 };
 
 use super::ca::{der_of, Fingerprint};
+use super::channel::HEARTBEAT_ALPN;
 use super::refusal::Refusal;
 
 /// What this host shows its peers: its name, the pair CA, its certificate and key (PEM).
@@ -46,7 +51,7 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -77,6 +82,25 @@ impl Identity {
         Ok(Arc::new(config))
     }
 
+    /// The heartbeat server: like the link's, but a client certificate is required.
+    pub fn heartbeat_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let clients =
+            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(self.chain()?, self.key()?)?;
+        config.alpn_protocols = vec![HEARTBEAT_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Heartbeats to the partner: the link's client with the heartbeat ALPN.
+    pub fn heartbeat_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut config = Arc::unwrap_or_clone(self.link_client_config()?);
+        config.alpn_protocols = vec![HEARTBEAT_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
     pub fn link_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -99,9 +123,29 @@ pub fn join_client_config(ca: Fingerprint) -> Result<Arc<ClientConfig>, TlsError
     Ok(Arc::new(config))
 }
 
+/// A witness's client: only the certificate with fingerprint `witness` is accepted; with an
+/// identity, this host's pair certificate is the client certificate (enrollment goes without).
+pub fn witness_client_config(
+    witness: Fingerprint,
+    identity: Option<&Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+            certificate: witness,
+            provider: provider(),
+        }));
+    let config = match identity {
+        Some(identity) => builder.with_client_auth_cert(identity.chain()?, identity.key()?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 /// The server's chain holds no CA certificate with the token's fingerprint.
 #[derive(Debug, thiserror::Error)]
-#[error("the server's CA is not the one the token names ({0:?})")]
+#[error("the server's certificate is not the one the token names ({0:?})")]
 pub struct FingerprintMismatch(Fingerprint);
 
 /// Finds the CA the token names among the certificates the server sent, then verifies the
@@ -135,6 +179,67 @@ impl ServerCertVerifier for FingerprintVerifier {
             .build()
             .map_err(|error| rustls::Error::General(error.to_string()))?
             .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Accepts exactly one certificate, by its fingerprint; the handshake's signatures are still
+/// verified against it, so the server holds its key.
+#[derive(Debug)]
+struct PinnedVerifier {
+    certificate: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of(end_entity) == self.certificate {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(FingerprintMismatch(self.certificate))),
+            )))
+        }
     }
 
     fn verify_tls12_signature(

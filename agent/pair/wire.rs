@@ -3,7 +3,11 @@
 //! stack's versions (later) are new variants on the same framing.
 //!
 //! A join connection carries one `Join` and its answer (`Accepted` or `Refused`); a link
-//! connection starts with a `Hello` each way, then `Keepalive`s.
+//! connection starts with a `Hello` each way, then `Keepalive`s, and `Witness` whenever the
+//! pair's witness changes. A heartbeat connection carries `Heartbeat`s one way and
+//! `HeartbeatAck`s back, and to a witness `LeaseQuery`s and `Cas` requests with their answers.
+//! An enrollment at a witness is one `WitnessEnroll` and its answer (`WitnessEnrolled` or
+//! `Refused`).
 
 use std::net::SocketAddr;
 
@@ -28,6 +32,119 @@ pub enum Message {
         version: String,
     },
     Keepalive,
+    /// The sender is alive; `sent_us` is its CLOCK_BOOTTIME in microseconds, echoed back.
+    Heartbeat {
+        seq: u64,
+        sent_us: u64,
+    },
+    HeartbeatAck {
+        seq: u64,
+        sent_us: u64,
+    },
+    /// On the link: the witness this host's pair uses.
+    Witness(WitnessRecord),
+    /// To a witness, without a certificate: add it to the pair whose CA this is.
+    WitnessEnroll(WitnessEnroll),
+    WitnessEnrolled,
+    /// To a witness: has `host`'s lease expired there?
+    LeaseQuery {
+        host: String,
+    },
+    LeaseAnswer(LeaseAnswer),
+    /// To a witness: replace a node's record if it is still `expected`.
+    Cas(CasRequest),
+    CasAnswer(CasAnswer),
+}
+
+impl Message {
+    /// What a log line calls a message that was not due.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Join(_) => "a join",
+            Message::Accepted(_) => "an acceptance",
+            Message::Refused { .. } => "a refusal",
+            Message::Hello { .. } => "a Hello",
+            Message::Keepalive => "a keepalive",
+            Message::Heartbeat { .. } => "a heartbeat",
+            Message::HeartbeatAck { .. } => "a heartbeat's answer",
+            Message::Witness(_) => "a witness record",
+            Message::WitnessEnroll(_) => "a witness enrollment",
+            Message::WitnessEnrolled => "an enrollment's answer",
+            Message::LeaseQuery { .. } => "a lease query",
+            Message::LeaseAnswer(_) => "a lease answer",
+            Message::Cas(_) => "a compare-and-set",
+            Message::CasAnswer(_) => "a compare-and-set's answer",
+        }
+    }
+}
+
+/// A pair's witness as the hosts record it and tell each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessRecord {
+    pub address: SocketAddr,
+    /// SHA-256 of the witness's certificate (DER), hex: the only certificate accepted from it.
+    pub fingerprint: String,
+    /// When it was added: of two hosts that added different witnesses, the later one wins.
+    pub added_unix: u64,
+}
+
+impl WitnessRecord {
+    /// Whether this record, told by the partner, replaces `ours`: when this host has none, or
+    /// this one was added later (the fingerprint breaks a tie, so both hosts settle on one).
+    pub fn replaces(&self, ours: Option<&WitnessRecord>) -> bool {
+        ours.is_none_or(|ours| {
+            (self.added_unix, &self.fingerprint) > (ours.added_unix, &ours.fingerprint)
+        })
+    }
+}
+
+/// A host adding a witness: the token's secret, and the pair CA the witness is to trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessEnroll {
+    pub host: String,
+    /// The witness token's secret, hex.
+    pub secret: String,
+    /// The pair CA's certificate, PEM.
+    pub ca: String,
+    /// The enrolling host's certificate, PEM: it must chain to `ca` and name `host`.
+    pub certificate: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    pub host: String,
+    pub expired: bool,
+    /// How long ago the witness last heard the host (none since the witness started).
+    pub heard_ms_ago: Option<u64>,
+    /// How long the witness has run: it declares nobody dead before a full lease of it.
+    pub since_start_ms: u64,
+    pub lease_ms: u64,
+}
+
+/// Who owns a node, at which epoch, and whether the other host's replica of it is current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeClaim {
+    pub owner: String,
+    pub epoch: u64,
+    pub partner_replica_current: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasRequest {
+    pub node: String,
+    /// What the sender believes is recorded (none: nothing yet).
+    pub expected: Option<NodeClaim>,
+    pub new: NodeClaim,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasAnswer {
+    pub node: String,
+    pub applied: bool,
+    /// The record after the request: the new one when applied, else what stood in its way.
+    pub current: Option<NodeClaim>,
+    /// Why it was not applied.
+    pub reason: Option<String>,
 }
 
 /// What the joining host sends, inside TLS, once it has checked the inviting host's CA.
@@ -147,6 +264,19 @@ mod tests {
                 version: "0.1.0".into(),
             },
             Message::Keepalive,
+            Message::Heartbeat {
+                seq: 7,
+                sent_us: 123_456,
+            },
+            Message::Cas(CasRequest {
+                node: "db1".into(),
+                expected: None,
+                new: NodeClaim {
+                    owner: "dh1".into(),
+                    epoch: 1,
+                    partner_replica_current: true,
+                },
+            }),
         ]
     }
 
@@ -161,6 +291,20 @@ mod tests {
         }
         assert_eq!(decoded, messages());
         assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn the_witness_added_last_replaces_the_other_on_both_hosts() {
+        let record = |added_unix, fingerprint: &str| WitnessRecord {
+            address: "10.0.0.3:7947".parse().unwrap(),
+            fingerprint: fingerprint.into(),
+            added_unix,
+        };
+        let (old, new, tie) = (record(5, "aa"), record(9, "aa"), record(5, "bb"));
+        assert!(old.replaces(None));
+        assert!(new.replaces(Some(&old)) && !old.replaces(Some(&new)));
+        assert!(tie.replaces(Some(&old)) && !old.replaces(Some(&tie)));
+        assert!(!old.replaces(Some(&old)), "the same record changes nothing");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod network;
 pub mod pair;
 pub mod stack;
+pub mod witness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,7 +1,8 @@
-//! The core's side of the pair: the pairing (partner, invites, this host's certificate), the
-//! link's state as the link thread reports it, and the refusals counted by reason. `pair
-//! invite`, `pair join` and the joins other hosts send are decided here; the link thread only
-//! does the network part and reports back.
+//! The core's side of the pair: the pairing (partner, invites, this host's certificate, the
+//! witness), the link's state as the link thread reports it, and the refusals counted by reason.
+//! `pair invite`, `pair join`, `pair witness` and the joins other hosts send are decided here;
+//! the link and heartbeat threads only do the network part and report back. The leases are the
+//! heartbeat thread's, read when status asks.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,14 +12,19 @@ use base64::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
-use crate::api::control::{PairStatus, Response};
+use crate::api::control::{PairStatus, Response, WitnessStatus};
 use crate::config::Config;
 use crate::pair::ca::{self, Fingerprint, PairCa};
+use crate::pair::heartbeat::{
+    HeartbeatCommand, HeartbeatPlan, Heartbeats, PeerRole, Timing, WitnessAddress,
+};
 use crate::pair::invite::{hex, Invites};
 use crate::pair::link::JoinError;
 use crate::pair::store::{PairStore, Partner, StoreError};
 use crate::pair::tls::Identity;
-use crate::pair::wire::{JoinAccepted, JoinRequest, Message};
+use crate::pair::wire::{JoinAccepted, JoinRequest, Message, WitnessEnroll, WitnessRecord};
+use crate::pair::witness_client::WitnessClientError;
+use crate::pair::witness_token::{WitnessToken, WitnessTokenError};
 use crate::pair::{Link, LinkCommand, LinkState, PairEvent, PartnerAddress, Plan, Refusal, Token};
 use crate::runtime::unix_now;
 
@@ -44,6 +50,14 @@ pub enum PairError {
     BadAnswer { host: String, what: String },
     #[error("{0}")]
     Join(#[from] JoinError),
+    #[error("this host is not paired: add a witness to a pair (pair invite, pair join first)")]
+    NotPaired,
+    #[error("a witness is already being added")]
+    AddingWitness,
+    #[error("{0}")]
+    WitnessToken(#[from] WitnessTokenError),
+    #[error("{0}")]
+    Witness(#[from] WitnessClientError),
 }
 
 /// This host's own join while it is under way.
@@ -74,6 +88,10 @@ pub(super) struct PairCore {
     joining: Option<Joining>,
     /// What could not be read of the pairing at start-up.
     problem: Option<String>,
+    heartbeats: Option<Heartbeats>,
+    witness: Option<WitnessRecord>,
+    /// `pair witness` while its enrollment is under way.
+    adding_witness: Option<oneshot::Sender<Response>>,
 }
 
 impl PairCore {
@@ -93,6 +111,9 @@ impl PairCore {
             refused: BTreeMap::new(),
             joining: None,
             problem: None,
+            heartbeats: None,
+            witness: None,
+            adding_witness: None,
             store,
         };
         if let Err(error) = core.load() {
@@ -101,14 +122,18 @@ impl PairCore {
         }
         match (core.listen, &core.partner) {
             (Some(listen), _) => {
-                let events = events.clone();
-                match Link::spawn(host, listen, move |event| {
-                    let _ = events.send(Event::Pair(event));
-                }) {
-                    Ok(link) => core.link = Some(link),
+                let timing = Timing {
+                    heartbeat: config.pair.heartbeat,
+                    lease: config.pair.lease,
+                };
+                match spawn_threads(host, listen, timing, events) {
+                    Ok((link, heartbeats)) => {
+                        core.link = Some(link);
+                        core.heartbeats = Some(heartbeats);
+                    }
                     Err(error) => {
-                        tracing::error!("pair: cannot start the link thread: {error}");
-                        core.problem = Some(format!("cannot start the link thread: {error}"));
+                        tracing::error!("pair: cannot start the link threads: {error}");
+                        core.problem = Some(format!("cannot start the link threads: {error}"));
                     }
                 }
                 core.configure_link();
@@ -128,6 +153,7 @@ impl PairCore {
 
     fn load(&mut self) -> Result<(), PairError> {
         self.partner = self.store.partner()?;
+        self.witness = self.store.witness()?;
         self.invites = self.store.invites()?;
         self.set_identity(self.store.identity(&self.host)?)?;
         if let Some(partner) = &self.partner {
@@ -149,17 +175,37 @@ impl PairCore {
         Ok(())
     }
 
-    /// Tells the link what to run with now.
+    /// Tells the link and the heartbeats what to run with now.
     fn configure_link(&self) {
         if let Some(link) = &self.link {
             link.send(LinkCommand::Configure(Plan {
                 identity: self.identity.clone(),
-                partner: self.partner.as_ref().map(|partner| PartnerAddress {
-                    name: partner.name.clone(),
-                    address: partner.address,
-                }),
+                partner: self.partner_address(),
             }));
         }
+        self.configure_witness();
+    }
+
+    /// Tells the heartbeats whom to beat for, and the link which witness to tell the partner
+    /// of (without taking the link down).
+    fn configure_witness(&self) {
+        if let Some(heartbeats) = &self.heartbeats {
+            heartbeats.send(HeartbeatCommand::Configure(HeartbeatPlan {
+                identity: self.identity.clone(),
+                partner: self.partner_address(),
+                witness: self.witness.as_ref().and_then(WitnessAddress::of),
+            }));
+        }
+        if let Some(link) = &self.link {
+            link.send(LinkCommand::Witness(self.witness.clone()));
+        }
+    }
+
+    fn partner_address(&self) -> Option<PartnerAddress> {
+        self.partner.as_ref().map(|partner| PartnerAddress {
+            name: partner.name.clone(),
+            address: partner.address,
+        })
     }
 
     /// Whether the link to the partner is up; `None` on a standalone host.
@@ -171,6 +217,11 @@ impl PairCore {
 
     pub(super) fn status(&self) -> PairStatus {
         let (state, since, error) = &self.link_state;
+        let peers = self
+            .heartbeats
+            .as_ref()
+            .map(Heartbeats::peers)
+            .unwrap_or_default();
         let paired = self.partner.is_some();
         PairStatus {
             partner: self.partner.as_ref().map(|p| p.name.clone()),
@@ -181,12 +232,111 @@ impl PairCore {
             last_error: self.problem.clone().or(error.clone().filter(|_| paired)),
             certificate_expires_unix: self.certificate_expires,
             invite_expires_unix: self.invites.open.as_ref().map(|open| open.expires_unix),
-            witness: None,
+            witness: self.witness.as_ref().map(|witness| {
+                let view = peers.iter().find(|peer| peer.role == PeerRole::Witness);
+                WitnessStatus {
+                    address: witness.address.to_string(),
+                    certificate: witness.fingerprint.clone(),
+                    reachable: view.is_some_and(|view| view.reached),
+                    added_unix: witness.added_unix,
+                    last_error: view
+                        .filter(|view| !view.reached)
+                        .and_then(|view| view.last_error.clone()),
+                }
+            }),
             refused: self
                 .refused
                 .iter()
                 .map(|(reason, count)| (reason.label().to_string(), *count))
                 .collect(),
+            leases: peers
+                .iter()
+                .map(|view| (view.role.as_str().to_string(), view.status()))
+                .collect(),
+        }
+    }
+
+    /// `pair witness TOKEN`: enrolled by the heartbeat thread; answered when it reports back.
+    pub(super) fn add_witness(&mut self, token: &str, reply: oneshot::Sender<Response>) {
+        match self.begin_witness(token) {
+            Ok(()) => self.adding_witness = Some(reply),
+            Err(error) => {
+                let _ = reply.send(Response::Error {
+                    message: format!("pair witness: {error}"),
+                });
+            }
+        }
+    }
+
+    fn begin_witness(&mut self, token: &str) -> Result<(), PairError> {
+        let (Some(identity), Some(_), Some(heartbeats)) =
+            (&self.identity, &self.partner, &self.heartbeats)
+        else {
+            return Err(PairError::NotPaired);
+        };
+        if self.adding_witness.is_some() {
+            return Err(PairError::AddingWitness);
+        }
+        let token = WitnessToken::decode(token)?;
+        let request = WitnessEnroll {
+            host: self.host.clone(),
+            secret: hex(&token.secret),
+            ca: identity.ca.clone(),
+            certificate: identity.certificate.clone(),
+        };
+        tracing::info!(address = %token.address, "pair: adding the witness");
+        heartbeats.send(HeartbeatCommand::Enroll(token, request));
+        Ok(())
+    }
+
+    /// The witness's answer to this host's enrollment: recorded, told to the partner, beaten for.
+    fn witness_enrolled(&mut self, token: WitnessToken, outcome: Result<(), WitnessClientError>) {
+        let Some(reply) = self.adding_witness.take() else {
+            return;
+        };
+        let record = WitnessRecord {
+            address: token.address,
+            fingerprint: token.certificate.to_string(),
+            added_unix: unix_now(),
+        };
+        let added = outcome
+            .map_err(PairError::from)
+            .and_then(|()| Ok(self.store.save_witness(&record)?));
+        let response = match added {
+            Ok(()) => {
+                tracing::info!(address = %record.address, "pair: witness added");
+                self.witness = Some(record);
+                self.configure_witness();
+                Response::PairWitnessAdded {
+                    address: token.address.to_string(),
+                }
+            }
+            Err(error) => {
+                if let PairError::Witness(refused) = &error {
+                    if let Some(reason) = refused.refusal() {
+                        self.refuse(token.address, reason, &error.to_string());
+                    }
+                }
+                Response::Error {
+                    message: format!("pair witness: {error}; nothing changed"),
+                }
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    /// The partner's witness: taken when this host has none or the partner's was added later.
+    fn partner_witness(&mut self, record: WitnessRecord) {
+        if !record.replaces(self.witness.as_ref()) || WitnessAddress::of(&record).is_none() {
+            return;
+        }
+        match self.store.save_witness(&record) {
+            Ok(()) => {
+                tracing::info!(address = %record.address, "pair: the partner added the witness");
+                self.witness = Some(record);
+                self.configure_witness();
+            }
+            Err(error) => tracing::error!("pair: recording the partner's witness: {error}"),
         }
     }
 
@@ -337,6 +487,8 @@ impl PairCore {
                 let _ = reply.send(answer);
             }
             PairEvent::Joined(outcome) => self.joined(outcome),
+            PairEvent::WitnessEnrolled { token, outcome } => self.witness_enrolled(token, outcome),
+            PairEvent::PartnerWitness(record) => self.partner_witness(record),
         }
     }
 
@@ -479,4 +631,22 @@ impl PairCore {
         self.configure_link();
         Ok(name)
     }
+}
+
+/// The link and the heartbeats, each on a thread of its own; the link's listener hands heartbeat
+/// connections to the heartbeats.
+fn spawn_threads(
+    host: String,
+    listen: SocketAddr,
+    timing: Timing,
+    events: &mpsc::UnboundedSender<Event>,
+) -> std::io::Result<(Link, Heartbeats)> {
+    let report = |events: mpsc::UnboundedSender<Event>| {
+        move |event| {
+            let _ = events.send(Event::Pair(event));
+        }
+    };
+    let heartbeats = Heartbeats::spawn(timing, report(events.clone()))?;
+    let link = Link::spawn(host, listen, heartbeats.inbound(), report(events.clone()))?;
+    Ok((link, heartbeats))
 }
