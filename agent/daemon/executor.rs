@@ -196,7 +196,7 @@ impl Executor {
     /// fenced nodes found, and thawed once they may be.
     pub fn renew_leases(&mut self) {
         self.fencing.round(
-            self.pair.partner_link(),
+            self.pair.quorum_view(),
             self.core.ownership(),
             &self.handles,
             &self.events,
@@ -291,7 +291,7 @@ impl Executor {
             config: config.origin.clone(),
             nodes,
             pair: self.pair.status(),
-            fencing: self.fencing.status(self.pair.partner_link().is_some()),
+            fencing: self.fencing.status(self.pair.quorum_view().is_some()),
         })
     }
 

@@ -4,19 +4,41 @@
 //! A paired host renews its nodes' init leases only while it holds quorum; a standalone host
 //! never renews them, so its inits are never armed and never fence.
 
+use std::time::Duration;
+
 use crate::pair::ownership::{Epoch, NotRunnable, Ownership};
 
-/// What quorum is decided from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What quorum is decided from: how long each peer (the partner, the witness) still holds this
+/// host's lease at least, from the send time of the last heartbeat it answered; `None` for a
+/// peer that has answered none since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuorumView {
-    /// The pair link to the partner is up.
-    pub partner_link_up: bool,
+    pub held_for: Vec<Option<Duration>>,
 }
 
-/// Whether this host holds quorum: today, the partner reachable over the pair link. This is
-/// the one place quorum is decided; the witness's reachability joins it here.
-pub fn has_quorum(view: &QuorumView) -> bool {
-    view.partner_link_up
+impl QuorumView {
+    /// The longest any peer still holds this host's lease.
+    fn longest_held(&self) -> Duration {
+        self.held_for
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Whether this host holds quorum: some peer (the partner or the witness) still holds its lease
+/// for longer than a fence takes (`fence_time`). This is the one place quorum is decided.
+pub fn has_quorum(view: &QuorumView, fence_time: Duration) -> bool {
+    view.longest_held() > fence_time
+}
+
+/// The lease the inits are renewed for now, `None` without quorum: `init_lease`, cut so that it
+/// ends `fence_time` before the longest lease a peer holds for this host. An init so renewed
+/// has fenced before any peer could declare this host gone.
+pub fn renewal(view: &QuorumView, init_lease: Duration, fence_time: Duration) -> Option<Duration> {
+    has_quorum(view, fence_time).then(|| init_lease.min(view.longest_held() - fence_time))
 }
 
 /// Why a fenced node stays frozen.
@@ -66,14 +88,37 @@ mod tests {
         }
     }
 
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
     #[test]
-    fn quorum_is_the_partner_link() {
-        assert!(has_quorum(&QuorumView {
-            partner_link_up: true
-        }));
-        assert!(!has_quorum(&QuorumView {
-            partner_link_up: false
-        }));
+    fn quorum_is_a_peer_holding_this_host_s_lease_longer_than_a_fence_takes() {
+        let view = |held: &[Option<u64>]| QuorumView {
+            held_for: held.iter().map(|held| held.map(MS)).collect(),
+        };
+        assert!(!has_quorum(&view(&[]), MS(100)), "no peer");
+        assert!(
+            !has_quorum(&view(&[None, None]), MS(100)),
+            "none answered yet"
+        );
+        assert!(!has_quorum(&view(&[Some(100), Some(0)]), MS(100)));
+        assert!(
+            has_quorum(&view(&[Some(0), Some(101)]), MS(100)),
+            "the witness"
+        );
+        assert!(
+            has_quorum(&view(&[Some(450), None]), MS(100)),
+            "the partner"
+        );
+    }
+
+    #[test]
+    fn a_renewal_ends_a_fence_s_time_before_the_longest_lease_held_for_this_host() {
+        let view = |held: u64| QuorumView {
+            held_for: vec![Some(MS(held)), None],
+        };
+        assert_eq!(renewal(&view(480), MS(300), MS(100)), Some(MS(300)));
+        assert_eq!(renewal(&view(350), MS(300), MS(100)), Some(MS(250)));
+        assert_eq!(renewal(&view(100), MS(300), MS(100)), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The executor's side of fencing below the agent. On a paired host it renews every running
-//! init's lease each heartbeat while quorum holds (`fencing::has_quorum`), finds the nodes
+//! init's lease each heartbeat while quorum holds (`fencing::renewal`), finds the nodes
 //! whose init fenced them (a renewal unanswered and the cgroup frozen), records them with the
 //! freezer's owner, alerts, and thaws them once quorum confirms they are still this host's at
 //! the same epoch (`fencing::may_thaw`): the cgroup thawed, the init renewed, which brings its
@@ -20,7 +20,7 @@ use crate::api::control::FencingStatus;
 use crate::api::init::InitReply;
 use crate::config::Config;
 use crate::daemon::alert::{self, Alert};
-use crate::daemon::fencing::{has_quorum, may_thaw, QuorumView};
+use crate::daemon::fencing::{may_thaw, renewal, QuorumView};
 use crate::daemon::init_client;
 use crate::pair::ownership::Ownership;
 use crate::runtime::cgroup::FreezeState;
@@ -91,23 +91,26 @@ impl Fencing {
         self.heartbeat
     }
 
-    /// One heartbeat's round. `partner_link` is `None` on a standalone host.
+    /// One heartbeat's round. `quorum` is `None` on a standalone host. A fence is given a
+    /// heartbeat to act: each renewal's lease ends that long before the longest lease a peer
+    /// holds for this host.
     pub(super) fn round(
         &mut self,
-        partner_link: Option<bool>,
+        quorum: Option<QuorumView>,
         ownership: &Ownership,
         handles: &BTreeMap<String, Arc<NodeHandle>>,
         events: &mpsc::UnboundedSender<Event>,
     ) {
-        let Some(partner_link_up) = partner_link else {
+        let Some(view) = quorum else {
             self.quorum = None;
             return;
         };
-        let quorum = has_quorum(&QuorumView { partner_link_up });
+        let lease = renewal(&view, self.init_lease, self.heartbeat);
+        let quorum = lease.is_some();
         if self.quorum == Some(true) && !quorum && !handles.is_empty() {
             let nodes: Vec<String> = handles.keys().cloned().collect();
             let reason = format!(
-                "quorum lost (the partner is not reachable): the leases are no longer renewed and the nodes fence within {:?}",
+                "quorum lost (neither the partner nor the witness holds this host's lease): the leases are no longer renewed and the nodes fence within {:?}",
                 self.init_lease
             );
             tracing::warn!(nodes = nodes.join(" "), "fence: {reason}");
@@ -123,7 +126,7 @@ impl Fencing {
                     Ok(()) => {
                         self.kept_frozen.remove(node);
                         let thaw = self.freezer.lift_fence(node);
-                        self.spawn_unfence(node, handle, thaw, events);
+                        self.spawn_unfence(node, handle, thaw, lease.unwrap_or_default(), events);
                         Job::Unfence
                     }
                     Err(why) => {
@@ -134,7 +137,7 @@ impl Fencing {
                     }
                 },
                 None if quorum => {
-                    self.spawn_renew(node, handle, events);
+                    self.spawn_renew(node, handle, lease.unwrap_or_default(), events);
                     Job::Renew
                 }
                 None => {
@@ -244,10 +247,11 @@ impl Fencing {
         &self,
         node: &str,
         handle: &Arc<NodeHandle>,
+        lease: Duration,
         events: &mpsc::UnboundedSender<Event>,
     ) {
         let (node, handle, events) = (node.to_string(), handle.clone(), events.clone());
-        let (lease, timeout) = (self.init_lease, self.heartbeat);
+        let timeout = self.heartbeat;
         tokio::spawn(async move {
             let outcome = renew(&handle, lease, timeout).await;
             let _ = events.send(Event::Lease(node, outcome));
@@ -259,10 +263,11 @@ impl Fencing {
         node: &str,
         handle: &Arc<NodeHandle>,
         thaw: bool,
+        lease: Duration,
         events: &mpsc::UnboundedSender<Event>,
     ) {
         let (node, handle, events) = (node.to_string(), handle.clone(), events.clone());
-        let (lease, timeout) = (self.init_lease, self.heartbeat);
+        let timeout = self.heartbeat;
         tokio::spawn(async move {
             let outcome = match thaw_cgroup(&handle, thaw).await {
                 Ok(()) => renew(&handle, lease, timeout).await,

@@ -208,11 +208,18 @@ impl PairCore {
         })
     }
 
-    /// Whether the link to the partner is up; `None` on a standalone host.
-    pub(super) fn partner_link(&self) -> Option<bool> {
-        self.partner
-            .as_ref()
-            .map(|_| self.link_state.0 == LinkState::Up)
+    /// What quorum is decided from: how long each peer still holds this host's lease, as the
+    /// heartbeats tell; `None` on a standalone host.
+    pub(super) fn quorum_view(&self) -> Option<crate::daemon::fencing::QuorumView> {
+        self.partner.as_ref()?;
+        let peers = self.heartbeats.as_ref().map(Heartbeats::peers);
+        Some(crate::daemon::fencing::QuorumView {
+            held_for: peers
+                .into_iter()
+                .flatten()
+                .map(|peer| peer.held_for)
+                .collect(),
+        })
     }
 
     pub(super) fn status(&self) -> PairStatus {
