@@ -121,26 +121,29 @@ impl Fencing {
             if self.jobs.contains_key(node) {
                 continue;
             }
-            let job = match self.freezer.fence(node) {
-                Some(record) => match may_thaw(quorum, ownership, node, record.epoch) {
-                    Ok(()) => {
-                        self.kept_frozen.remove(node);
-                        let thaw = self.freezer.lift_fence(node);
-                        self.spawn_unfence(node, handle, thaw, lease.unwrap_or_default(), events);
-                        Job::Unfence
-                    }
-                    Err(why) => {
-                        if self.kept_frozen.insert(node.clone()) {
-                            tracing::info!(node, "fenced node stays frozen: {why}");
+            let job = match (self.freezer.fence(node), lease) {
+                (Some(record), lease) => {
+                    match (may_thaw(quorum, ownership, node, record.epoch), lease) {
+                        (Ok(()), Some(lease)) => {
+                            self.kept_frozen.remove(node);
+                            let thaw = self.freezer.lift_fence(node);
+                            self.spawn_unfence(node, handle, thaw, lease, events);
+                            Job::Unfence
                         }
-                        continue;
+                        (Ok(()), None) => continue,
+                        (Err(why), _) => {
+                            if self.kept_frozen.insert(node.clone()) {
+                                tracing::info!(node, "fenced node stays frozen: {why}");
+                            }
+                            continue;
+                        }
                     }
-                },
-                None if quorum => {
-                    self.spawn_renew(node, handle, lease.unwrap_or_default(), events);
+                }
+                (None, Some(lease)) => {
+                    self.spawn_renew(node, handle, lease, events);
                     Job::Renew
                 }
-                None => {
+                (None, None) => {
                     let outcome = match handle.cgroup.freeze_state() {
                         Ok(FreezeState::Frozen | FreezeState::Freezing) => LeaseOutcome::Frozen,
                         Ok(FreezeState::Thawed) => continue,
