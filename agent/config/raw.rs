@@ -64,6 +64,9 @@ pub struct RawHost {
     pub stop_timeout: Option<Spanned<String>>,
     /// The first host id of the nodes' id ranges.
     pub id_base: Option<Spanned<i64>>,
+    /// Where the stack (nodes and roles shared with the partner) is: relative to this file's
+    /// directory, or absolute; `stack.toml` beside it unless given.
+    pub stack: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -106,6 +109,8 @@ pub struct RawForward {
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     pub role: Spanned<String>,
+    /// The node's home host; the host that first commits it into the stack unless given.
+    pub host: Option<Spanned<String>>,
     pub ip: Option<Spanned<String>>,
     pub resources: Option<RawResources>,
 }
