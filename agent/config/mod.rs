@@ -32,7 +32,7 @@ pub use model::{
     TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
-pub use shipped::DEFAULT_CONFIG_NAME;
+pub use shipped::{DEFAULT_CONFIG_NAME, DEFAULT_NODES};
 pub use size::{format_size, parse_size};
 pub use source::{line_column, Diagnostic, Source};
 pub use stack_file::{check_stack_text, stack_path, STACK_FILE_NAME};
