@@ -18,6 +18,10 @@ use super::ConfigError;
 /// The stack's name beside agent.toml when `[host] stack` names no other path.
 pub const STACK_FILE_NAME: &str = "stack.toml";
 
+/// The largest stack: it travels whole in one frame of the pair link (`pair::wire::MAX_FRAME`,
+/// 64 KiB, with room for the version and JSON's escapes).
+pub const MAX_STACK_BYTES: usize = 48 << 10;
+
 /// Words in an environment variable's name that mark its value as a secret.
 const SECRET_WORDS: [&str; 5] = ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PRIVATE_KEY"];
 
@@ -90,6 +94,15 @@ pub fn join(agent: Source, stack: Source) -> Result<Source, ConfigError> {
 /// What makes a stack text unfit to follow agent.toml or to be shared: a key before the first
 /// table header, a section other than nodes and roles, an inline secret.
 pub fn check_stack_text(stack: &Source) -> Vec<Diagnostic> {
+    if stack.text.len() > MAX_STACK_BYTES {
+        return vec![stack.at(
+            None,
+            format!(
+                "the stack is {} bytes; at most {MAX_STACK_BYTES} travel to the partner in one piece",
+                stack.text.len()
+            ),
+        )];
+    }
     if let Some((offset, line)) = first_key_outside_tables(&stack.text) {
         return vec![stack.at(
             Some(offset..offset + line.len()),
@@ -198,6 +211,20 @@ mod tests {
         assert!(
             found[0].starts_with("stack.toml:6:")
                 && found[0].contains("roles.app.process[0].env.DB_PASSWORD"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_stack_too_large_for_the_link_is_refused() {
+        let text = format!(
+            "[nodes.web1]\nrole = \"web\"\n#{}\n",
+            "x".repeat(MAX_STACK_BYTES)
+        );
+        let found = check_stack_text(&stack(&text));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.contains("travel to the partner"),
             "{found:?}"
         );
     }

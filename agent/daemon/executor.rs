@@ -40,6 +40,8 @@ pub enum Event {
     Network(NetworkEvent),
     /// What the pair link saw.
     Pair(crate::pair::PairEvent),
+    /// What became of the shared stack.
+    Stack(super::stack::StackEvent),
 }
 
 pub enum Command {
@@ -90,8 +92,9 @@ impl Executor {
         adopted: Vec<NodeHandle>,
         dead_restarts: BTreeMap<String, u32>,
         events: mpsc::UnboundedSender<Event>,
+        stack: Arc<super::stack::StackKeeper>,
     ) -> Executor {
-        let pair = PairCore::start(&config, &events);
+        let pair = PairCore::start(&config, &events, stack);
         let mut handles = BTreeMap::new();
         let adopted = adopted
             .into_iter()
@@ -166,6 +169,10 @@ impl Executor {
                 self.pair.handle(event);
                 core::Event::Tick
             }
+            Event::Stack(event) => {
+                self.pair.stack_event(event);
+                core::Event::Tick
+            }
         };
         self.step(event);
     }
@@ -192,7 +199,7 @@ impl Executor {
             }
             Command::PairInvite => {
                 let _ = reply.send(match self.pair.invite() {
-                    Ok(token) => Response::PairInvite { token },
+                    Ok((token, moved)) => Response::PairInvite { token, moved },
                     Err(error) => Response::Error {
                         message: format!("pair invite: {error}"),
                     },

@@ -10,6 +10,7 @@ mod metrics;
 mod notify;
 mod reload;
 mod server;
+mod stack;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,7 +46,11 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 /// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
 /// outside the plan): the addresses are resolved again with theirs when they differ.
 pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, ConfigError> {
-    let source = config::read(path)?;
+    check_source(config::read(path)?, images)
+}
+
+/// [`load_checked`] of a configuration text already read (one with a stack not yet written).
+pub fn check_source(source: config::Source, images: &ImageStore) -> Result<Config, ConfigError> {
     let config = config::parse(&source)?;
     let running: BTreeMap<String, std::net::Ipv4Addr> =
         crate::runtime::live_records(&config.host.run_dir.join("nodes"))
@@ -204,9 +209,15 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         crate::net::watch_links(&runtime.network.settings, move || {
             let _ = notifications.send(Event::Network(NetworkEvent::Changed));
         })?;
+        let stack = Arc::new(stack::StackKeeper::new(
+            config_path,
+            &config.host.state_dir,
+            runtime.clone(),
+            events.clone(),
+        ));
         let server = Arc::new(Server {
             events: events.clone(),
-            config_path,
+            stack: stack.clone(),
             runtime: runtime.clone(),
             started: Instant::now(),
         });
@@ -217,6 +228,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             adopted,
             dead_restarts,
             events,
+            stack,
         );
         let began = Instant::now();
         executor.tick();
