@@ -42,7 +42,7 @@ pub fn run(config_path: &Option<PathBuf>, command: PairCommand) -> Result<ExitCo
                 Response::PairJoined { partner, moved } => {
                     println!("paired with {partner}");
                     if let Some(moved) = moved {
-                        println!("{moved}");
+                        eprintln!("{moved}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }

@@ -346,7 +346,16 @@ impl Core {
     }
 
     fn wants_running(&self, node: &str) -> bool {
-        !self.stopped.contains(node)
+        !self.stopped.contains(node) && self.is_home(node)
+    }
+
+    /// Whether `node`'s home is this host: a node of the stack homed on the partner runs
+    /// there, and here only once a takeover moves it (ownership, `pair/ownership.rs`).
+    fn is_home(&self, node: &str) -> bool {
+        self.config
+            .homes
+            .get(node)
+            .is_none_or(|home| *home == self.config.host.name)
     }
 
     fn node_entry(&mut self, name: &str) -> &mut Node {
