@@ -29,7 +29,7 @@ pub use model::{
     ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
     PairSettings, PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Role, StackFile,
     Subnet, TemplateReload, TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE,
-    TEMPLATES_IN_NODE,
+    MIN_ID_RANGES, TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
 pub use shipped::{DEFAULT_CONFIG_NAME, DEFAULT_NODES};
@@ -123,7 +123,11 @@ pub fn read(path: Option<&Path>) -> Result<Source, ConfigError> {
 /// [`read`] with `stack` as the stack's text instead of the file's: a version checked before
 /// it is written (one from the partner, a rollback).
 pub fn read_with_stack(path: Option<&Path>, stack: &str) -> Result<Source, ConfigError> {
-    let agent = read_agent(path)?;
+    with_stack(read_agent(path)?, stack)
+}
+
+/// agent.toml's text `agent` followed by the stack text `stack`, named by the stack's path.
+pub fn with_stack(agent: Source, stack: &str) -> Result<Source, ConfigError> {
     let name = stack_file::stack_path(&agent)
         .map(|path| path.display().to_string())
         .unwrap_or_else(|| STACK_FILE_NAME.to_string());

@@ -25,6 +25,9 @@ pub struct Config {
     pub stack: StackFile,
     /// Each node's home host, where the configuration names one (`host = "dh1"`).
     pub homes: BTreeMap<String, String>,
+    /// The stack's id slots (`[slots]`): a node, or `@<role>` for a role's shared volumes, to
+    /// the slot of its id range, the same on both hosts of a pair. Empty without a stack.
+    pub slots: BTreeMap<String, u32>,
 }
 
 /// The stack file of a configuration.

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub logs: RawLogs,
     #[serde(default)]
     pub pair: RawPair,
+    /// The stack's id slots: a node (or `@<role>` for a role's shared volumes) to its slot.
+    pub slots: Option<Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>>,
 }
 
 /// The pair link with the partner host; off unless `listen` is set.

@@ -60,6 +60,7 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
 
     let raw_nodes = raw.nodes.unwrap_or_else(default_nodes);
     let homes = node_homes(&mut checker, &raw_nodes);
+    let slots = id_slots(&mut checker, raw.slots, !source.appended.is_empty());
     let network = network.map(|(mut network, pending)| {
         let mut nodes = node_specs(&mut checker, raw_nodes, &roles, &network, kept);
         super::network::attach_nodes(&mut checker, &mut network, pending, &mut nodes);
@@ -81,9 +82,53 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
                 in_use: !source.appended.is_empty(),
             },
             homes,
+            slots,
         }),
         _ => Err(ConfigError::Invalid(diagnostics)),
     }
+}
+
+/// The stack's id slots: each below [`MIN_ID_RANGES`] (they fit above any `id_base`) and
+/// given once; only in a stack.
+fn id_slots(
+    checker: &mut Checker,
+    raw: Option<Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>>,
+    in_stack: bool,
+) -> BTreeMap<String, u32> {
+    let Some(raw) = raw else {
+        return BTreeMap::new();
+    };
+    if !in_stack {
+        checker.error(
+            &raw,
+            "slots: id slots are values of the shared stack (stack.toml); this host keeps its own in state_dir/idmaps.json",
+        );
+        return BTreeMap::new();
+    }
+    let mut slots = BTreeMap::new();
+    let mut owners: BTreeMap<u32, String> = BTreeMap::new();
+    for (owner, slot) in raw.into_inner() {
+        let name = owner.get_ref();
+        let Some(value) = u32::try_from(*slot.get_ref())
+            .ok()
+            .filter(|slot| *slot < MIN_ID_RANGES)
+        else {
+            checker.error(
+                &slot,
+                format!("slots.{name}: a slot from 0 to {}", MIN_ID_RANGES - 1),
+            );
+            continue;
+        };
+        if let Some(other) = owners.insert(value, name.clone()) {
+            checker.error(
+                &slot,
+                format!("slots.{name}: slot {value} is already {other}'s"),
+            );
+            continue;
+        }
+        slots.insert(name.clone(), value);
+    }
+    slots
 }
 
 /// The home host each node names.

@@ -2,7 +2,7 @@
 //! agent.toml's in one [`Source`] (so every later check reports the right file and line).
 //!
 //! With a stack file, agent.toml keeps `[host]`, `[network]`, `[metrics]`, `[logs]` and
-//! `[pair]`; nodes and roles live in the stack, which begins with a table header (so none of its
+//! `[pair]`; nodes, roles and id slots live in the stack, which begins with a table header (so none of its
 //! keys fall into agent.toml's last table) and holds nothing else. Secrets are never written
 //! into it: the stack is committed into the pair's history and sent to the partner.
 
@@ -43,6 +43,7 @@ pub fn stack_path(agent: &Source) -> Option<PathBuf> {
 struct StackSectionsInAgent {
     nodes: Option<Spanned<toml::Value>>,
     roles: Option<Spanned<toml::Value>>,
+    slots: Option<Spanned<toml::Value>>,
 }
 
 /// The stack as written: nodes and roles only.
@@ -53,6 +54,8 @@ struct StackSections {
     _nodes: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     roles: BTreeMap<String, StackRole>,
+    #[serde(default, rename = "slots")]
+    _slots: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -73,7 +76,12 @@ pub fn join(agent: Source, stack: Source) -> Result<Source, ConfigError> {
     let stack_file = stack.name.clone();
     match toml::from_str::<StackSectionsInAgent>(&agent.text) {
         Ok(sections) => {
-            for (field, value) in [("nodes", sections.nodes), ("roles", sections.roles)] {
+            let sections = [
+                ("nodes", sections.nodes),
+                ("roles", sections.roles),
+                ("slots", sections.slots),
+            ];
+            for (field, value) in sections {
                 if let Some(value) = value {
                     diagnostics.push(agent.at(
                         Some(value.span()),
@@ -106,7 +114,7 @@ pub fn check_stack_text(stack: &Source) -> Vec<Diagnostic> {
     if let Some((offset, line)) = first_key_outside_tables(&stack.text) {
         return vec![stack.at(
             Some(offset..offset + line.len()),
-            format!("`{line}`: the stack holds only [nodes.NAME] and [roles.NAME] tables; every key belongs under one"),
+            format!("`{line}`: the stack holds only [nodes.NAME], [roles.NAME] and [slots] tables; every key belongs under one"),
         )];
     }
     let sections = match toml::from_str::<StackSections>(&stack.text) {

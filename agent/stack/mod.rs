@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod migrate;
+pub mod slots;
 pub mod summary;
 pub mod version;
 
