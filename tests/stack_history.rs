@@ -55,6 +55,12 @@ fn log_lines(host: &TestHost) -> Vec<String> {
         .collect()
 }
 
+/// The host's recorded id slots, `state_dir/idmaps.json`.
+fn recorded_slots(host: &TestHost) -> Value {
+    let text = std::fs::read_to_string(host.state_dir().join("idmaps.json")).unwrap_or_default();
+    serde_json::from_str::<Value>(&text).map_or(Value::Null, |v| v["slots"].clone())
+}
+
 fn append(path: &Path, text: &str) {
     let mut body = std::fs::read_to_string(path).unwrap();
     body.push_str(text);
@@ -63,7 +69,7 @@ fn append(path: &Path, text: &str) {
 
 #[test]
 fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
-    let hosts = PairHosts::start("sa", "sb");
+    let mut hosts = PairHosts::start("sa", "sb");
     let (a, b) = (&hosts.a, &hosts.b);
     let k = hosts.k;
 
@@ -105,6 +111,13 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
     assert!(!agent_toml.contains("[nodes"), "{agent_toml}");
     assert!(!agent_toml.contains("[roles"), "{agent_toml}");
     assert!(stack_file(a).contains("[nodes.s1]\nrole = \"sleeper\"\nhost = \"sa\"\n"));
+    // s1's id range, recorded in a's idmaps.json when it started, migrated into the stack.
+    let s1_slot = recorded_slots(a)["s1"].as_u64().expect("s1's slot on a");
+    assert!(
+        stack_file(a).ends_with(&format!("[slots]\ns1 = {s1_slot}\n")),
+        "{}",
+        stack_file(a)
+    );
     assert!(a.daemon_log().contains("moved 1 nodes and 1 roles"));
     wait_version(b, 1);
     assert_eq!(stack_file(b), stack_file(a));
@@ -118,6 +131,11 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
         b.node("s1")["pid"].is_null(),
         "s1 is homed on sa: {}",
         b.node("s1")
+    );
+    assert_eq!(
+        recorded_slots(b)["s1"],
+        recorded_slots(a)["s1"],
+        "the same id range on b"
     );
 
     // A change on a: committed, sent, applied on b as a commit with the same content.
@@ -142,6 +160,11 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
         "{log_a:?}"
     );
     assert!(b.node("s2")["pid"].is_null());
+    assert!(
+        stack_file(a).contains("s2 = "),
+        "a gave s2 its slot in the stack"
+    );
+    assert_eq!(recorded_slots(b)["s2"], recorded_slots(a)["s2"]);
     assert_eq!(pair_status(b)["stack"]["refused_here"], Value::Null);
 
     // An invalid change: refused on a with the reason, nothing committed or sent.
@@ -201,4 +224,44 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
             && pair_status(b)["stack"]["refused_here"].is_null()
     });
     assert!(a.cli(&["config", "diff", "2"]).trim().is_empty());
+
+    // b's own record gives the next free slot to another owner: a's next node gets that slot
+    // in the stack, and b refuses the version naming the node; a runs it.
+    let next = (0..)
+        .find(|slot| {
+            let recorded = recorded_slots(a);
+            let taken = recorded.as_object().unwrap().values();
+            !taken.clone().any(|s| s.as_u64() == Some(*slot))
+        })
+        .unwrap();
+    hosts.b.kill_daemon(libc::SIGTERM);
+    let idmaps = hosts.b.state_dir().join("idmaps.json");
+    let mut record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&idmaps).unwrap()).unwrap();
+    record["slots"]["ghost"] = Value::from(next);
+    std::fs::write(&idmaps, record.to_string()).unwrap();
+    let space = hosts.spaces[1].0.clone();
+    hosts.b.start_daemon_in_netns(&space);
+    let (a, b) = (&hosts.a, &hosts.b);
+    common::pair::wait_link(b, "up", LIMIT);
+    append(
+        &a.dir.join("stack.toml"),
+        "\n[nodes.s4]\nrole = \"sleeper\"\nhost = \"sa\"\n",
+    );
+    assert!(a.cli(&["reload"]).contains("stack version 5 ("));
+    assert!(
+        stack_file(a).contains(&format!("s4 = {next}")),
+        "{}",
+        stack_file(a)
+    );
+    wait_for("b's refusal of version 5 on a", LIMIT, || {
+        pair_status(a)["stack"]["refused_by_partner"]["version"]["counter"] == 5
+    });
+    let reason = pair_status(a)["stack"]["refused_by_partner"]["reason"].to_string();
+    let expected =
+        format!("s4: the stack gives it id slot {next}, which this host's idmaps.json gives ghost");
+    assert!(reason.contains(&expected), "{reason}");
+    assert_eq!(stack_version(b), Some(4));
+    assert_eq!(recorded_slots(b)["s4"], Value::Null);
+    a.wait_node_state("s4", "running");
 }

@@ -128,6 +128,9 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     let cgroups = crate::runtime::cgroup::Cgroups::detect().context("detecting cgroups")?;
     let _claims = claim::Claims::take(&config, &cgroups)?;
     let runtime = Arc::new(Runtime::new(&config).context("detecting cgroups")?);
+    runtime
+        .adopt_id_slots(&config.slots)
+        .context("taking the stack's id slots")?;
     if let Some(leaf) = runtime.cgroups.enter_agent_leaf()? {
         tracing::info!(leaf = %leaf.display(), "moved into the leaf of the delegated cgroup");
     }

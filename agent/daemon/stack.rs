@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::executor::{Command, Event};
 use crate::api::control::Response;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Source};
 use crate::pair::wire::StackOffer;
 use crate::runtime::{unix_now, write_atomic, Runtime};
-use crate::stack::{summary::summarize, History, HistoryError, Offer, Version, VersionId};
+use crate::stack::{slots, summary::summarize, History, HistoryError, Offer, Version, VersionId};
 
 /// What became of the stack, for the pairing to tell the partner and show.
 pub enum StackEvent {
@@ -139,8 +139,10 @@ impl StackKeeper {
     }
 
     /// When this host pairs: nodes and roles move out of agent.toml into the stack, once (a
-    /// host with a stack already keeps it). The inviting host commits them as the first
-    /// version (`commit`); a joining host, which runs no nodes, takes its partner's.
+    /// host with a stack already keeps it). The inviting host (`commit`) checks the stack,
+    /// gives it its id slots (this host's idmaps.json migrates into it) and commits it as the
+    /// first version before any file changes; a joining host, which runs no nodes, only moves
+    /// them, and its partner's version replaces them.
     pub fn move_into_stack(&self, host: &str, commit: bool) -> Result<Option<Moved>, String> {
         let Some(agent_path) = &self.config_path else {
             return Ok(None);
@@ -155,28 +157,31 @@ impl StackKeeper {
         let split =
             crate::stack::migrate::split(&agent.name, &agent.text, host, config::DEFAULT_NODES)
                 .map_err(|e| e.to_string())?;
+        let stack = match commit {
+            true => {
+                let moved = Source {
+                    text: split.agent.clone(),
+                    ..agent.clone()
+                };
+                self.settle(&moved, &split.stack, true)?.1
+            }
+            false => split.stack.clone(),
+        };
         let write = |path: &Path, text: &str| {
             write_atomic(path, text.as_bytes())
                 .map_err(|error| format!("writing {}: {error}", path.display()))
         };
         let before = agent_path.with_extension("toml.before-stack");
         write(&before, &agent.text)?;
-        write(&stack_path, &split.stack)?;
+        write(&stack_path, &stack)?;
         write(agent_path, &split.agent)?;
         if commit {
-            let history = History::open(&self.state_dir).map_err(|e| e.to_string())?;
-            let entry = history
-                .commit_local(
-                    &split.stack,
-                    host,
-                    unix_now(),
-                    "nodes and roles moved from agent.toml",
-                )
-                .map_err(|e| e.to_string())?;
-            self.committed(Some(StackOffer {
-                version: entry.version,
-                text: split.stack.clone(),
-            }));
+            let offer = self.commit_if_changed(
+                host,
+                &stack,
+                Some("nodes and roles moved from agent.toml"),
+            )?;
+            self.committed(offer);
         }
         let moved = Moved {
             stack: stack_path,
@@ -218,23 +223,58 @@ impl StackKeeper {
         }
     }
 
-    fn check(&self, stack: Option<&str>) -> Result<Config, String> {
-        let path = self.config_path.as_deref();
-        let source = match stack {
-            Some(text) => config::read_with_stack(path, text),
-            None => config::read(path),
-        };
-        source
+    fn read_agent(&self) -> Result<Source, String> {
+        config::read_agent(self.config_path.as_deref())
+            .map_err(|error| format!("configuration not reloaded:\n{error}"))
+    }
+
+    /// agent.toml `agent` with the stack `text`, checked against this host.
+    fn check(&self, agent: &Source, text: &str) -> Result<Config, String> {
+        config::with_stack(agent.clone(), text)
             .and_then(|source| super::check_source(source, &self.runtime.images))
             .map_err(|error: ConfigError| format!("configuration not reloaded:\n{error}"))
     }
 
-    /// The stack's text is read once, so the version committed is the text checked.
+    /// The stack `text` checked; with `assign`, given the id slots it lacks (this host's
+    /// recorded ones first) and checked again; then its slots taken by this host, which refuses
+    /// one that contradicts its record, naming the node. Without `assign` a node without a
+    /// slot refuses it: every version names every node's slot, so both hosts use the same.
+    fn settle(&self, agent: &Source, text: &str, assign: bool) -> Result<(Config, String), String> {
+        let config = self.check(agent, text)?;
+        let added = slots::plan(
+            &slots::needed(&config),
+            &config.slots,
+            &self.runtime.id_slots(),
+        )
+        .map_err(|error| format!("id slots: {error}"))?;
+        let (config, text) = match (added.is_empty(), assign) {
+            (true, _) => (config, text.to_string()),
+            (false, true) => {
+                let text = slots::with_slots(text, &added).map_err(|e| e.to_string())?;
+                (self.check(agent, &text)?, text)
+            }
+            (false, false) => {
+                let owners: Vec<&String> = added.keys().collect();
+                return Err(format!(
+                    "id slots: the stack gives none to {owners:?}; a version names every node's slot"
+                ));
+            }
+        };
+        self.runtime
+            .adopt_id_slots(&config.slots)
+            .map_err(|error| format!("id slots: {error}"))?;
+        Ok((config, text))
+    }
+
+    /// The stack's text is read once, so the version committed is the text checked; the id
+    /// slots it lacked are written into stack.toml with it.
     fn check_and_commit(&self) -> Result<(Config, Option<StackOffer>), String> {
-        let agent = config::read_agent(self.config_path.as_deref())
-            .map_err(|error| format!("configuration not reloaded:\n{error}"))?;
+        let agent = self.read_agent()?;
         let Some(path) = config::stack_path(&agent).filter(|path| path.exists()) else {
-            return Ok((self.check(None)?, None));
+            let config = config::read(self.config_path.as_deref())
+                .and_then(|source| super::check_source(source, &self.runtime.images))
+                .map_err(|error| format!("configuration not reloaded:\n{error}"))?;
+            return Ok((config, None));
         };
         let text = std::fs::read_to_string(&path).map_err(|error| {
             format!(
@@ -242,8 +282,12 @@ impl StackKeeper {
                 path.display()
             )
         })?;
-        let config = self.check(Some(&text))?;
-        let offer = self.commit_if_changed(&config.host.name, &text)?;
+        let (config, settled) = self.settle(&agent, &text, true)?;
+        if settled != text {
+            write_atomic(&path, settled.as_bytes())
+                .map_err(|error| format!("writing {}: {error}", path.display()))?;
+        }
+        let offer = self.commit_if_changed(&config.host.name, &settled, None)?;
         Ok((config, offer))
     }
 
@@ -251,7 +295,7 @@ impl StackKeeper {
         let history = History::existing(&self.state_dir).ok_or(HistoryError::Empty.to_string())?;
         let entry = history.find(rev).map_err(|e| e.to_string())?;
         let text = history.text(&entry).map_err(|e| e.to_string())?;
-        let config = self.check(Some(&text))?;
+        let (config, text) = self.settle(&self.read_agent()?, &text, true)?;
         let path = config
             .stack
             .path
@@ -280,7 +324,7 @@ impl StackKeeper {
         {
             return Ok(None);
         }
-        let config = self.check(Some(&offer.text))?;
+        let (config, _) = self.settle(&self.read_agent()?, &offer.text, false)?;
         let path =
             config.stack.path.clone().ok_or(
                 "this host runs the embedded default configuration, which has no stack file",
@@ -302,7 +346,14 @@ impl StackKeeper {
         Ok(Some(config))
     }
 
-    fn commit_if_changed(&self, host: &str, text: &str) -> Result<Option<StackOffer>, String> {
+    /// Commits `text` when it differs from the version in force, with `summary` or else what
+    /// changed.
+    fn commit_if_changed(
+        &self,
+        host: &str,
+        text: &str,
+        summary: Option<&str>,
+    ) -> Result<Option<StackOffer>, String> {
         let history = History::open(&self.state_dir).map_err(|e| e.to_string())?;
         let head = history.head().map_err(|e| e.to_string())?;
         let previous = match &head {
@@ -312,7 +363,9 @@ impl StackKeeper {
         if previous.as_deref() == Some(text) {
             return Ok(None);
         }
-        let summary = summarize(previous.as_deref(), text);
+        let summary = summary
+            .map(str::to_string)
+            .unwrap_or_else(|| summarize(previous.as_deref(), text));
         let version = self.commit(&history, host, text, &summary)?;
         Ok(Some(StackOffer {
             version,
