@@ -70,6 +70,14 @@ fn append(path: &Path, text: &str) {
 #[test]
 fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
     let mut hosts = PairHosts::start("sa", "sb");
+    // A pair shares its internal network: b takes a's subnet, with an address of its own on it.
+    hosts.b.kill_daemon(libc::SIGTERM);
+    hosts.b.set_setting("subnet", &hosts.a.setting("subnet"));
+    let a_host_ip = hosts.a.setting("host_ip");
+    let (prefix, _) = a_host_ip.trim_matches('"').rsplit_once('.').unwrap();
+    hosts.b.set_setting("host_ip", &format!("\"{prefix}.253\""));
+    let space = hosts.spaces[1].0.clone();
+    hosts.b.start_daemon_in_netns(&space);
     let (a, b) = (&hosts.a, &hosts.b);
     let k = hosts.k;
 
@@ -110,8 +118,16 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
     let agent_toml = std::fs::read_to_string(&a.config).unwrap();
     assert!(!agent_toml.contains("[nodes"), "{agent_toml}");
     assert!(!agent_toml.contains("[roles"), "{agent_toml}");
-    assert!(stack_file(a).contains("[nodes.s1]\nrole = \"sleeper\"\nhost = \"sa\"\n"));
-    // s1's id range, recorded in a's idmaps.json when it started, migrated into the stack.
+    // s1's address (outside the plan: from the running record) and id range (recorded in a's
+    // idmaps.json when it started) migrated into the stack.
+    let s1_ip = a.node("s1")["ip"].as_str().unwrap().to_string();
+    assert!(
+        stack_file(a).contains(&format!(
+            "[nodes.s1]\nrole = \"sleeper\"\nhost = \"sa\"\nip = \"{s1_ip}\"\n"
+        )),
+        "{}",
+        stack_file(a)
+    );
     let s1_slot = recorded_slots(a)["s1"].as_u64().expect("s1's slot on a");
     assert!(
         stack_file(a).ends_with(&format!("[slots]\ns1 = {s1_slot}\n")),
@@ -136,6 +152,11 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
         recorded_slots(b)["s1"],
         recorded_slots(a)["s1"],
         "the same id range on b"
+    );
+    assert_eq!(
+        b.node("s1")["ip"],
+        a.node("s1")["ip"],
+        "the same address on b"
     );
 
     // A change on a: committed, sent, applied on b as a commit with the same content.
@@ -165,6 +186,13 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
         "a gave s2 its slot in the stack"
     );
     assert_eq!(recorded_slots(b)["s2"], recorded_slots(a)["s2"]);
+    let s2_ip = a.node("s2")["ip"].as_str().unwrap().to_string();
+    assert!(
+        stack_file(a).contains(&format!("host = \"sa\"\nip = \"{s2_ip}\"\n")),
+        "{}",
+        stack_file(a)
+    );
+    assert_eq!(b.node("s2")["ip"], a.node("s2")["ip"]);
     assert_eq!(pair_status(b)["stack"]["refused_here"], Value::Null);
 
     // An invalid change: refused on a with the reason, nothing committed or sent.

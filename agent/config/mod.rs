@@ -32,6 +32,7 @@ pub use model::{
     MIN_ID_RANGES, TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
+pub use plan::in_address_plan;
 pub use shipped::{DEFAULT_CONFIG_NAME, DEFAULT_NODES};
 pub use size::{format_size, parse_size};
 pub use source::{line_column, Diagnostic, Source};

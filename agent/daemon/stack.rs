@@ -14,7 +14,9 @@ use crate::api::control::Response;
 use crate::config::{self, Config, ConfigError, Source};
 use crate::pair::wire::StackOffer;
 use crate::runtime::{unix_now, write_atomic, Runtime};
-use crate::stack::{slots, summary::summarize, History, HistoryError, Offer, Version, VersionId};
+use crate::stack::{
+    addresses, slots, summary::summarize, History, HistoryError, Offer, Version, VersionId,
+};
 
 /// What became of the stack, for the pairing to tell the partner and show.
 pub enum StackEvent {
@@ -235,10 +237,11 @@ impl StackKeeper {
             .map_err(|error: ConfigError| format!("configuration not reloaded:\n{error}"))
     }
 
-    /// The stack `text` checked; with `assign`, given the id slots it lacks (this host's
-    /// recorded ones first) and checked again; then its slots taken by this host, which refuses
-    /// one that contradicts its record, naming the node. Without `assign` a node without a
-    /// slot refuses it: every version names every node's slot, so both hosts use the same.
+    /// The stack `text` checked; with `assign`, given what a version names once and for
+    /// all and lacks (id slots, this host's recorded ones first; the addresses of nodes outside
+    /// the plan, where they are now) and checked again; then its slots taken by this host,
+    /// which refuses one that contradicts its record, naming the node. Without `assign` (a
+    /// partner's version) a lack refuses it: both hosts must use the same values.
     fn settle(&self, agent: &Source, text: &str, assign: bool) -> Result<(Config, String), String> {
         let config = self.check(agent, text)?;
         let added = slots::plan(
@@ -247,16 +250,20 @@ impl StackKeeper {
             &self.runtime.id_slots(),
         )
         .map_err(|error| format!("id slots: {error}"))?;
-        let (config, text) = match (added.is_empty(), assign) {
+        let unpinned = addresses::unpinned(&config, text).map_err(|e| e.to_string())?;
+        let (config, text) = match (added.is_empty() && unpinned.is_empty(), assign) {
             (true, _) => (config, text.to_string()),
             (false, true) => {
                 let text = slots::with_slots(text, &added).map_err(|e| e.to_string())?;
+                let text =
+                    addresses::with_addresses(&text, &unpinned).map_err(|e| e.to_string())?;
                 (self.check(agent, &text)?, text)
             }
             (false, false) => {
-                let owners: Vec<&String> = added.keys().collect();
+                let slotless: Vec<&String> = added.keys().collect();
+                let addressless: Vec<&String> = unpinned.keys().collect();
                 return Err(format!(
-                    "id slots: the stack gives none to {owners:?}; a version names every node's slot"
+                    "the stack gives no id slot to {slotless:?} and no address to {addressless:?} (nodes outside the address plan); a version names both for every node"
                 ));
             }
         };
@@ -267,7 +274,7 @@ impl StackKeeper {
     }
 
     /// The stack's text is read once, so the version committed is the text checked; the id
-    /// slots it lacked are written into stack.toml with it.
+    /// slots and addresses it lacked are written into stack.toml with it.
     fn check_and_commit(&self) -> Result<(Config, Option<StackOffer>), String> {
         let agent = self.read_agent()?;
         let Some(path) = config::stack_path(&agent).filter(|path| path.exists()) else {

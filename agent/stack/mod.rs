@@ -3,6 +3,7 @@
 //! that both hosts settle on one (`version.rs`), summarized for `config log` (`summary.rs`), and
 //! made once from a standalone host's agent.toml when it pairs (`migrate.rs`).
 
+pub mod addresses;
 pub mod history;
 pub mod migrate;
 pub mod slots;
