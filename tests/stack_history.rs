@@ -67,10 +67,10 @@ fn append(path: &Path, text: &str) {
     std::fs::write(path, body).unwrap();
 }
 
-#[test]
-fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
-    let mut hosts = PairHosts::start("sa", "sb");
-    // A pair shares its internal network: b takes a's subnet, with an address of its own on it.
+/// Two hosts as `PairHosts::start` makes them, sharing one internal network as a pair does:
+/// b takes a's subnet, with an address of its own on it.
+fn hosts_sharing_a_subnet(a: &str, b: &str) -> PairHosts {
+    let mut hosts = PairHosts::start(a, b);
     hosts.b.kill_daemon(libc::SIGTERM);
     hosts.b.set_setting("subnet", &hosts.a.setting("subnet"));
     let a_host_ip = hosts.a.setting("host_ip");
@@ -78,6 +78,72 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
     hosts.b.set_setting("host_ip", &format!("\"{prefix}.253\""));
     let space = hosts.spaces[1].0.clone();
     hosts.b.start_daemon_in_netns(&space);
+    hosts
+}
+
+/// The veth end in host `n`'s namespace (`tests/common/pair.rs` names them).
+fn pair_link(hosts: &PairHosts, n: usize) -> String {
+    let side = ["a", "b"][n];
+    format!("pv{}{side}{}", std::process::id() % 100_000, hosts.k)
+}
+
+#[test]
+fn edits_made_at_once_on_both_hosts_settle_on_the_greater_version() {
+    let hosts = hosts_sharing_a_subnet("ca", "cb");
+    let (a, b) = (&hosts.a, &hosts.b);
+    hosts.pair();
+    wait_version(b, 1);
+
+    // Cut the pair link, edit and reload on both: each commits its own version 2.
+    hosts.spaces[0].ip(&["link", "set", &pair_link(&hosts, 0), "down"]);
+    common::pair::wait_link(a, "down", LIMIT);
+    common::pair::wait_link(b, "down", LIMIT);
+    append(&a.dir.join("stack.toml"), "# edited on ca\n");
+    append(&b.dir.join("stack.toml"), "# edited on cb\n");
+    for host in [a, b] {
+        assert!(host.cli(&["reload"]).contains("stack version 2 ("));
+    }
+    let ids: Vec<String> = [a, b]
+        .iter()
+        .map(|host| {
+            pair_status(host)["stack"]["version"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    let (winner, loser) = if ids[0] > ids[1] { (a, b) } else { (b, a) };
+    let winning = stack_file(winner);
+
+    // The link back: both end on the version with the greater id; the other edit stays in the
+    // history of the host that made it.
+    hosts.spaces[0].ip(&["link", "set", &pair_link(&hosts, 0), "up"]);
+    let greater = ids.iter().max().unwrap().clone();
+    wait_for("both hosts on the greater version 2", LIMIT, || {
+        [a, b]
+            .iter()
+            .all(|host| pair_status(host)["stack"]["version"]["id"] == greater.as_str())
+    });
+    assert_eq!(stack_file(loser), winning);
+    assert_eq!(committed_stack(loser), committed_stack(winner));
+    assert_eq!(log_lines(winner).len(), 2, "{:?}", log_lines(winner));
+    let kept = log_lines(loser);
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept[1].contains(&format!(" {} ", loser.name)), "{kept:?}");
+    assert!(loser.daemon_log().contains("wins (the greater id)"));
+    for host in [a, b] {
+        let stack = &pair_status(host)["stack"];
+        assert!(
+            stack["refused_here"].is_null() && stack["refused_by_partner"].is_null(),
+            "{stack}"
+        );
+    }
+}
+
+#[test]
+fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
+    let mut hosts = hosts_sharing_a_subnet("sa", "sb");
     let (a, b) = (&hosts.a, &hosts.b);
     let k = hosts.k;
 
