@@ -171,7 +171,7 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
     );
     let said = String::from_utf8_lossy(&invite.stderr).to_string();
     assert!(
-        said.contains("moved 1 nodes and 1 roles from agent.toml into"),
+        said.contains("moved 1 node and 1 role from agent.toml into"),
         "{said}"
     );
     let joined = b.try_cli(&["pair", "join", token.trim()]);
@@ -200,7 +200,7 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
         "{}",
         stack_file(a)
     );
-    assert!(a.daemon_log().contains("moved 1 nodes and 1 roles"));
+    assert!(a.daemon_log().contains("moved 1 node and 1 role"));
     wait_version(b, 1);
     assert_eq!(stack_file(b), stack_file(a));
     assert_eq!(committed_stack(b), committed_stack(a));

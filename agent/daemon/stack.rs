@@ -37,11 +37,15 @@ pub struct Moved {
 
 impl std::fmt::Display for Moved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |n: usize, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
         write!(
             f,
-            "moved {} nodes and {} roles from agent.toml into {} (edit it and reload on either host)",
-            self.nodes,
-            self.roles,
+            "moved {} and {} from agent.toml into {} (edit it and reload on either host)",
+            count(self.nodes, "node"),
+            count(self.roles, "role"),
             self.stack.display()
         )
     }
