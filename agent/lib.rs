@@ -12,5 +12,6 @@ pub mod init;
 pub mod net;
 pub mod pair;
 pub mod runtime;
+pub mod stack;
 pub mod template;
 pub mod witness;

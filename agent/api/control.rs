@@ -27,6 +27,10 @@ pub enum Request {
     },
     /// Open a one-time invite for a partner host.
     PairInvite,
+    /// Make a new stack version equal to `rev` (a counter or an id from `config log`).
+    ConfigRollback {
+        rev: String,
+    },
     /// Pair with the host that printed `token`.
     PairJoin {
         token: String,
@@ -51,10 +55,15 @@ pub enum Response {
     /// The token `pair invite` prints.
     PairInvite {
         token: String,
+        /// What moved from agent.toml into the stack, when this invite moved it.
+        #[serde(default)]
+        moved: Option<String>,
     },
     /// This host is now paired with `partner`.
     PairJoined {
         partner: String,
+        #[serde(default)]
+        moved: Option<String>,
     },
     PairStatus(PairStatus),
     /// The witness at `address` serves this host's pair now.
@@ -128,6 +137,27 @@ pub struct PairStatus {
     /// The lease this host holds for each peer it beats with, by role (`partner`, `witness`).
     #[serde(default)]
     pub leases: BTreeMap<String, PeerLease>,
+    /// The shared stack's versions on both hosts, and any refused.
+    #[serde(default)]
+    pub stack: StackStatus,
+}
+
+/// `pair status`'s stack: the version in force here, the partner's, and the last refusal each
+/// way (cleared when a later version is applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackStatus {
+    pub version: Option<crate::stack::Version>,
+    pub partner_version: Option<crate::stack::VersionId>,
+    /// The partner's version this host refused, and why.
+    pub refused_here: Option<StackRefusal>,
+    /// This host's version the partner refused, and why.
+    pub refused_by_partner: Option<StackRefusal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRefusal {
+    pub version: crate::stack::VersionId,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +323,9 @@ pub struct ReloadReport {
     /// Settings changed in the file that apply only when the agent restarts.
     #[serde(default)]
     pub not_applied: Vec<PendingSetting>,
+    /// The stack version the reload committed (none: the stack was unchanged, or there is none).
+    #[serde(default)]
+    pub stack_version: Option<crate::stack::Version>,
 }
 
 /// A node's changed definition that did not start, and why.

@@ -4,6 +4,7 @@ mod client;
 mod image;
 mod logs;
 mod pair;
+mod stack;
 mod table;
 mod volume;
 
@@ -131,6 +132,8 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration; errors name file, line and column.
     Check,
+    #[command(flatten)]
+    Stack(stack::StackCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -210,6 +213,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(config_path),
+        Command::Config {
+            command: ConfigCommand::Stack(command),
+        } => stack::run(&config_path, command),
         Command::Status { json, nodes } => {
             let report = match request(&config_path, &Request::Status { nodes })? {
                 Response::Status(report) => report,
@@ -359,6 +365,12 @@ fn reloaded(report: &ReloadReport) -> ExitCode {
     }
     for setting in &report.not_applied {
         println!("not applied: {setting}");
+    }
+    if let Some(version) = &report.stack_version {
+        println!(
+            "stack version {} committed: {}",
+            version.name, version.summary
+        );
     }
     for refused in &report.refused {
         eprintln!(

@@ -28,7 +28,10 @@ pub enum PairCommand {
 pub fn run(config_path: &Option<PathBuf>, command: PairCommand) -> Result<ExitCode> {
     match command {
         PairCommand::Invite => match super::request(config_path, &Request::PairInvite)? {
-            Response::PairInvite { token } => {
+            Response::PairInvite { token, moved } => {
+                if let Some(moved) = moved {
+                    eprintln!("{moved}");
+                }
                 println!("{token}");
                 Ok(ExitCode::SUCCESS)
             }
@@ -36,8 +39,11 @@ pub fn run(config_path: &Option<PathBuf>, command: PairCommand) -> Result<ExitCo
         },
         PairCommand::Join { token } => {
             match super::request(config_path, &Request::PairJoin { token })? {
-                Response::PairJoined { partner } => {
+                Response::PairJoined { partner, moved } => {
                     println!("paired with {partner}");
+                    if let Some(moved) = moved {
+                        eprintln!("{moved}");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 other => super::unexpected(other),
@@ -118,6 +124,39 @@ fn render(status: &PairStatus, now: u64) -> String {
         let left = expires.saturating_sub(now);
         lines.push(("invite", format!("open, {left}s left")));
     }
+    let stack = &status.stack;
+    if let Some(version) = &stack.version {
+        lines.push((
+            "stack",
+            format!(
+                "version {} by {}: {}",
+                version.name, version.host, version.summary
+            ),
+        ));
+    }
+    if let Some(version) = &stack.partner_version {
+        lines.push(("partner's", format!("stack version {version}")));
+    }
+    if let Some(refused) = &stack.refused_here {
+        lines.push((
+            "refused",
+            format!(
+                "the partner's stack version {}: {}",
+                refused.version,
+                one_line(&refused.reason)
+            ),
+        ));
+    }
+    if let Some(refused) = &stack.refused_by_partner {
+        lines.push((
+            "refused by",
+            format!(
+                "the partner: stack version {}: {}",
+                refused.version,
+                one_line(&refused.reason)
+            ),
+        ));
+    }
     if !status.refused.is_empty() {
         let refused: Vec<String> = status
             .refused
@@ -130,6 +169,11 @@ fn render(status: &PairStatus, now: u64) -> String {
         .into_iter()
         .map(|(label, value)| format!("{label:<12}{value}\n"))
         .collect()
+}
+
+/// A refusal's reason (a configuration's diagnostics, one a line) on one line.
+fn one_line(reason: &str) -> String {
+    reason.lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }
 
 /// One peer's lease: alive or expired, when last heard, the heartbeat round trip.

@@ -17,6 +17,7 @@ mod role;
 mod shipped;
 mod size;
 mod source;
+mod stack_file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,14 +27,16 @@ pub use host_view::{check_against_host, HostLink, HostRoute, HostView};
 pub use model::{
     AllowRule, Cidr, Config, DosFilter, HealthCheck, HealthSpec, HostSettings, HttpTarget,
     ImageBuilder, LogRotation, MetricsSettings, NetworkSettings, NodeNetwork, NodeSpec,
-    PairSettings, PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Role, Subnet,
-    TemplateReload, TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE,
-    TEMPLATES_IN_NODE,
+    PairSettings, PortForward, ProcessSpec, PublicSide, Resources, RestartPolicy, Role, StackFile,
+    Subnet, TemplateReload, TemplateSpec, TemplateText, VolumeSpec, DEFAULT_ID_BASE, ID_RANGE,
+    MIN_ID_RANGES, TEMPLATES_IN_NODE,
 };
 pub use network::{is_link_name, GATEWAY_NODE, WEB_ENTRY_NODE};
-pub use shipped::DEFAULT_CONFIG_NAME;
+pub use plan::in_address_plan;
+pub use shipped::{DEFAULT_CONFIG_NAME, DEFAULT_NODES};
 pub use size::{format_size, parse_size};
 pub use source::{line_column, Diagnostic, Source};
+pub use stack_file::{check_stack_text, stack_path, STACK_FILE_NAME};
 
 /// Where the agent looks for its configuration when neither `--config` nor `MAGESTACK_CONFIG`
 /// names one.
@@ -86,13 +89,19 @@ pub fn log_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
     host_dir_leniently(path, "log_dir", "/var/log/magestack")
 }
 
+/// The state dir (where the stack's history is, for `config log` and `config diff`), read as
+/// leniently as [`run_dir`].
+pub fn state_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    host_dir_leniently(path, "state_dir", "/var/lib/magestack")
+}
+
 /// `[host] <key>` as written, or `default`; nothing else in the file is checked.
 fn host_dir_leniently(
     path: Option<&Path>,
     key: &str,
     default: &str,
 ) -> Result<PathBuf, ConfigError> {
-    let source = read(path)?;
+    let source = read_agent(path)?;
     let dir = lenient::host_string(&source.text, key).unwrap_or_else(|| default.to_string());
     Ok(PathBuf::from(dir))
 }
@@ -102,8 +111,32 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     parse(&read(path)?)
 }
 
-/// The configuration text at `path`, or the embedded default when `None`.
+/// The configuration text at `path`, or the embedded default when `None`, followed by the
+/// stack's when there is one (`[host] stack`, else `stack.toml` beside it).
 pub fn read(path: Option<&Path>) -> Result<Source, ConfigError> {
+    let agent = read_agent(path)?;
+    match stack_file::stack_path(&agent) {
+        Some(stack) if stack.exists() => stack_file::join(agent, Source::from_file(&stack)?),
+        _ => Ok(agent),
+    }
+}
+
+/// [`read`] with `stack` as the stack's text instead of the file's: a version checked before
+/// it is written (one from the partner, a rollback).
+pub fn read_with_stack(path: Option<&Path>, stack: &str) -> Result<Source, ConfigError> {
+    with_stack(read_agent(path)?, stack)
+}
+
+/// agent.toml's text `agent` followed by the stack text `stack`, named by the stack's path.
+pub fn with_stack(agent: Source, stack: &str) -> Result<Source, ConfigError> {
+    let name = stack_file::stack_path(&agent)
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|| STACK_FILE_NAME.to_string());
+    stack_file::join(agent, Source::new(name, stack))
+}
+
+/// agent.toml's text alone.
+pub fn read_agent(path: Option<&Path>) -> Result<Source, ConfigError> {
     match path {
         Some(path) => Source::from_file(path),
         None => Ok(shipped::default_config()),

@@ -21,6 +21,22 @@ pub struct Config {
     pub pair: PairSettings,
     /// The text of every template a node's role names, by its `source` as written.
     pub templates: BTreeMap<String, TemplateText>,
+    /// Where the stack is (or goes when the host pairs), and whether nodes and roles came from it.
+    pub stack: StackFile,
+    /// Each node's home host, where the configuration names one (`host = "dh1"`).
+    pub homes: BTreeMap<String, String>,
+    /// The stack's id slots (`[slots]`): a node, or `@<role>` for a role's shared volumes, to
+    /// the slot of its id range, the same on both hosts of a pair. Empty without a stack.
+    pub slots: BTreeMap<String, u32>,
+}
+
+/// The stack file of a configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackFile {
+    /// `None` for the embedded default, which has no directory.
+    pub path: Option<std::path::PathBuf>,
+    /// Whether the nodes and roles were read from it (else from agent.toml).
+    pub in_use: bool,
 }
 
 /// One template's text and the file it was read from (for error messages).

@@ -16,6 +16,12 @@ pub fn planned_offset(role: &str, index: u32) -> Option<u32> {
     (1..=room).contains(&index).then_some(base + index)
 }
 
+/// Whether the plan places `node` of `role` (else it takes a free address from
+/// [`OTHER_ROLES_FROM`], which depends on the other nodes).
+pub fn in_address_plan(node: &str, role: &str) -> bool {
+    node_index(node).is_some_and(|index| planned_offset(role, index).is_some())
+}
+
 /// Where roles outside the plan start.
 pub const OTHER_ROLES_FROM: u32 = 100;
 

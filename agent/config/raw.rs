@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub logs: RawLogs,
     #[serde(default)]
     pub pair: RawPair,
+    /// The stack's id slots: a node (or `@<role>` for a role's shared volumes) to its slot.
+    pub slots: Option<Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>>,
 }
 
 /// The pair link with the partner host; off unless `listen` is set.
@@ -66,6 +68,9 @@ pub struct RawHost {
     pub stop_timeout: Option<Spanned<String>>,
     /// The first host id of the nodes' id ranges.
     pub id_base: Option<Spanned<i64>>,
+    /// Where the stack (nodes and roles shared with the partner) is: relative to this file's
+    /// directory, or absolute; `stack.toml` beside it unless given.
+    pub stack: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -108,6 +113,8 @@ pub struct RawForward {
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     pub role: Spanned<String>,
+    /// The node's home host; the host that first commits it into the stack unless given.
+    pub host: Option<Spanned<String>>,
     pub ip: Option<Spanned<String>>,
     pub resources: Option<RawResources>,
 }

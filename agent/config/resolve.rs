@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::duration::parse_duration;
 use super::model::{
     valid_id_base, Cidr, Config, HostSettings, ImageBuilder, LogRotation, MetricsSettings,
-    NetworkSettings, NodeNetwork, NodeSpec, Role, TemplateText, DEFAULT_ID_BASE, ID_RANGE,
-    LAST_ID_BASE, MIN_ID_RANGES,
+    NetworkSettings, NodeNetwork, NodeSpec, Role, StackFile, TemplateText, DEFAULT_ID_BASE,
+    ID_RANGE, LAST_ID_BASE, MIN_ID_RANGES,
 };
 use super::plan::{node_index, planned_offset, OTHER_ROLES_FROM};
 use super::raw::{RawConfig, RawHost, RawLogs, RawMetrics, RawNode, RawRole};
@@ -59,6 +59,8 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
     let roles = complete_roles(&mut checker, inline_roles, &mut templates);
 
     let raw_nodes = raw.nodes.unwrap_or_else(default_nodes);
+    let homes = node_homes(&mut checker, &raw_nodes);
+    let slots = id_slots(&mut checker, raw.slots, !source.appended.is_empty());
     let network = network.map(|(mut network, pending)| {
         let mut nodes = node_specs(&mut checker, raw_nodes, &roles, &network, kept);
         super::network::attach_nodes(&mut checker, &mut network, pending, &mut nodes);
@@ -75,9 +77,78 @@ pub fn resolve(source: &Source, kept: &BTreeMap<String, Ipv4Addr>) -> Result<Con
             logs,
             pair,
             templates,
+            stack: StackFile {
+                path: super::stack_file::stack_path(source),
+                in_use: !source.appended.is_empty(),
+            },
+            homes,
+            slots,
         }),
         _ => Err(ConfigError::Invalid(diagnostics)),
     }
+}
+
+/// The stack's id slots: each below [`MIN_ID_RANGES`] (they fit above any `id_base`) and
+/// given once; only in a stack.
+fn id_slots(
+    checker: &mut Checker,
+    raw: Option<Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>>,
+    in_stack: bool,
+) -> BTreeMap<String, u32> {
+    let Some(raw) = raw else {
+        return BTreeMap::new();
+    };
+    if !in_stack {
+        checker.error(
+            &raw,
+            "slots: id slots are values of the shared stack (stack.toml); this host keeps its own in state_dir/idmaps.json",
+        );
+        return BTreeMap::new();
+    }
+    let mut slots = BTreeMap::new();
+    let mut owners: BTreeMap<u32, String> = BTreeMap::new();
+    for (owner, slot) in raw.into_inner() {
+        let name = owner.get_ref();
+        let Some(value) = u32::try_from(*slot.get_ref())
+            .ok()
+            .filter(|slot| *slot < MIN_ID_RANGES)
+        else {
+            checker.error(
+                &slot,
+                format!("slots.{name}: a slot from 0 to {}", MIN_ID_RANGES - 1),
+            );
+            continue;
+        };
+        if let Some(other) = owners.insert(value, name.clone()) {
+            checker.error(
+                &slot,
+                format!("slots.{name}: slot {value} is already {other}'s"),
+            );
+            continue;
+        }
+        slots.insert(name.clone(), value);
+    }
+    slots
+}
+
+/// The home host each node names.
+fn node_homes(
+    checker: &mut Checker,
+    nodes: &BTreeMap<Spanned<String>, RawNode>,
+) -> BTreeMap<String, String> {
+    let mut homes = BTreeMap::new();
+    for (name, node) in nodes {
+        let Some(host) = &node.host else { continue };
+        if host.get_ref().is_empty() {
+            checker.error(
+                host,
+                format!("nodes.{}.host: must name a host", name.get_ref()),
+            );
+            continue;
+        }
+        homes.insert(name.get_ref().clone(), host.get_ref().clone());
+    }
+    homes
 }
 
 fn default_nodes() -> BTreeMap<Spanned<String>, RawNode> {
@@ -88,6 +159,7 @@ fn default_nodes() -> BTreeMap<Spanned<String>, RawNode> {
                 Spanned::new(0..0, node.to_string()),
                 RawNode {
                     role: Spanned::new(0..0, role.to_string()),
+                    host: None,
                     ip: None,
                     resources: None,
                 },
@@ -125,6 +197,16 @@ fn host_settings(checker: &mut Checker, raw: RawHost) -> Option<HostSettings> {
     };
     let run_dir = dir(raw.run_dir, "run_dir", "/run/magestack");
     let log_dir = dir(raw.log_dir, "log_dir", "/var/log/magestack");
+    if let Some(stack) = raw
+        .stack
+        .as_ref()
+        .filter(|stack| stack.get_ref().is_empty())
+    {
+        checker.error(
+            stack,
+            "host.stack: must name a file (stack.toml unless given)",
+        );
+    }
     let image_builder = match raw.image_builder {
         Some(value) => ImageBuilder::parse(value.get_ref()).unwrap_or_else(|message| {
             checker.error(&value, format!("host.image_builder: {message}"));

@@ -12,6 +12,16 @@ pub struct Source {
     /// The directory of the file it was read from, where `templates/` is looked for; `None` for
     /// embedded texts.
     pub dir: Option<PathBuf>,
+    /// Texts appended to `text` from other files (the stack beside agent.toml), each from its
+    /// byte offset in `text` on: a span there is reported in that file, at its own line.
+    pub appended: Vec<Appended>,
+}
+
+/// A file whose text follows the first one's in a [`Source`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub name: String,
+    pub start: usize,
 }
 
 impl Source {
@@ -20,7 +30,24 @@ impl Source {
             name: name.into(),
             text: text.into(),
             dir: None,
+            appended: Vec::new(),
         }
+    }
+
+    /// This text followed by `other`'s, on a line of its own; errors in `other`'s part name
+    /// `other`'s file and line. `other` must begin with a table header (checked by the caller),
+    /// so none of its keys fall into this text's last table.
+    pub fn followed_by(mut self, other: Source) -> Source {
+        if !self.text.ends_with('\n') {
+            self.text.push('\n');
+        }
+        let start = self.text.len();
+        self.text.push_str(&other.text);
+        self.appended.push(Appended {
+            name: other.name,
+            start,
+        });
+        self
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, super::ConfigError> {
@@ -40,11 +67,18 @@ impl Source {
 
     /// A diagnostic pointing at a byte span of this source.
     pub fn at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
-        let (line, column) = span
-            .map(|span| line_column(&self.text, span.start))
+        let offset = span.map(|span| span.start);
+        let part =
+            offset.and_then(|offset| self.appended.iter().rev().find(|part| part.start <= offset));
+        let (file, start) = match part {
+            Some(part) => (&part.name, part.start),
+            None => (&self.name, 0),
+        };
+        let (line, column) = offset
+            .map(|offset| line_column(&self.text[start..], offset - start))
             .unwrap_or((1, 1));
         Diagnostic {
-            file: self.name.clone(),
+            file: file.clone(),
             line,
             column,
             message: message.into(),
@@ -102,6 +136,20 @@ mod tests {
     fn columns_count_characters_after_the_last_newline() {
         assert_eq!(line_column("ab\ncdé\nx", 7), (2, 4));
         assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
+    }
+
+    #[test]
+    fn a_span_in_an_appended_text_names_its_file_and_line() {
+        let joined = Source::new("agent.toml", "[host]\nname = \"a\"")
+            .followed_by(Source::new("stack.toml", "[nodes.web1]\nrole = \"web\"\n"));
+        let role = joined.text.find("role").unwrap();
+        let diagnostic = joined.at(Some(role..role + 4), "bad");
+        assert_eq!(
+            (diagnostic.file.as_str(), diagnostic.line, diagnostic.column),
+            ("stack.toml", 2, 1)
+        );
+        let name = joined.text.find("name").unwrap();
+        assert_eq!(joined.at(Some(name..name + 1), "x").file, "agent.toml");
     }
 
     proptest! {

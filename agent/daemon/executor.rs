@@ -45,6 +45,8 @@ pub enum Event {
     Pair(crate::pair::PairEvent),
     /// What a renewal of a node's init lease (or its unfence) found.
     Lease(String, LeaseOutcome),
+    /// What became of the shared stack.
+    Stack(super::stack::StackEvent),
 }
 
 pub enum Command {
@@ -100,8 +102,9 @@ impl Executor {
         adopted: Vec<NodeHandle>,
         dead_restarts: BTreeMap<String, u32>,
         events: mpsc::UnboundedSender<Event>,
+        stack: Arc<super::stack::StackKeeper>,
     ) -> Executor {
-        let pair = PairCore::start(&config, &events);
+        let pair = PairCore::start(&config, &events, stack);
         let fencing = Fencing::new(&config);
         let mut handles = BTreeMap::new();
         let adopted = adopted
@@ -183,6 +186,10 @@ impl Executor {
                 self.fencing.outcome(&node, outcome, self.core.ownership());
                 return;
             }
+            Event::Stack(event) => {
+                self.pair.stack_event(event);
+                core::Event::Tick
+            }
         };
         self.step(event);
     }
@@ -225,7 +232,7 @@ impl Executor {
             }
             Command::PairInvite => {
                 let _ = reply.send(match self.pair.invite() {
-                    Ok(token) => Response::PairInvite { token },
+                    Ok((token, moved)) => Response::PairInvite { token, moved },
                     Err(error) => Response::Error {
                         message: format!("pair invite: {error}"),
                     },
@@ -317,7 +324,7 @@ impl Executor {
         match action {
             Action::Reply(id, response) => {
                 if let Some(reply) = self.replies.remove(&id) {
-                    let _ = reply.send(response);
+                    let _ = reply.send(*response);
                 }
                 None
             }

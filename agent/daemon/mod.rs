@@ -12,6 +12,7 @@ mod metrics;
 mod notify;
 mod reload;
 mod server;
+mod stack;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,7 +48,11 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 /// Nodes that run keep their addresses where the plan leaves the choice to the agent (roles
 /// outside the plan): the addresses are resolved again with theirs when they differ.
 pub fn load_checked(path: Option<&Path>, images: &ImageStore) -> Result<Config, ConfigError> {
-    let source = config::read(path)?;
+    check_source(config::read(path)?, images)
+}
+
+/// [`load_checked`] of a configuration text already read (one with a stack not yet written).
+pub fn check_source(source: config::Source, images: &ImageStore) -> Result<Config, ConfigError> {
     let config = config::parse(&source)?;
     let running: BTreeMap<String, std::net::Ipv4Addr> =
         crate::runtime::live_records(&config.host.run_dir.join("nodes"))
@@ -125,6 +130,9 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
     let cgroups = crate::runtime::cgroup::Cgroups::detect().context("detecting cgroups")?;
     let _claims = claim::Claims::take(&config, &cgroups)?;
     let runtime = Arc::new(Runtime::new(&config).context("detecting cgroups")?);
+    runtime
+        .adopt_id_slots(&config.slots)
+        .context("taking the stack's id slots")?;
     if let Some(leaf) = runtime.cgroups.enter_agent_leaf()? {
         tracing::info!(leaf = %leaf.display(), "moved into the leaf of the delegated cgroup");
     }
@@ -206,9 +214,15 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
         crate::net::watch_links(&runtime.network.settings, move || {
             let _ = notifications.send(Event::Network(NetworkEvent::Changed));
         })?;
+        let stack = Arc::new(stack::StackKeeper::new(
+            config_path,
+            &config.host.state_dir,
+            runtime.clone(),
+            events.clone(),
+        ));
         let server = Arc::new(Server {
             events: events.clone(),
-            config_path,
+            stack: stack.clone(),
             runtime: runtime.clone(),
             started: Instant::now(),
         });
@@ -219,6 +233,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<()> {
             adopted,
             dead_restarts,
             events,
+            stack,
         );
         let began = Instant::now();
         executor.tick();

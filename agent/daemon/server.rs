@@ -1,7 +1,6 @@
 //! The control socket: one task per connection, root callers only. Each request becomes an
 //! event for the core; the answer goes back as one JSON line.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +9,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::executor::{Command, Event};
+use super::stack::StackKeeper;
 use super::status;
 use crate::api::control::{HostStatus, Request, Response, StatusReport};
 use crate::api::{decode_line, MAX_MESSAGE};
@@ -18,7 +18,8 @@ use crate::runtime::Runtime;
 /// What connection handlers share.
 pub struct Server {
     pub events: mpsc::UnboundedSender<Event>,
-    pub config_path: Option<PathBuf>,
+    /// Reloads and rollbacks go through the stack's keeper, which commits them.
+    pub stack: Arc<StackKeeper>,
     pub runtime: Arc<Runtime>,
     pub started: Instant,
 }
@@ -91,6 +92,7 @@ impl Server {
             Request::Restart { nodes } => Command::Restart(nodes),
             Request::ExecTarget { node } => Command::ExecTarget(node),
             Request::Reload => return self.reload().await,
+            Request::ConfigRollback { rev } => return self.rollback(rev).await,
             Request::PairInvite => Command::PairInvite,
             Request::PairJoin { token } => Command::PairJoin(token),
             Request::PairStatus => Command::PairStatus,
@@ -134,11 +136,26 @@ impl Server {
     /// `reload` and SIGHUP: reads the configuration again and hands it to the core, which
     /// restarts only what changed; an invalid configuration changes nothing.
     pub async fn reload(&self) -> Response {
-        let config = match self.load_config().await {
-            Ok(config) => config,
+        let (config, version) = match self.stack.reload().await {
+            Ok(loaded) => loaded,
             Err(message) => return Response::Error { message },
         };
-        self.command(Command::Reload(Box::new(config))).await
+        with_version(
+            self.command(Command::Reload(Box::new(config))).await,
+            version,
+        )
+    }
+
+    /// `config rollback REV`: a new version equal to REV, then reloaded like an edit.
+    async fn rollback(&self, rev: String) -> Response {
+        let (config, version) = match self.stack.rollback(rev).await {
+            Ok(rolled_back) => rolled_back,
+            Err(message) => return Response::Error { message },
+        };
+        with_version(
+            self.command(Command::Reload(Box::new(config))).await,
+            Some(version),
+        )
     }
 
     /// SIGHUP's reload, whose only audience is the log.
@@ -157,15 +174,16 @@ impl Server {
             other => tracing::error!("unexpected answer to a reload: {other:?}"),
         }
     }
+}
 
-    /// Reads and checks the configuration again; nothing changes when it is invalid.
-    async fn load_config(&self) -> Result<crate::config::Config, String> {
-        let path = self.config_path.clone();
-        let runtime = self.runtime.clone();
-        tokio::task::spawn_blocking(move || super::load_checked(path.as_deref(), &runtime.images))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("configuration not reloaded:\n{e}"))
+/// A reload's answer with the stack version it committed.
+fn with_version(response: Response, version: Option<crate::stack::Version>) -> Response {
+    match response {
+        Response::Reloaded(report) => Response::Reloaded(crate::api::control::ReloadReport {
+            stack_version: version,
+            ..report
+        }),
+        other => other,
     }
 }
 

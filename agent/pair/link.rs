@@ -26,7 +26,9 @@ use super::heartbeat::Inbound;
 use super::refusal::Refusal;
 use super::tls::{join_client_config, refusal_of, Identity, TlsError};
 use super::token::Token;
-use super::wire::{self, FrameError, JoinAccepted, JoinRequest, Message, WitnessRecord};
+use super::wire::{
+    self, FrameError, JoinAccepted, JoinRequest, Message, StackOffer, StackVerdict, WitnessRecord,
+};
 use super::witness_client::WitnessClientError;
 use super::witness_token::WitnessToken;
 
@@ -62,6 +64,10 @@ pub enum LinkCommand {
     Join(Token, JoinRequest),
     /// The pair's witness as this host knows it: told to the partner on every link.
     Witness(Option<WitnessRecord>),
+    /// The stack version in force here: told to the partner on every link.
+    Stack(StackOffer),
+    /// What this host did with the partner's latest stack version: told on every link.
+    StackVerdict(StackVerdict),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +115,10 @@ pub enum PairEvent {
     },
     /// The witness the partner knows, as it told this host on the link.
     PartnerWitness(WitnessRecord),
+    /// The stack version in force on the partner.
+    PartnerStack(StackOffer),
+    /// What the partner did with this host's stack version.
+    PartnerStackVerdict(StackVerdict),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,12 +178,16 @@ impl Link {
             .enable_all()
             .build()?;
         let (witness, _) = watch::channel(None);
+        let (stack, _) = watch::channel(None);
+        let (stack_verdict, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             host,
             report: Box::new(report),
             current: Mutex::new(Current::default()),
             heartbeats,
             witness,
+            stack,
+            stack_verdict,
         });
         std::thread::Builder::new()
             .name("pair-link".into())
@@ -196,6 +210,9 @@ struct Shared {
     heartbeats: mpsc::UnboundedSender<Inbound>,
     /// The pair's witness as this host knows it, sent on each link and whenever it changes.
     witness: watch::Sender<Option<WitnessRecord>>,
+    /// The stack version in force here, and the verdict on the partner's: the same.
+    stack: watch::Sender<Option<StackOffer>>,
+    stack_verdict: watch::Sender<Option<StackVerdict>>,
 }
 
 /// The one connection to the partner: a generation number that grows with each, so a
@@ -286,6 +303,12 @@ async fn run(
             }
             LinkCommand::Witness(record) => {
                 shared.witness.send_replace(record);
+            }
+            LinkCommand::Stack(offer) => {
+                shared.stack.send_replace(Some(offer));
+            }
+            LinkCommand::StackVerdict(verdict) => {
+                shared.stack_verdict.send_replace(Some(verdict));
             }
             LinkCommand::Join(token, request) => {
                 let shared = shared.clone();
@@ -579,6 +602,10 @@ where
                 Ok(Ok(Message::Witness(record))) => {
                     (shared.report)(PairEvent::PartnerWitness(record))
                 }
+                Ok(Ok(Message::Stack(offer))) => (shared.report)(PairEvent::PartnerStack(offer)),
+                Ok(Ok(Message::StackVerdict(verdict))) => {
+                    (shared.report)(PairEvent::PartnerStackVerdict(verdict))
+                }
                 Ok(Ok(other)) => return Err(LinkError::Unexpected(other.kind())),
                 Ok(Err(FrameError::Closed)) => return Ok(()),
                 Ok(Err(error)) => return Err(error.into()),
@@ -588,21 +615,27 @@ where
     };
     let send = async {
         let mut witness = shared.witness.subscribe();
+        let mut stack = shared.stack.subscribe();
+        let mut stack_verdict = shared.stack_verdict.subscribe();
+        // Each is sent once on this link, then whenever it changes.
+        witness.mark_changed();
+        stack.mark_changed();
+        stack_verdict.mark_changed();
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         loop {
-            let record = witness.borrow_and_update().clone();
-            if let Some(record) = record {
-                wire::write(&mut writer, &Message::Witness(record)).await?;
-            }
-            loop {
-                tokio::select! {
-                    _ = keepalive.tick() => wire::write(&mut writer, &Message::Keepalive).await?,
-                    changed = witness.changed() => match changed {
-                        Ok(()) => break,
-                        Err(_) => std::future::pending().await,
-                    },
+            let message = tokio::select! {
+                _ = keepalive.tick() => Some(Message::Keepalive),
+                Ok(()) = witness.changed() => {
+                    witness.borrow_and_update().clone().map(Message::Witness)
                 }
+                Ok(()) = stack.changed() => stack.borrow_and_update().clone().map(Message::Stack),
+                Ok(()) = stack_verdict.changed() => {
+                    stack_verdict.borrow_and_update().clone().map(Message::StackVerdict)
+                }
+            };
+            if let Some(message) = message {
+                wire::write(&mut writer, &message).await?;
             }
         }
     };

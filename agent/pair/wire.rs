@@ -1,10 +1,11 @@
 //! The messages on the pair link, and their framing: a 4-byte big-endian length, then that
 //! many bytes of one JSON message. One enum carries every kind, so heartbeats, leases and the
-//! stack's versions (later) are new variants on the same framing.
+//! stack's versions are variants on the same framing.
 //!
 //! A join connection carries one `Join` and its answer (`Accepted` or `Refused`); a link
-//! connection starts with a `Hello` each way, then `Keepalive`s, and `Witness` whenever the
-//! pair's witness changes. A heartbeat connection carries `Heartbeat`s one way and
+//! connection starts with a `Hello` each way, then `Keepalive`s, `Witness` whenever the
+//! pair's witness changes, `Stack` with the sender's stack version in force (on each link and
+//! whenever it changes) and `StackVerdict` with what the sender did with the partner's latest. A heartbeat connection carries `Heartbeat`s one way and
 //! `HeartbeatAck`s back, and to a witness `LeaseQuery`s and `Cas` requests with their answers.
 //! An enrollment at a witness is one `WitnessEnroll` and its answer (`WitnessEnrolled` or
 //! `Refused`).
@@ -43,6 +44,10 @@ pub enum Message {
     },
     /// On the link: the witness this host's pair uses.
     Witness(WitnessRecord),
+    /// On the link: the stack version in force on the sender, with its text.
+    Stack(StackOffer),
+    /// On the link: the sender applied or refused the receiver's stack version.
+    StackVerdict(StackVerdict),
     /// To a witness, without a certificate: add it to the pair whose CA this is.
     WitnessEnroll(WitnessEnroll),
     WitnessEnrolled,
@@ -68,6 +73,8 @@ impl Message {
             Message::Heartbeat { .. } => "a heartbeat",
             Message::HeartbeatAck { .. } => "a heartbeat's answer",
             Message::Witness(_) => "a witness record",
+            Message::Stack(_) => "a stack version",
+            Message::StackVerdict(_) => "a stack verdict",
             Message::WitnessEnroll(_) => "a witness enrollment",
             Message::WitnessEnrolled => "an enrollment's answer",
             Message::LeaseQuery { .. } => "a lease query",
@@ -76,6 +83,22 @@ impl Message {
             Message::CasAnswer(_) => "a compare-and-set's answer",
         }
     }
+}
+
+/// A stack version as one host offers it to the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackOffer {
+    pub version: crate::stack::Version,
+    /// `stack.toml` as committed.
+    pub text: String,
+}
+
+/// What a host did with the partner's stack version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackVerdict {
+    pub version: crate::stack::VersionId,
+    /// Why it was refused; `None`: applied.
+    pub refused: Option<String>,
 }
 
 /// A pair's witness as the hosts record it and tell each other.
@@ -326,7 +349,70 @@ mod tests {
         ));
     }
 
+    fn stack_offer() -> impl Strategy<Value = Message> {
+        (
+            any::<u64>(),
+            "[0-9a-f]{40}",
+            "[a-z][a-z0-9-]{0,11}",
+            any::<u64>(),
+            ".{0,80}",
+            ".{0,2000}",
+        )
+            .prop_map(|(counter, id, host, time_unix, summary, text)| {
+                Message::Stack(StackOffer {
+                    version: crate::stack::Version {
+                        name: crate::stack::VersionId { counter, id },
+                        host,
+                        time_unix,
+                        summary,
+                    },
+                    text,
+                })
+            })
+    }
+
+    fn stack_verdict() -> impl Strategy<Value = Message> {
+        (
+            any::<u64>(),
+            "[0-9a-f]{40}",
+            proptest::option::of(".{0,200}"),
+        )
+            .prop_map(|(counter, id, refused)| {
+                Message::StackVerdict(StackVerdict {
+                    version: crate::stack::VersionId { counter, id },
+                    refused,
+                })
+            })
+    }
+
     proptest! {
+        /// A stack version or verdict comes out of its frame as it went in, whatever its text,
+        /// and a frame cut short is incomplete, never another message.
+        #[test]
+        fn stack_messages_survive_their_frames(
+            message in prop_oneof![stack_offer(), stack_verdict()],
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let frame = encode(&message);
+            prop_assert_eq!(decode(&frame).unwrap(), Some((message.clone(), frame.len())));
+            let cut = cut.index(frame.len());
+            prop_assert_eq!(decode(&frame[..cut]).unwrap(), None);
+        }
+
+        /// A stack message with its JSON bytes changed decodes to some message or fails with
+        /// an error; it never panics.
+        #[test]
+        fn a_corrupted_stack_message_never_panics(
+            message in prop_oneof![stack_offer(), stack_verdict()],
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut frame = encode(&message);
+            let at = 4 + at.index(frame.len() - 4);
+            frame[at] = byte;
+            let _ = decode(&frame);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);

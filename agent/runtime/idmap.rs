@@ -65,6 +65,29 @@ impl IdMaps {
         })
     }
 
+    /// The slots recorded here, by owner.
+    pub fn recorded(&self) -> BTreeMap<String, u32> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes the shared stack's slots: each must agree with what is recorded here (a conflict
+    /// names the node and changes nothing); the new ones are recorded, so ranges allocated
+    /// later never take them.
+    pub fn adopt(&self, stack: &BTreeMap<String, u32>) -> Result<(), AdoptError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        crate::stack::slots::cross_check(stack, &slots)?;
+        let mut merged = slots.clone();
+        merged.extend(stack.iter().map(|(owner, slot)| (owner.clone(), *slot)));
+        if merged != *slots {
+            write_atomic(&self.path, &encode(&merged)?).map_err(|source| AdoptError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+            *slots = merged;
+        }
+        Ok(())
+    }
+
     /// A user namespace mapping the range starting at `stored` onto the one at `seen` (see
     /// [`mapping_namespace`]), made on first use.
     pub fn mapping(&self, stored: u32, seen: u32) -> std::io::Result<OwnedFd> {
@@ -104,6 +127,19 @@ impl IdMaps {
         }
         Ok(ranges.host_base(slot))
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error("{0}")]
+    Conflict(#[from] crate::stack::slots::SlotError),
+    #[error("recording the stack's id slots in {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Encode(#[from] std::io::Error),
 }
 
 /// The slots above one base: slot `n` is the range starting at `base + n * RANGE`.

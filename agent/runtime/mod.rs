@@ -17,7 +17,7 @@ mod sandbox;
 mod undo;
 pub mod volume;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -480,6 +480,16 @@ impl Runtime {
     }
 
     /// `run_dir/nodes/<node>/templates`: the node's rendered templates, removed with its run dir.
+    /// This host's recorded id slots (`state_dir/idmaps.json`), by owner.
+    pub fn id_slots(&self) -> BTreeMap<String, u32> {
+        self.idmaps.recorded()
+    }
+
+    /// Takes the shared stack's id slots, checked against this host's record.
+    pub fn adopt_id_slots(&self, stack: &BTreeMap<String, u32>) -> Result<(), idmap::AdoptError> {
+        self.idmaps.adopt(stack)
+    }
+
     pub fn templates_dir(&self, node: &str) -> PathBuf {
         self.dirs.node(node).run.join("templates")
     }

@@ -134,7 +134,7 @@ impl Core {
 
     pub(super) fn reply_error(&mut self, id: CommandId, message: String) {
         self.actions
-            .push(Action::Reply(id, Response::Error { message }));
+            .push(Action::Reply(id, Box::new(Response::Error { message })));
     }
 
     fn known(&self, names: &[String]) -> Result<(), String> {

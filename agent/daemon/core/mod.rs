@@ -105,7 +105,7 @@ pub enum Event {
 #[derive(Debug)]
 pub enum Action {
     /// Answer a command; each command is answered exactly once.
-    Reply(CommandId, Response),
+    Reply(CommandId, Box<Response>),
     /// Persist the nodes an operator stopped, before anything acts on it; the outcome comes
     /// back as [`Event::WishesRecorded`] before any other event.
     RecordWishes(CommandId, BTreeSet<String>),
@@ -351,7 +351,16 @@ impl Core {
     }
 
     fn wants_running(&self, node: &str) -> bool {
-        !self.stopped.contains(node)
+        !self.stopped.contains(node) && self.is_home(node)
+    }
+
+    /// Whether `node`'s home is this host: a node of the stack homed on the partner runs
+    /// there, and here only once a takeover moves it (ownership, `pair/ownership.rs`).
+    fn is_home(&self, node: &str) -> bool {
+        self.config
+            .homes
+            .get(node)
+            .is_none_or(|home| *home == self.config.host.name)
     }
 
     fn node_entry(&mut self, name: &str) -> &mut Node {

@@ -63,7 +63,8 @@ impl Core {
                     },
                 },
             };
-            self.actions.push(Action::Reply(waiter.command, response));
+            self.actions
+                .push(Action::Reply(waiter.command, Box::new(response)));
         }
     }
 

@@ -6,14 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
-use crate::api::control::{PairStatus, Response, WitnessStatus};
+use crate::api::control::{PairStatus, Response, StackRefusal, StackStatus, WitnessStatus};
 use crate::config::Config;
+use crate::daemon::stack::{StackEvent, StackKeeper};
 use crate::pair::ca::{self, Fingerprint, PairCa};
 use crate::pair::heartbeat::{
     HeartbeatCommand, HeartbeatPlan, Heartbeats, PeerRole, Timing, WitnessAddress,
@@ -22,7 +24,9 @@ use crate::pair::invite::{hex, Invites};
 use crate::pair::link::JoinError;
 use crate::pair::store::{PairStore, Partner, StoreError};
 use crate::pair::tls::Identity;
-use crate::pair::wire::{JoinAccepted, JoinRequest, Message, WitnessEnroll, WitnessRecord};
+use crate::pair::wire::{
+    JoinAccepted, JoinRequest, Message, StackOffer, StackVerdict, WitnessEnroll, WitnessRecord,
+};
 use crate::pair::witness_client::WitnessClientError;
 use crate::pair::witness_token::{WitnessToken, WitnessTokenError};
 use crate::pair::{Link, LinkCommand, LinkState, PairEvent, PartnerAddress, Plan, Refusal, Token};
@@ -58,6 +62,8 @@ pub enum PairError {
     WitnessToken(#[from] WitnessTokenError),
     #[error("{0}")]
     Witness(#[from] WitnessClientError),
+    #[error("moving the nodes and roles into the stack: {0}")]
+    Stack(String),
 }
 
 /// This host's own join while it is under way.
@@ -92,11 +98,18 @@ pub(super) struct PairCore {
     witness: Option<WitnessRecord>,
     /// `pair witness` while its enrollment is under way.
     adding_witness: Option<oneshot::Sender<Response>>,
+    /// The stack's versions: committed, applied and refused through the keeper.
+    stack: Arc<StackKeeper>,
+    stack_status: StackStatus,
 }
 
 impl PairCore {
     /// Reads the pairing and, with `[pair] listen`, starts the link thread.
-    pub(super) fn start(config: &Config, events: &mpsc::UnboundedSender<Event>) -> PairCore {
+    pub(super) fn start(
+        config: &Config,
+        events: &mpsc::UnboundedSender<Event>,
+        stack: Arc<StackKeeper>,
+    ) -> PairCore {
         let host = config.host.name.clone();
         let store = PairStore::new(&config.host.state_dir);
         let mut core = PairCore {
@@ -115,6 +128,8 @@ impl PairCore {
             witness: None,
             adding_witness: None,
             store,
+            stack,
+            stack_status: StackStatus::default(),
         };
         if let Err(error) = core.load() {
             tracing::error!("pair: {error}");
@@ -147,6 +162,15 @@ impl PairCore {
                 core.problem = Some(problem);
             }
             (None, None) => {}
+        }
+        match core.stack.head() {
+            Ok(head) => {
+                if let Some(offer) = head {
+                    core.stack_status.version = Some(offer.version.clone());
+                    core.offer_stack(offer);
+                }
+            }
+            Err(error) => tracing::error!("stack: reading the version in force: {error}"),
         }
         core
     }
@@ -260,6 +284,7 @@ impl PairCore {
                 .iter()
                 .map(|view| (view.role.as_str().to_string(), view.status()))
                 .collect(),
+            stack: self.stack_status.clone(),
         }
     }
 
@@ -348,7 +373,9 @@ impl PairCore {
     }
 
     /// `pair invite`: the CA and this host's certificate (made once), a new one-time secret.
-    pub(super) fn invite(&mut self) -> Result<String, PairError> {
+    /// With the token, what moved from agent.toml into the stack (the first invite of a
+    /// standalone host moves its nodes and roles there and commits them as the first version).
+    pub(super) fn invite(&mut self) -> Result<(String, Option<String>), PairError> {
         let listen = self.listen.ok_or(PairError::NoListen)?;
         if let Some(partner) = &self.partner {
             return Err(PairError::Paired {
@@ -356,6 +383,11 @@ impl PairCore {
                 address: partner.address,
             });
         }
+        let moved = self
+            .stack
+            .move_into_stack(&self.host, true)
+            .map_err(PairError::Stack)?
+            .map(|moved| moved.to_string());
         let (pair_ca, new) = match self.store.ca()? {
             Some((cert, key)) if self.identity.is_some() => (PairCa::load(&cert, &key)?, None),
             _ => {
@@ -386,13 +418,13 @@ impl PairCore {
             self.configure_link();
         }
         tracing::info!(%listen, "pair: invite opened for one join within the hour");
-        Ok(Token {
+        let token = Token {
             host: self.host.clone(),
             address: listen,
             ca: pair_ca.fingerprint()?,
             secret,
-        }
-        .encode())
+        };
+        Ok((token.encode(), moved))
     }
 
     /// `pair join TOKEN`: checked here, sent by the link; answered when it reports back.
@@ -496,6 +528,79 @@ impl PairCore {
             PairEvent::Joined(outcome) => self.joined(outcome),
             PairEvent::WitnessEnrolled { token, outcome } => self.witness_enrolled(token, outcome),
             PairEvent::PartnerWitness(record) => self.partner_witness(record),
+            PairEvent::PartnerStack(offer) => self.partner_stack(offer),
+            PairEvent::PartnerStackVerdict(verdict) => self.partner_stack_verdict(verdict),
+        }
+    }
+
+    /// Tells the partner the stack version in force here, on this link and every later one.
+    fn offer_stack(&self, offer: StackOffer) {
+        if let Some(link) = &self.link {
+            link.send(LinkCommand::Stack(offer));
+        }
+    }
+
+    fn tell_verdict(&self, verdict: StackVerdict) {
+        if let Some(link) = &self.link {
+            link.send(LinkCommand::StackVerdict(verdict));
+        }
+    }
+
+    /// The partner's version: checked and applied by the keeper when it is newer than the one
+    /// in force here (an older one changes nothing: the partner takes this host's).
+    fn partner_stack(&mut self, offer: StackOffer) {
+        self.stack_status.partner_version = Some(offer.version.name.clone());
+        let ours = self
+            .stack_status
+            .version
+            .as_ref()
+            .map(|version| &version.name);
+        if crate::stack::offer(ours, &offer.version.name) == crate::stack::Offer::Newer {
+            self.stack.take_partner_version(offer);
+        }
+    }
+
+    fn partner_stack_verdict(&mut self, verdict: StackVerdict) {
+        match verdict.refused {
+            Some(reason) => {
+                tracing::warn!(version = %verdict.version, "stack: the partner refused this host's version: {reason}");
+                self.stack_status.refused_by_partner = Some(StackRefusal {
+                    version: verdict.version,
+                    reason,
+                });
+            }
+            None => {
+                let refused = self.stack_status.refused_by_partner.as_ref();
+                if refused.is_some_and(|refused| refused.version <= verdict.version) {
+                    self.stack_status.refused_by_partner = None;
+                }
+                self.stack_status.partner_version = Some(verdict.version);
+            }
+        }
+    }
+
+    pub(super) fn stack_event(&mut self, event: StackEvent) {
+        match event {
+            StackEvent::Committed(offer) => {
+                self.stack_status.version = Some(offer.version.clone());
+                self.offer_stack(offer);
+            }
+            StackEvent::Applied(offer) => {
+                self.stack_status.version = Some(offer.version.clone());
+                self.stack_status.refused_here = None;
+                self.tell_verdict(StackVerdict {
+                    version: offer.version.name.clone(),
+                    refused: None,
+                });
+                self.offer_stack(offer);
+            }
+            StackEvent::Refused { version, reason } => {
+                self.tell_verdict(StackVerdict {
+                    version: version.clone(),
+                    refused: Some(reason.clone()),
+                });
+                self.stack_status.refused_here = Some(StackRefusal { version, reason });
+            }
         }
     }
 
@@ -579,7 +684,20 @@ impl PairCore {
         };
         let address = joining.token.address;
         let response = match self.finish_join(&joining, outcome) {
-            Ok(partner) => Response::PairJoined { partner },
+            Ok(partner) => {
+                // The joining host runs no nodes: whatever agent.toml names moves into the
+                // stack uncommitted, and the partner's version replaces it.
+                let moved = match self.stack.move_into_stack(&self.host, false) {
+                    Ok(moved) => {
+                        moved.map(|moved| format!("{moved}; the partner's stack replaces it"))
+                    }
+                    Err(error) => {
+                        tracing::error!("stack: {error}");
+                        Some(format!("the nodes and roles stay in agent.toml: {error}"))
+                    }
+                };
+                Response::PairJoined { partner, moved }
+            }
             Err(error) => {
                 let refusal = match &error {
                     PairError::Join(join) => join.refusal(),

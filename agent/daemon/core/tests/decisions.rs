@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::super::lifecycle::CHANGE_REFUSED;
 use super::super::{Adopted, Init, Launched, Phase, PolicyFor};
-use super::harness::{config, Harness, Taken};
+use super::harness::{config, config_of, Harness, Taken};
 use crate::api::control::Response;
 use crate::net::Repair;
 
@@ -336,4 +336,20 @@ fn a_network_that_cannot_be_repaired_from_outside_restarts_the_node() {
     assert_eq!(host.audits, 0);
     host.advance(Duration::from_secs(1));
     assert_eq!(host.audits, 1);
+}
+
+#[test]
+fn a_node_homed_on_the_partner_is_not_started_here_and_stops_when_it_moves_there() {
+    let nodes = "[nodes.s1]\nrole = \"sleeper\"\nhost = \"h1\"\n[nodes.s2]\nrole = \"sleeper\"\nhost = \"h2\"\n";
+    let mut host = Harness::with(config_of(nodes, ""), Vec::new());
+    let starting: Vec<&String> = host.jobs.keys().collect();
+    assert_eq!(starting, ["s1"]);
+    host.finish_all();
+    assert_eq!(host.phase("s2"), Phase::Stopped);
+    let moved = "[nodes.s1]\nrole = \"sleeper\"\nhost = \"h2\"\n[nodes.s2]\nrole = \"sleeper\"\nhost = \"h2\"\n";
+    host.command(super::super::Command::Reload(Box::new(config_of(
+        moved, "",
+    ))));
+    assert_eq!(host.phase("s1"), Phase::Stopping);
+    assert!(!host.jobs.contains_key("s2"), "{:?}", host.jobs.keys());
 }

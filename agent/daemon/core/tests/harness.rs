@@ -203,7 +203,7 @@ impl Harness {
                     self.issued.contains(&id),
                     "reply to command {id}, never given"
                 );
-                let earlier = self.replies.insert(id, response);
+                let earlier = self.replies.insert(id, *response);
                 assert!(earlier.is_none(), "command {id} answered twice");
             }
             Action::RecordWishes(id, stopped) => {
