@@ -6,9 +6,13 @@
 
 pub mod btrfs;
 pub mod descriptors;
+pub mod load;
 pub mod netns;
 pub mod network;
+pub mod observer;
 pub mod pair;
+pub mod partition;
+pub mod schedule;
 pub mod stack;
 pub mod witness;
 

@@ -1,7 +1,8 @@
 //! Two test hosts that can pair: each agent in a network namespace of its own, joined by a veth
 //! carrying the pair link's addresses (10.231.<k>.1 and .2), each with its own state, run and log
-//! dirs, cgroup parent and network (as every `TestHost`). Dropping it stops both agents, then
-//! deletes the namespaces and so the veth, on success and on failure.
+//! dirs, cgroup parent and network (as every `TestHost`), the state dirs optionally each on a
+//! btrfs filesystem of its own. Dropping it stops both agents, then deletes the namespaces and so
+//! the veth, then unmounts the filesystems, on success and on failure.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -14,6 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 
+use super::btrfs::Btrfs;
 use super::netns::Netns;
 use super::{wait_for, TestHost};
 
@@ -29,6 +31,11 @@ pub struct PairHosts {
     pub spaces: [Netns; 2],
     /// 10.231.<k>.0/24 carries the link (k is host a's own network number).
     pub k: u32,
+    /// More `[pair]` settings, the same on both hosts.
+    pair: String,
+    /// The hosts' state dirs' filesystems when they have their own: dropped after the agents
+    /// stopped.
+    filesystems: Vec<Btrfs>,
 }
 
 impl PairHosts {
@@ -41,15 +48,46 @@ impl PairHosts {
     /// As [`PairHosts::start`], with `a_nodes` (`[nodes]` and `[roles]` text) on host `a` and
     /// `pair` (more `[pair]` settings) on both.
     pub fn start_with(a: &str, b: &str, a_nodes: &str, pair: &str) -> PairHosts {
-        let spaces = [Netns::new(&format!("{a}a")), Netns::new(&format!("{b}b"))];
-        let mut a = TestHost::new(a, "");
+        PairHosts::start_hosts(
+            [TestHost::new(a, ""), TestHost::new(b, "")],
+            a_nodes,
+            pair,
+            vec![],
+        )
+    }
+
+    /// As [`PairHosts::start_with`], each host's state dir on a btrfs filesystem of its own (a
+    /// loop device over a file), as on a real host where replicas are subvolumes.
+    pub fn start_on_btrfs(a: &str, b: &str, a_nodes: &str, pair: &str) -> PairHosts {
+        let filesystems = vec![Btrfs::new(a), Btrfs::new(b)];
+        let hosts = [
+            TestHost::with_state_dir(a, "", &filesystems[0].mount.join("state")),
+            TestHost::with_state_dir(b, "", &filesystems[1].mount.join("state")),
+        ];
+        PairHosts::start_hosts(hosts, a_nodes, pair, filesystems)
+    }
+
+    fn start_hosts(
+        [a, b]: [TestHost; 2],
+        a_nodes: &str,
+        pair: &str,
+        filesystems: Vec<Btrfs>,
+    ) -> PairHosts {
+        let spaces = [
+            Netns::new(&format!("{}a", a.name)),
+            Netns::new(&format!("{}b", b.name)),
+        ];
         let k = a.net.k;
-        let mut b = TestHost::new(b, "");
-        for (host, n, nodes) in [(&mut a, 1, a_nodes), (&mut b, 2, "[nodes]\n")] {
-            host.write_config(&format!(
-                "{nodes}\n[pair]\nlisten = \"10.231.{k}.{n}:{PAIR_PORT}\"\n{pair}\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n"
-            ));
-        }
+        let mut hosts = PairHosts {
+            a,
+            b,
+            spaces,
+            k,
+            pair: pair.to_string(),
+            filesystems,
+        };
+        hosts.write_config(0, a_nodes);
+        hosts.write_config(1, "[nodes]\n");
         let veth = [
             format!("pv{}a{k}", std::process::id() % 100_000),
             format!("pv{}b{k}", std::process::id() % 100_000),
@@ -61,7 +99,7 @@ impl PairHosts {
             .status()
             .unwrap();
         assert!(made.success(), "ip link add {veth:?}");
-        for (n, (space, link)) in spaces.iter().zip(&veth).enumerate() {
+        for (n, (space, link)) in hosts.spaces.iter().zip(&veth).enumerate() {
             let moved = Command::new("ip")
                 .args(["link", "set", link, "netns", &space.0])
                 .status()
@@ -77,10 +115,39 @@ impl PairHosts {
             space.ip(&["link", "set", link, "up"]);
             space.ip(&["link", "set", "lo", "up"]);
         }
-        let mut hosts = PairHosts { a, b, spaces, k };
         hosts.a.start_daemon_in_netns(&hosts.spaces[0].0);
         hosts.b.start_daemon_in_netns(&hosts.spaces[1].0);
         hosts
+    }
+
+    /// Host `n`'s config: `nodes` (`[nodes]` and `[roles]` text), its pair address and the
+    /// pair's settings, metrics on loopback.
+    fn write_config(&self, n: usize, nodes: &str) {
+        let (k, pair) = (self.k, &self.pair);
+        self.host(n).write_config(&format!(
+            "{nodes}\n[pair]\nlisten = \"10.231.{k}.{}:{PAIR_PORT}\"\n{pair}\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n",
+            n + 1
+        ));
+    }
+
+    /// Gives host `n`, once paired (a host joins with no nodes), the nodes of `nodes` by
+    /// `reload`, and waits until each of `running` runs.
+    pub fn add_nodes(&self, n: usize, nodes: &str, running: &[&str]) {
+        self.write_config(n, nodes);
+        self.host(n).cli(&["reload"]);
+        for node in running {
+            self.host(n).wait_node_state(node, "running");
+        }
+    }
+
+    /// Host `n`: 0 is a, 1 is b.
+    pub fn host(&self, n: usize) -> &TestHost {
+        [&self.a, &self.b][n]
+    }
+
+    /// The btrfs filesystems the hosts' state dirs are on, if [`PairHosts::start_on_btrfs`].
+    pub fn filesystems(&self) -> &[Btrfs] {
+        &self.filesystems
     }
 
     /// Host a's pair address.
