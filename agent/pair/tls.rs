@@ -115,10 +115,7 @@ pub fn join_client_config(ca: Fingerprint) -> Result<Arc<ClientConfig>, TlsError
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
-            ca,
-            provider: provider(),
-        }))
+        .with_custom_certificate_verifier(Verifier::new(CaNamedByToken(ca)))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
@@ -132,10 +129,7 @@ pub fn witness_client_config(
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-            certificate: witness,
-            provider: provider(),
-        }));
+        .with_custom_certificate_verifier(Verifier::new(PinnedCertificate(witness)));
     let config = match identity {
         Some(identity) => builder.with_client_auth_cert(identity.chain()?, identity.key()?)?,
         None => builder.with_no_client_auth(),
@@ -148,98 +142,103 @@ pub fn witness_client_config(
 #[error("the server's certificate is not the one the token names ({0:?})")]
 pub struct FingerprintMismatch(Fingerprint);
 
+/// How a server's certificate is accepted. The handshake's signatures are then verified
+/// against it the same way whatever the check ([`Verifier`]), so the server holds its key.
+trait ServerCheck: std::fmt::Debug + Send + Sync {
+    fn accept(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<ServerCertVerified, rustls::Error>;
+}
+
 /// Finds the CA the token names among the certificates the server sent, then verifies the
 /// server's certificate against it alone, as webpki does for any root.
 #[derive(Debug)]
-struct FingerprintVerifier {
-    ca: Fingerprint,
+struct CaNamedByToken(Fingerprint);
+
+impl ServerCheck for CaNamedByToken {
+    fn accept(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates
+            .iter()
+            .find(|cert| Fingerprint::of(cert) == self.0)
+        else {
+            return Err(fingerprint_mismatch(self.0));
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|error| rustls::Error::General(error.to_string()))?
+            .verify_server_cert(end_entity, &[], server_name, &[], now)
+    }
+}
+
+/// Accepts exactly one certificate, by its fingerprint.
+#[derive(Debug)]
+struct PinnedCertificate(Fingerprint);
+
+impl ServerCheck for PinnedCertificate {
+    fn accept(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _now: UnixTime,
+        _provider: &Arc<CryptoProvider>,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of(end_entity) == self.0 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(fingerprint_mismatch(self.0))
+        }
+    }
+}
+
+fn fingerprint_mismatch(expected: Fingerprint) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        FingerprintMismatch(expected),
+    ))))
+}
+
+/// A server certificate verifier made of a [`ServerCheck`] and the provider's signature
+/// verification.
+#[derive(Debug)]
+struct Verifier<C> {
+    check: C,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for FingerprintVerifier {
+impl<C: ServerCheck> Verifier<C> {
+    fn new(check: C) -> Arc<Verifier<C>> {
+        Arc::new(Verifier {
+            check,
+            provider: provider(),
+        })
+    }
+}
+
+impl<C: ServerCheck> ServerCertVerifier for Verifier<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
+        _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates
-            .iter()
-            .find(|cert| Fingerprint::of(cert) == self.ca)
-        else {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(FingerprintMismatch(self.ca))),
-            )));
-        };
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|error| rustls::Error::General(error.to_string()))?
-            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Accepts exactly one certificate, by its fingerprint; the handshake's signatures are still
-/// verified against it, so the server holds its key.
-#[derive(Debug)]
-struct PinnedVerifier {
-    certificate: Fingerprint,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of(end_entity) == self.certificate {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(FingerprintMismatch(self.certificate))),
-            )))
-        }
+        self.check
+            .accept(end_entity, intermediates, server_name, now, &self.provider)
     }
 
     fn verify_tls12_signature(
