@@ -61,7 +61,7 @@ impl Pair {
         let mut witness = TestWitness::new(&hosts);
         let token = witness.start();
         hosts.a.cli(&["pair", "witness", &token]);
-        hosts.add_nodes(1, &sleeper_nodes(&["nb"]), &["nb"]);
+        hosts.add_sleepers(1, &["nb"]);
         let partition = Partition::new(&hosts, &witness);
         let pair = Pair {
             partition,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::{cgroup_roots, process_alive, sleeper_nodes, wait_for, TestHost, AGENT};
 
 /// Start/stop cycles of the churn test; each cycle starts and stops three nodes, every tenth
@@ -19,37 +20,6 @@ const CHURN_CYCLES: usize = 300;
 /// Rounds of the kill test; each kills the daemon once and restarts it (100 rounds take about
 /// 20 s on the 2-core development VM).
 const KILL_ROUNDS: usize = 100;
-
-/// splitmix64: small, good enough, and the same on every machine for a given seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("MAGESTACK_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{test}: MAGESTACK_TEST_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What one test host holds on the machine, counted so that churn can be compared.
 #[derive(Debug, Clone, PartialEq)]

@@ -67,20 +67,6 @@ fn append(path: &Path, text: &str) {
     std::fs::write(path, body).unwrap();
 }
 
-/// Two hosts as `PairHosts::start` makes them, sharing one internal network as a pair does:
-/// b takes a's subnet, with an address of its own on it.
-fn hosts_sharing_a_subnet(a: &str, b: &str) -> PairHosts {
-    let mut hosts = PairHosts::start(a, b);
-    hosts.b.kill_daemon(libc::SIGTERM);
-    hosts.b.set_setting("subnet", &hosts.a.setting("subnet"));
-    let a_host_ip = hosts.a.setting("host_ip");
-    let (prefix, _) = a_host_ip.trim_matches('"').rsplit_once('.').unwrap();
-    hosts.b.set_setting("host_ip", &format!("\"{prefix}.253\""));
-    let space = hosts.spaces[1].0.clone();
-    hosts.b.start_daemon_in_netns(&space);
-    hosts
-}
-
 /// The veth end in host `n`'s namespace (`tests/common/pair.rs` names them).
 fn pair_link(hosts: &PairHosts, n: usize) -> String {
     let side = ["a", "b"][n];
@@ -89,7 +75,7 @@ fn pair_link(hosts: &PairHosts, n: usize) -> String {
 
 #[test]
 fn edits_made_at_once_on_both_hosts_settle_on_the_greater_version() {
-    let hosts = hosts_sharing_a_subnet("ca", "cb");
+    let hosts = PairHosts::start("ca", "cb");
     let (a, b) = (&hosts.a, &hosts.b);
     hosts.pair();
     wait_version(b, 1);
@@ -143,7 +129,7 @@ fn edits_made_at_once_on_both_hosts_settle_on_the_greater_version() {
 
 #[test]
 fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
-    let mut hosts = hosts_sharing_a_subnet("sa", "sb");
+    let mut hosts = PairHosts::start("sa", "sb");
     let (a, b) = (&hosts.a, &hosts.b);
     let k = hosts.k;
 

@@ -39,12 +39,7 @@ pub fn stack_path(agent: &Source) -> Option<PathBuf> {
 }
 
 /// The sections of agent.toml that move into the stack.
-#[derive(Deserialize)]
-struct StackSectionsInAgent {
-    nodes: Option<Spanned<toml::Value>>,
-    roles: Option<Spanned<toml::Value>>,
-    slots: Option<Spanned<toml::Value>>,
-}
+const STACK_SECTIONS: [&str; 3] = ["nodes", "roles", "slots"];
 
 /// The stack as written: nodes and roles only.
 #[derive(Deserialize)]
@@ -74,17 +69,13 @@ struct StackProcess {
 pub fn join(agent: Source, stack: Source) -> Result<Source, ConfigError> {
     let mut diagnostics = Vec::new();
     let stack_file = stack.name.clone();
-    match toml::from_str::<StackSectionsInAgent>(&agent.text) {
-        Ok(sections) => {
-            let sections = [
-                ("nodes", sections.nodes),
-                ("roles", sections.roles),
-                ("slots", sections.slots),
-            ];
-            for (field, value) in sections {
-                if let Some(value) = value {
+    // toml_edit keeps each table's place in the text (toml's Spanned cannot wrap a Value).
+    match toml_edit::ImDocument::parse(agent.text.as_str()) {
+        Ok(document) => {
+            for field in STACK_SECTIONS {
+                if let Some((key, _)) = document.get_key_value(field) {
                     diagnostics.push(agent.at(
-                        Some(value.span()),
+                        key.span(),
                         format!("{field}: the stack ({stack_file}) holds the nodes and roles; move them there"),
                     ));
                 }
@@ -187,6 +178,29 @@ mod tests {
         ));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("agent.toml:4:"), "{found:?}");
+        assert!(
+            found[0].contains(
+                "nodes: the stack (stack.toml) holds the nodes and roles; move them there"
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn roles_with_processes_in_agent_toml_beside_a_stack_are_refused_too() {
+        let found = messages(join(
+            agent("[nodes.nb]\nrole = \"sleeper\"\n[roles.sleeper]\nimage = \"busybox\"\n[[roles.sleeper.process]]\nname = \"sleep\"\ncommand = [\"sleep\", \"1\"]\n"),
+            stack("[nodes.na]\nrole = \"sleeper\"\n"),
+        ));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("agent.toml:1:") && found[0].contains("nodes: the stack"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("agent.toml:3:") && found[1].contains("roles: the stack"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod network;
 pub mod observer;
 pub mod pair;
 pub mod partition;
+pub mod rng;
 pub mod schedule;
 pub mod stack;
 pub mod witness;

@@ -88,6 +88,11 @@ impl PairHosts {
         };
         hosts.write_config(0, a_nodes);
         hosts.write_config(1, "[nodes]\n");
+        // A pair shares one internal network: b takes a's subnet, with an address of its own.
+        hosts.b.set_setting("subnet", &hosts.a.setting("subnet"));
+        let a_host_ip = hosts.a.setting("host_ip");
+        let (prefix, _) = a_host_ip.trim_matches('"').rsplit_once('.').unwrap();
+        hosts.b.set_setting("host_ip", &format!("\"{prefix}.253\""));
         let veth = [
             format!("pv{}a{k}", std::process::id() % 100_000),
             format!("pv{}b{k}", std::process::id() % 100_000),
@@ -130,13 +135,34 @@ impl PairHosts {
         ));
     }
 
-    /// Gives host `n`, once paired (a host joins with no nodes), the nodes of `nodes` by
-    /// `reload`, and waits until each of `running` runs.
-    pub fn add_nodes(&self, n: usize, nodes: &str, running: &[&str]) {
-        self.write_config(n, nodes);
-        self.host(n).cli(&["reload"]);
-        for node in running {
-            self.host(n).wait_node_state(node, "running");
+    /// Gives host `home`, once paired, sleeper nodes `names` homed on it: added to the shared
+    /// stack on host a (whose stack is the pair's first version; a joining host has no nodes
+    /// and may not have received it yet), reloaded there, and running on `home`.
+    pub fn add_sleepers(&self, home: usize, names: &[&str]) {
+        let path = self.a.dir.join("stack.toml");
+        let mut stack = std::fs::read_to_string(&path).unwrap();
+        for name in names {
+            stack.push_str(&format!(
+                "\n[nodes.{name}]\nrole = \"sleeper\"\nhost = \"{}\"\n",
+                self.host(home).name
+            ));
+        }
+        std::fs::write(&path, stack).unwrap();
+        self.a.cli(&["reload"]);
+        let host = self.host(home);
+        for name in names {
+            // Known there once the partner's version arrives, then started.
+            wait_for(
+                "the node to run on its home",
+                Duration::from_secs(20),
+                || {
+                    host.status()["nodes"].as_array().is_some_and(|nodes| {
+                        nodes
+                            .iter()
+                            .any(|node| node["name"] == *name && node["state"] == "running")
+                    })
+                },
+            );
         }
     }
 

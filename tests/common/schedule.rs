@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::partition::Machine;
+use super::rng::Rng;
 
 /// A fault that leaves each host at least one peer: quorum everywhere, by the design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,17 +40,8 @@ impl FaultSchedule {
         max_steps: usize,
         (shortest, longest): (Duration, Duration),
     ) -> FaultSchedule {
-        let seed = std::env::var("MAGESTACK_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{test}: MAGESTACK_TEST_SEED={seed}");
-        let mut rng = Rng(seed);
+        let mut rng = Rng::from_env(test);
+        let seed = rng.seed;
         let faults = [
             Fault::Cut(Machine::A, Machine::B),
             Fault::Cut(Machine::A, Machine::Witness),
@@ -78,22 +70,5 @@ impl Drop for FaultSchedule {
                 self.seed, self.steps
             );
         }
-    }
-}
-
-/// splitmix64: small, good enough, and the same on every machine for a given seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
