@@ -232,7 +232,21 @@ fn a_stack_change_on_one_host_is_committed_and_applied_on_the_other() {
         log_a[0].contains(" sa ") && log_a[0].ends_with("s2 added"),
         "{log_a:?}"
     );
-    assert!(b.node("s2")["pid"].is_null());
+    let on_b = b.node("s2");
+    assert!(on_b["pid"].is_null());
+    // Homed on a: remote on b, with where it lives and runs.
+    assert_eq!(on_b["state"], "remote", "{on_b}");
+    assert_eq!(
+        (&on_b["home"], &on_b["host"]),
+        (&"sa".into(), &"sa".into()),
+        "{on_b}"
+    );
+    let on_a = a.node("s2");
+    assert_eq!(
+        (&on_a["home"], &on_a["host"]),
+        (&"sa".into(), &"sa".into()),
+        "{on_a}"
+    );
     assert!(
         stack_file(a).contains("s2 = "),
         "a gave s2 its slot in the stack"

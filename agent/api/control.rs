@@ -214,7 +214,7 @@ pub struct HostStatus {
 pub struct NodeStatus {
     pub name: String,
     pub role: String,
-    /// starting, running, stopping, stopped or failed.
+    /// starting, running, stopping, stopped, failed, or remote (homed on the partner).
     pub state: NodeState,
     /// Host pid of the node's init.
     pub pid: Option<i32>,
@@ -261,6 +261,14 @@ pub struct NodeStatus {
     pub fenced_since_unix: Option<u64>,
     /// Whether the node should be running (false after `stop`).
     pub desired: String,
+    /// The host the node lives on: its `host` in the pair's stack; this host's name on a
+    /// standalone host.
+    #[serde(default)]
+    pub home: Option<String>,
+    /// Where the node runs now as this host knows it: this host while its init runs here, its
+    /// home while it is `remote`; `None` when it runs nowhere.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,16 +279,19 @@ pub enum NodeState {
     Stopping,
     Stopped,
     Failed,
+    /// A node of the pair's stack homed on the partner, and not run here.
+    Remote,
 }
 
 impl NodeState {
     /// Every state, in the order summaries list them.
-    pub const ALL: [NodeState; 5] = [
+    pub const ALL: [NodeState; 6] = [
         NodeState::Running,
         NodeState::Starting,
         NodeState::Stopping,
         NodeState::Stopped,
         NodeState::Failed,
+        NodeState::Remote,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -290,6 +301,7 @@ impl NodeState {
             NodeState::Stopping => "stopping",
             NodeState::Stopped => "stopped",
             NodeState::Failed => "failed",
+            NodeState::Remote => "remote",
         }
     }
 }

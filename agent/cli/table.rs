@@ -92,6 +92,7 @@ fn state_color(state: NodeState) -> Option<Color> {
         NodeState::Starting | NodeState::Stopping => Some(Color::Yellow),
         NodeState::Stopped => Some(Color::DarkGrey),
         NodeState::Failed => Some(Color::Red),
+        NodeState::Remote => Some(Color::Blue),
     }
 }
 
@@ -197,6 +198,8 @@ mod tests {
             fence_reason: None,
             fenced_since_unix: None,
             desired: "running".into(),
+            home: None,
+            host: None,
         };
         StatusReport {
             host: HostStatus {

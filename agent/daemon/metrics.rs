@@ -161,7 +161,7 @@ fn register_nodes(registry: &mut Registry, report: &StatusReport) {
     }
     registry.register(
         "node_state",
-        "1 for the node's state (starting, running, stopping, stopped, failed), else 0",
+        "1 for the node's state (starting, running, stopping, stopped, failed, remote), else 0",
         state,
     );
     registry.register(
@@ -462,6 +462,8 @@ mod tests {
             fence_reason: None,
             fenced_since_unix: None,
             desired: "running".into(),
+            home: None,
+            host: None,
         };
         StatusReport {
             host: HostStatus {

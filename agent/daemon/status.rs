@@ -15,15 +15,19 @@ pub async fn report(
     pair: PairStatus,
     fencing: FencingStatus,
 ) -> StatusReport {
-    let queries = snapshots.into_iter().map(|snapshot| async move {
-        // A fenced node's init is frozen: it would only make the report wait.
-        let answer = match &snapshot.handle {
-            Some(handle) if snapshot.fence.is_none() => {
-                ask_init(&handle.paths.control_socket()).await
-            }
-            _ => None,
-        };
-        node_status(snapshot, answer)
+    let this_host = host.name.clone();
+    let queries = snapshots.into_iter().map(|snapshot| {
+        let this_host = this_host.clone();
+        async move {
+            // A fenced node's init is frozen: it would only make the report wait.
+            let answer = match &snapshot.handle {
+                Some(handle) if snapshot.fence.is_none() => {
+                    ask_init(&handle.paths.control_socket()).await
+                }
+                _ => None,
+            };
+            node_status(snapshot, answer, &this_host)
+        }
     });
     let nodes = futures_util::future::join_all(queries).await;
     StatusReport {
@@ -34,7 +38,7 @@ pub async fn report(
     }
 }
 
-fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus {
+fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>, this_host: &str) -> NodeStatus {
     let NodeSnapshot {
         view,
         handle,
@@ -90,6 +94,12 @@ fn node_status(snapshot: NodeSnapshot, answer: Option<InitAnswer>) -> NodeStatus
         } else {
             "stopped".into()
         },
+        host: match state {
+            NodeState::Remote => Some(view.home.clone()),
+            _ if view.pid.is_some() => Some(this_host.to_string()),
+            _ => None,
+        },
+        home: Some(view.home),
     }
 }
 

@@ -174,6 +174,8 @@ pub struct NodeView {
     /// Why the node's network is not whole, while it is repaired.
     pub degraded: Option<String>,
     pub desired_running: bool,
+    /// Its home host (this host's name when the stack names none).
+    pub home: String,
 }
 
 /// Why a question about nodes has no answer.
@@ -315,10 +317,15 @@ impl Core {
             .filter(|(name, _)| names.is_empty() || names.contains(name))
             .map(|(name, node)| {
                 let spec = node.known_spec();
+                let home = self.home_of(name);
+                let state = match node.phase.state() {
+                    NodeState::Stopped if home != self.config.host.name => NodeState::Remote,
+                    state => state,
+                };
                 NodeView {
                     name: name.clone(),
                     role: spec.map(|s| s.role.clone()).unwrap_or_default(),
-                    state: node.phase.state(),
+                    state,
                     pid: node.init.as_ref().map(|init| init.pid),
                     ip: spec.map(|s| s.ip().to_string()).unwrap_or_default(),
                     started_at: node.init.as_ref().map(|init| init.started_at),
@@ -326,6 +333,7 @@ impl Core {
                     error: node.error.clone(),
                     degraded: self.network.degraded.get(name).cloned(),
                     desired_running: node.spec.is_some() && self.wants_running(name),
+                    home,
                 }
             })
             .collect();
@@ -357,10 +365,16 @@ impl Core {
     /// Whether `node`'s home is this host: a node of the stack homed on the partner runs
     /// there, and here only once a takeover moves it (ownership, `pair/ownership.rs`).
     fn is_home(&self, node: &str) -> bool {
+        self.home_of(node) == self.config.host.name
+    }
+
+    /// `node`'s home host: its `host` in the stack, else this host.
+    fn home_of(&self, node: &str) -> String {
         self.config
             .homes
             .get(node)
-            .is_none_or(|home| *home == self.config.host.name)
+            .cloned()
+            .unwrap_or_else(|| self.config.host.name.clone())
     }
 
     fn node_entry(&mut self, name: &str) -> &mut Node {
