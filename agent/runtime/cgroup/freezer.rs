@@ -136,7 +136,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::runtime::cgroup::tests::{fake_v1, fake_v2, v1_dir};
+    use crate::runtime::cgroup::tests::{fake_v1, fake_v2, real_v2, v1_dir};
     use crate::runtime::cgroup::Cgroups;
 
     #[test]
@@ -248,18 +248,7 @@ mod tests {
     #[test]
     fn a_real_v2_node_cgroup_freezes_with_its_writer_inside() {
         assert!(nix::unistd::geteuid().is_root(), "needs root");
-        let text = fs::read_to_string(crate::runtime::cgroup::MOUNTINFO).unwrap();
-        let root = crate::runtime::cgroup::mountinfo::parse(&text)
-            .unwrap()
-            .into_iter()
-            .rev()
-            .find(|mount| mount.fs_type == "cgroup2")
-            .expect("this test needs a cgroup2 mount")
-            .mount_point;
-        let cgroups = Cgroups {
-            layout: Layout::V2 { root },
-            agent_leaf: None,
-        };
+        let cgroups = real_v2();
         a_process_freezing_its_own_cgroup_stops_after_its_write(cgroups, "fz2");
     }
 

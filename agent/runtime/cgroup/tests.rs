@@ -54,6 +54,23 @@ pub(super) fn fake_v2(offered: &str, enabled: &str) -> (TempDir, Cgroups, PathBu
     (temp, cgroups, root)
 }
 
+/// This host's own cgroup2 mount as a v2 layout (the controller-less `unified` one of a hybrid
+/// host still freezes and runs device programs), for tests on real cgroups.
+pub(super) fn real_v2() -> Cgroups {
+    let text = fs::read_to_string(MOUNTINFO).unwrap();
+    let root = mountinfo::parse(&text)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|mount| mount.fs_type == "cgroup2")
+        .expect("this test needs a cgroup2 mount")
+        .mount_point;
+    Cgroups {
+        layout: Layout::V2 { root },
+        agent_leaf: None,
+    }
+}
+
 pub(super) fn v1_dir(temp: &TempDir, relative: &str) -> PathBuf {
     temp.path().join("sys/fs/cgroup").join(relative)
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
@@ -17,7 +17,7 @@ use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use tempfile::TempDir;
 
 use super::*;
-use crate::runtime::cgroup::{mountinfo, CgroupVersion, Cgroups, Layout, Limits, MOUNTINFO};
+use crate::runtime::cgroup::{CgroupVersion, Cgroups, Limits};
 
 /// One device access the probe tries.
 enum Access {
@@ -303,18 +303,7 @@ fn a_real_node_cgroup_allows_only_the_nodes_devices() {
 /// controller-less `unified` one of a hybrid host still runs device programs.
 #[test]
 fn a_real_v2_node_cgroup_runs_the_device_program() {
-    let text = fs::read_to_string(MOUNTINFO).unwrap();
-    let root: PathBuf = mountinfo::parse(&text)
-        .unwrap()
-        .into_iter()
-        .rev()
-        .find(|mount| mount.fs_type == "cgroup2")
-        .expect("this test needs a cgroup2 mount")
-        .mount_point;
-    let cgroups = Cgroups {
-        layout: Layout::V2 { root },
-        agent_leaf: None,
-    };
+    let cgroups = crate::runtime::cgroup::tests::real_v2();
     probe_node(cgroups, "dev2", |_| {});
 }
 
